@@ -1,0 +1,196 @@
+"""One validated configuration object for every flow and command.
+
+Nothing here touches the file system or MLflow at import time: paths are derived on
+demand from the work directory, and URLs/secrets come from the environment.
+
+Environment variables:
+
+- ``BAYES_PIPELINE_WORKDIR``: default work directory (else ``./.bayes-pipeline``).
+- ``MLFLOW_TRACKING_URI``: overrides the SQLite tracking store in the work directory.
+- ``BAYES_PIPELINE_STORE_URL``: overrides the SQLite forecast store in the work directory.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline_lib.errors import ConfigError
+
+WORKDIR_ENV = "BAYES_PIPELINE_WORKDIR"
+DEFAULT_WORKDIR = Path(".bayes-pipeline")
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get(WORKDIR_ENV, DEFAULT_WORKDIR))
+
+
+def bundled_dataset_path() -> Path:
+    """Path of the bundled Online Retail II extract (CC BY 4.0, see its README)."""
+    return Path(str(resources.files("pipeline_lib.data") / "bundled" / "online_retail_ii_daily_top50.csv.gz"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the long-format daily data comes from and what its columns mean."""
+
+    path: Path | None = Field(None, description="CSV, CSV.gz or Parquet file; None = bundled data")
+    sql_url: str | None = Field(None, description="SQLAlchemy URL to read from instead of a file")
+    sql_query: str | None = Field(None, description="query returning the long-format table")
+    id_col: str = "series_id"
+    time_col: str = "date"
+    target_col: str = "units"
+    covariate_cols: tuple[str, ...] | None = Field(
+        None, description="numeric covariates; None = every other numeric column"
+    )
+    non_negative: bool = Field(True, description="reject negative targets (demand)")
+    gap_policy: Literal["zero", "ffill", "reject"] = Field(
+        "zero",
+        description="missing calendar days: 'zero' = no sales recorded (target 0), "
+        "'ffill' = carry the last value, 'reject' = error",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if (self.sql_url is None) != (self.sql_query is None):
+            raise ValueError("sql_url and sql_query must be given together")
+        if self.sql_url is not None and self.path is not None:
+            raise ValueError("give either a file path or a SQL source, not both")
+        return self
+
+    def resolved_path(self) -> Path:
+        return self.path if self.path is not None else bundled_dataset_path()
+
+    def source_name(self) -> str:
+        if self.sql_url is not None:
+            return f"SQL query on {self.sql_url.split('@')[-1]}"
+        return str(self.resolved_path())
+
+
+class WindowConfig(_Strict):
+    """Time-based split and window sizes, in days."""
+
+    context_length: int = Field(28, ge=2, le=366)
+    validation_days: int = Field(28, ge=1)
+    test_days: int = Field(28, ge=1)
+    min_train_days: int = Field(14, ge=2, description="shortest training part a series may have")
+
+
+class ModelConfig(_Strict):
+    """Architecture of the Bayesian LSTM (see pipeline_lib/model/network.py)."""
+
+    lstm_units: tuple[int, ...] = (64, 32)
+    prior: Literal["normal"] = "normal"
+    prior_scale: float = Field(1.0, gt=0)
+    posterior_init_std: float = Field(1e-3, gt=0, description="initial posterior std of every weight")
+    head: Literal["normal"] = "normal"
+    min_scale: float = Field(1e-3, gt=0, description="floor of the predicted std (scaled units)")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    clip_norm: float = Field(5.0, gt=0)
+    patience: int = Field(5, ge=1, description="epochs without validation-NLL improvement")
+    kl_weight: float = Field(1.0, ge=0)
+    kl_annealing: Literal["none", "linear", "step"] = "linear"
+    kl_ramp_epochs: int = Field(10, ge=1)
+    validation_samples: int = Field(8, ge=1)
+    seed: int = 42
+
+
+class EvaluationConfig(_Strict):
+    num_samples: int = Field(100, ge=2, description="Monte Carlo samples per forecast")
+    coverage_levels: tuple[float, ...] = (0.8, 0.9, 0.95)
+    nominal_level: float = Field(0.95, gt=0, lt=1)
+    fan_chart_series: int = Field(4, ge=1)
+    seed: int = 7
+
+    @field_validator("coverage_levels")
+    @classmethod
+    def _levels_in_unit_interval(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0 < level < 1 for level in levels):
+            raise ValueError("coverage levels must lie strictly between 0 and 1")
+        return levels
+
+
+class RegistryConfig(_Strict):
+    experiment_name: str = "bayes-demand-forecasting"
+    model_name: str = "bayes-lstm-demand"
+
+
+class PipelineConfig(_Strict):
+    """Everything a run needs. Passed as the single parameter of every flow."""
+
+    workdir: Path = Field(default_factory=default_workdir)
+    data: DataConfig = DataConfig()
+    window: WindowConfig = WindowConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    # Derived locations. All state of a run lives under ``workdir``.
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.workdir / "mlartifacts").resolve()
+
+    @property
+    def store_url(self) -> str:
+        return os.environ.get("BAYES_PIPELINE_STORE_URL") or f"sqlite:///{(self.workdir / 'store.db').resolve()}"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.workdir / "reports"
+
+    def updated(self, **sections: dict) -> "PipelineConfig":
+        """A copy with some fields of some sections replaced, validated again."""
+        merged = self.model_dump()
+        for section, values in sections.items():
+            if isinstance(merged.get(section), dict):
+                merged[section].update({k: v for k, v in values.items() if v is not None})
+            elif values is not None:
+                merged[section] = values
+        return parse_config(merged)
+
+
+def parse_config(raw: dict) -> PipelineConfig:
+    """Validate a plain dict, turning pydantic's errors into one readable ``ConfigError``."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def load_config(path: Path | None) -> PipelineConfig:
+    """Read a YAML/JSON config file; ``None`` gives the defaults."""
+    if path is None:
+        return PipelineConfig()
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config sections")
+    try:
+        return parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,1 @@
+"""Ingestion, validation, calendar handling, splits, scaling and windows."""

@@ -1,0 +1,229 @@
+"""Time-based split, per-series scaling and sliding windows.
+
+Each model input is a window of ``context_length`` days ending on the target day ``d``.
+The feature row of day ``t`` holds what is known at the start of that day::
+
+    [ z(t-1), observed(t-1), covariates(t-1) ..., one_hot(weekday(t)) x 7, magnitude ]
+
+where ``z`` is the target after the per-series transform (``log1p`` for non-negative
+demand, identity otherwise) and standardisation fitted on the series' training part only.
+Lagging the target and the covariates by one day means a forecast never sees the day it
+predicts; the weekday of the target day is known in advance (it carries the Saturday
+closures). Days before a series starts are zero rows with ``observed = 0``, so short series
+still produce full-length windows.
+
+The model predicts ``z(d)``; :meth:`SeriesScaler.inverse` maps samples back to units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline_lib.config import WindowConfig
+from pipeline_lib.data.validate import Panel, Series
+
+N_WEEKDAYS = 7
+_INPUT_CLIP = 50.0  # scaled values beyond this carry no extra signal but can blow up gates
+
+
+@dataclass(frozen=True)
+class SeriesScaler:
+    """Per-series affine scaling of the transformed target and covariates."""
+
+    transform: str  # "log1p" or "none"
+    loc: float
+    scale: float
+    covariate_loc: tuple[float, ...]
+    covariate_scale: tuple[float, ...]
+
+    def forward(self, y: np.ndarray) -> np.ndarray:
+        """Units -> model space."""
+        z = np.log1p(np.maximum(y, 0.0)) if self.transform == "log1p" else np.asarray(y, dtype=float)
+        return (z - self.loc) / self.scale
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        """Model space -> units (non-negative when the transform is ``log1p``)."""
+        raw = np.asarray(z, dtype=float) * self.scale + self.loc
+        if self.transform == "log1p":
+            return np.expm1(np.clip(raw, 0.0, 30.0))
+        return raw
+
+    def scale_covariates(self, covariates: np.ndarray) -> np.ndarray:
+        if covariates.shape[-1] == 0:
+            return covariates
+        loc = np.asarray(self.covariate_loc)
+        scale = np.asarray(self.covariate_scale)
+        return np.clip((covariates - loc) / scale, -_INPUT_CLIP, _INPUT_CLIP)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the network's inputs mean; stored with the model."""
+
+    context_length: int
+    covariate_names: tuple[str, ...]
+    transform: str
+    magnitude_loc: float
+    magnitude_scale: float
+
+    @property
+    def num_features(self) -> int:
+        return 2 + len(self.covariate_names) + N_WEEKDAYS + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "FeatureSpec":
+        return cls(**{**raw, "covariate_names": tuple(raw["covariate_names"])})
+
+
+@dataclass(frozen=True)
+class SplitPoints:
+    """Index of the first validation day and first test day of one series."""
+
+    validation_start: int
+    test_start: int
+
+
+def split_points(series: Series, window: WindowConfig) -> SplitPoints:
+    """Time-based split: the last ``test_days`` are test, the ``validation_days`` before are validation."""
+    test_start = len(series) - window.test_days
+    return SplitPoints(validation_start=test_start - window.validation_days, test_start=test_start)
+
+
+def _robust_scale(values: np.ndarray, floor: float) -> tuple[float, float]:
+    loc = float(np.mean(values)) if len(values) else 0.0
+    std = float(np.std(values)) if len(values) else 0.0
+    if not np.isfinite(std) or std < 1e-8:
+        std = max(abs(loc), 1.0)
+    return loc, max(std, floor)
+
+
+def fit_scaler(series: Series, fit_end: int, transform: str) -> SeriesScaler:
+    """Fit on ``series`` days ``[0, fit_end)`` only (the training part)."""
+    y = series.target[:fit_end]
+    z = np.log1p(np.maximum(y, 0.0)) if transform == "log1p" else y
+    loc, scale = _robust_scale(z, floor=0.1 if transform == "log1p" else 1e-6)
+    cov_loc, cov_scale = [], []
+    for j in range(series.covariates.shape[1]):
+        c_loc, c_scale = _robust_scale(series.covariates[:fit_end, j], floor=1e-6)
+        cov_loc.append(c_loc)
+        cov_scale.append(c_scale)
+    return SeriesScaler(transform, loc, scale, tuple(cov_loc), tuple(cov_scale))
+
+
+def fit_scalers(
+    panel: Panel, window: WindowConfig, transform: str
+) -> tuple[dict[str, SeriesScaler], FeatureSpec]:
+    """Fit every series' scaler on its training part and the cross-series magnitude feature."""
+    scalers = {
+        s.series_id: fit_scaler(s, split_points(s, window).validation_start, transform) for s in panel.series
+    }
+    magnitudes = np.array([sc.loc for sc in scalers.values()])
+    spec = FeatureSpec(
+        context_length=window.context_length,
+        covariate_names=panel.covariate_names,
+        transform=transform,
+        magnitude_loc=float(magnitudes.mean()),
+        magnitude_scale=float(max(magnitudes.std(), 1e-3)),
+    )
+    return scalers, spec
+
+
+def weekday_one_hot(weekdays: np.ndarray) -> np.ndarray:
+    """``(n,)`` ints in 0..6 (Monday = 0) -> ``(n, 7)`` one-hot floats."""
+    return np.eye(N_WEEKDAYS, dtype=np.float32)[np.asarray(weekdays) % N_WEEKDAYS]
+
+
+def magnitude_feature(scaler: SeriesScaler, spec: FeatureSpec) -> float:
+    return float((scaler.loc - spec.magnitude_loc) / spec.magnitude_scale)
+
+
+def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target: np.ndarray | None = None) -> np.ndarray:
+    """Feature rows for days ``-L .. n`` (row ``r`` is day ``r - L``): shape ``(L + n + 1, F)``.
+
+    ``target`` overrides ``series.target`` (same length), e.g. for planted shifts.
+    """
+    L = spec.context_length
+    y = series.target if target is None else target
+    n = len(y)
+    z = np.clip(scaler.forward(y), -_INPUT_CLIP, _INPUT_CLIP)
+    covariates = scaler.scale_covariates(series.covariates)
+    rows = np.zeros((L + n + 1, spec.num_features), dtype=np.float32)
+    # Day t (row t + L) sees z(t-1): rows L+1 .. L+n hold days 1 .. n.
+    rows[L + 1 :, 0] = z
+    rows[L + 1 :, 1] = 1.0
+    n_cov = covariates.shape[1]
+    if n_cov:
+        rows[L + 1 :, 2 : 2 + n_cov] = covariates
+    first_weekday = series.dates[0].dayofweek
+    weekdays = first_weekday + np.arange(-L, n + 1)
+    rows[:, 2 + n_cov : 2 + n_cov + N_WEEKDAYS] = weekday_one_hot(weekdays)
+    rows[:, -1] = magnitude_feature(scaler, spec)
+    return rows
+
+
+def windows_for_days(rows: np.ndarray, days: np.ndarray, context_length: int) -> np.ndarray:
+    """Windows ending on each target day: ``(len(days), L, F)``. Day ``d`` may be ``n`` (tomorrow)."""
+    L = context_length
+    view = np.lib.stride_tricks.sliding_window_view(rows, L, axis=0)  # (rows - L + 1, F, L)
+    # The window ending on day d covers rows d+1 .. d+L, i.e. view index d+1.
+    return np.ascontiguousarray(view[np.asarray(days) + 1].transpose(0, 2, 1))
+
+
+@dataclass(frozen=True)
+class WindowSet:
+    """Model-ready arrays for one part of the split.
+
+    ``inputs``: ``(N, L, F)`` float32; ``targets``: ``(N,)`` float32 in model space;
+    ``series_index``/``day_index``: which series and which day of it each window predicts.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    series_index: np.ndarray
+    day_index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def build_windows(
+    panel: Panel,
+    scalers: dict[str, SeriesScaler],
+    spec: FeatureSpec,
+    window: WindowConfig,
+    part: str,
+) -> WindowSet:
+    """One-day-ahead windows for ``part`` in ``{'train', 'validation', 'test', 'fit'}``.
+
+    ``fit`` is train + validation (what a final refit would use). Training targets start at
+    day 1, because day 0 has no observed lag.
+    """
+    inputs, targets, series_index, day_index = [], [], [], []
+    for k, s in enumerate(panel.series):
+        points = split_points(s, window)
+        bounds = {
+            "train": (1, points.validation_start),
+            "validation": (points.validation_start, points.test_start),
+            "test": (points.test_start, len(s)),
+            "fit": (1, points.test_start),
+        }[part]
+        days = np.arange(*bounds)
+        if len(days) == 0:
+            continue
+        scaler = scalers[s.series_id]
+        rows = feature_rows(s, scaler, spec)
+        inputs.append(windows_for_days(rows, days, spec.context_length))
+        targets.append(scaler.forward(s.target[days]).astype(np.float32))
+        series_index.append(np.full(len(days), k))
+        day_index.append(days)
+    return WindowSet(
+        inputs=np.concatenate(inputs).astype(np.float32),
+        targets=np.concatenate(targets),
+        series_index=np.concatenate(series_index),
+        day_index=np.concatenate(day_index),
+    )

@@ -1,0 +1,65 @@
+"""Read long-format daily data from a file (CSV, CSV.gz, Parquet) or a SQL query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_lib.config import DataConfig
+from pipeline_lib.errors import DataValidationError
+
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".txt")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def read_table(data: DataConfig) -> pd.DataFrame:
+    """Return the raw table, ids read as strings so codes like ``'00123'`` survive."""
+    if data.sql_url is not None:
+        return _read_sql(data)
+    return read_file(data.resolved_path(), id_col=data.id_col)
+
+
+def read_file(path: Path, id_col: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"{path}: file not found")
+    name = path.name.lower()
+    try:
+        if name.endswith(_PARQUET_SUFFIXES):
+            frame = pd.read_parquet(path)
+        elif name.endswith(_CSV_SUFFIXES):
+            frame = pd.read_csv(path, dtype={id_col: str}, low_memory=False)
+        else:
+            raise DataValidationError(
+                f"{path}: unsupported file type (expected one of "
+                f"{', '.join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)})"
+            )
+    except DataValidationError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise DataValidationError(f"{path}: file is empty") from None
+    except Exception as exc:  # parser errors of pandas/pyarrow come in many classes
+        raise DataValidationError(f"{path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
+    if id_col in frame.columns:
+        frame[id_col] = frame[id_col].astype("string")
+    return frame
+
+
+def _read_sql(data: DataConfig) -> pd.DataFrame:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(data.sql_url)
+        with engine.connect() as connection:
+            frame = pd.read_sql_query(sqlalchemy.text(data.sql_query), connection)
+    except Exception as exc:
+        raise DataValidationError(
+            f"{data.source_name()}: query failed ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
+        ) from None
+    finally:
+        if "engine" in locals():
+            engine.dispose()
+    if data.id_col in frame.columns:
+        frame[data.id_col] = frame[data.id_col].astype("string")
+    return frame

@@ -1,0 +1,278 @@
+"""Validate a raw long-format table against the data contract and reindex its calendar.
+
+Every rejection raises :class:`DataValidationError` with one line naming the problem and
+where it is (source, column, series, rows). Row numbers are 1-based data rows (the first
+row after a CSV header is row 1).
+
+Gap policy (``DataConfig.gap_policy``), applied per series between its first and last day:
+
+- ``zero`` (default): a day without a row had no recorded sales; the target is 0 and the
+  covariates carry their last value forward. This is how sales extracts usually omit days.
+- ``ffill``: the target and the covariates carry their last value forward.
+- ``reject``: any missing day is an error naming the series and the first missing day.
+
+Missing covariate values are carried forward (then backward) within a series; a missing
+target value is an error, because inventing demand silently would bias every interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipeline_lib.config import DataConfig, WindowConfig
+from pipeline_lib.errors import DataValidationError
+
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series on a contiguous daily calendar.
+
+    ``target`` has shape ``(n_days,)``; ``covariates`` has shape ``(n_days, n_covariates)``.
+    """
+
+    series_id: str
+    dates: pd.DatetimeIndex
+    target: np.ndarray
+    covariates: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.dates)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """All series of a dataset, validated and on contiguous daily calendars."""
+
+    series: tuple[Series, ...]
+    covariate_names: tuple[str, ...]
+    source: str
+    filled_days: int = 0
+    target_name: str = "target"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def series_ids(self) -> list[str]:
+        return [s.series_id for s in self.series]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format with canonical names ``series_id, date, target, <covariates>``."""
+        parts = []
+        for s in self.series:
+            part = pd.DataFrame({"series_id": s.series_id, "date": s.dates, "target": s.target})
+            for j, name in enumerate(self.covariate_names):
+                part[name] = s.covariates[:, j]
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True)
+
+
+def _rows(mask: np.ndarray | pd.Series) -> str:
+    idx = np.flatnonzero(np.asarray(mask)) + 1
+    listed = ", ".join(str(i) for i in idx[:_MAX_LISTED])
+    more = f" and {len(idx) - _MAX_LISTED} more" if len(idx) > _MAX_LISTED else ""
+    return f"row{'s' if len(idx) > 1 else ''} {listed}{more}"
+
+
+def _listing(items: list[str]) -> str:
+    more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return ", ".join(items[:_MAX_LISTED]) + more
+
+
+def minimum_series_days(window: WindowConfig) -> int:
+    """Shortest series that still leaves ``min_train_days`` before validation and test."""
+    return window.min_train_days + window.validation_days + window.test_days
+
+
+def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, source: str | None = None) -> Panel:
+    """Check ``raw`` against the contract and return a :class:`Panel`.
+
+    ``min_days``: shortest allowed series (see :func:`minimum_series_days`).
+
+    Raises:
+        DataValidationError: on the first violation found, with its location.
+    """
+    source = source or data.source_name()
+    if raw is None or len(raw) == 0:
+        raise DataValidationError(f"{source}: input has no rows")
+
+    required = [data.id_col, data.time_col, data.target_col]
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise DataValidationError(
+            f"{source}: missing column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(c) for c in missing)} (found: {', '.join(map(str, raw.columns))}); "
+            "set --id-col/--time-col/--target-col"
+        )
+
+    ids = raw[data.id_col]
+    if ids.isna().any():
+        raise DataValidationError(f"{source}: column {data.id_col!r} is empty at {_rows(ids.isna())}")
+    ids = ids.astype(str)
+
+    dates = _parse_dates(raw[data.time_col], source, data.time_col)
+    target = _parse_target(raw[data.target_col], source, data, ids)
+    covariate_names, covariates = _select_covariates(raw, data, source)
+
+    frame = pd.DataFrame({"series_id": ids.to_numpy(), "date": dates.to_numpy(), "target": target})
+    for name in covariate_names:
+        frame[name] = covariates[name].to_numpy()
+
+    duplicated = frame.duplicated(["series_id", "date"], keep=False).to_numpy()
+    if duplicated.any():
+        first = frame.loc[duplicated].iloc[0]
+        raise DataValidationError(
+            f"{source}: duplicate ({data.id_col}, {data.time_col}) rows at {_rows(duplicated)}, "
+            f"e.g. series {first.series_id!r} on {first.date.date()}"
+        )
+
+    _check_daily(frame, source)
+    series, filled = _reindex(frame, covariate_names, data, source)
+
+    too_short = [f"{s.series_id!r} ({len(s)} days)" for s in series if len(s) < min_days]
+    if too_short:
+        raise DataValidationError(
+            f"{source}: series too short for one training window: {_listing(too_short)}; "
+            f"each needs at least {min_days} days (window.min_train_days + validation_days + test_days)"
+        )
+    notes = (f"{filled} missing calendar days filled by gap policy {data.gap_policy!r}",) if filled else ()
+    return Panel(
+        series=tuple(series),
+        covariate_names=tuple(covariate_names),
+        source=source,
+        filled_days=filled,
+        target_name=data.target_col,
+        notes=notes,
+    )
+
+
+def _parse_dates(column: pd.Series, source: str, name: str) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(column):
+        parsed = column
+    else:
+        text = column.astype("string")
+        parsed = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+        bad = parsed.isna().to_numpy()
+        if bad.any():
+            example = text[bad].iloc[0]
+            raise DataValidationError(
+                f"{source}: unparseable date in column {name!r} at {_rows(bad)} (e.g. {example!r})"
+            )
+    if getattr(parsed.dt, "tz", None) is not None:
+        # Days are calendar days in UTC once time zones are mixed; say so in the docs.
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    if parsed.isna().any():
+        raise DataValidationError(f"{source}: missing date in column {name!r} at {_rows(parsed.isna())}")
+    return parsed.dt.normalize()
+
+
+def _parse_target(column: pd.Series, source: str, data: DataConfig, ids: pd.Series) -> np.ndarray:
+    name = data.target_col
+    if pd.api.types.is_bool_dtype(column):
+        raise DataValidationError(f"{source}: target column {name!r} is boolean, expected numbers")
+    numeric = pd.to_numeric(column, errors="coerce")
+    non_numeric = (numeric.isna() & column.notna()).to_numpy()
+    if non_numeric.any():
+        example = column[non_numeric].iloc[0]
+        raise DataValidationError(
+            f"{source}: non-numeric value in target column {name!r} at {_rows(non_numeric)} (e.g. {example!r})"
+        )
+    values = numeric.to_numpy(dtype=float)
+    if np.isnan(values).any():
+        raise DataValidationError(f"{source}: missing value in target column {name!r} at {_rows(np.isnan(values))}")
+    if np.isinf(values).any():
+        raise DataValidationError(f"{source}: infinite value in target column {name!r} at {_rows(np.isinf(values))}")
+    if data.non_negative and (values < 0).any():
+        negative = values < 0
+        series = sorted(set(ids[negative]))
+        raise DataValidationError(
+            f"{source}: negative demand in target column {name!r} at {_rows(negative)} "
+            f"(series {_listing([repr(s) for s in series])}); set data.non_negative: false if intended"
+        )
+    return values
+
+
+def _select_covariates(raw: pd.DataFrame, data: DataConfig, source: str) -> tuple[list[str], pd.DataFrame]:
+    reserved = {data.id_col, data.time_col, data.target_col}
+    if data.covariate_cols is None:
+        names = [
+            c for c in raw.columns
+            if c not in reserved and pd.api.types.is_numeric_dtype(raw[c]) and not pd.api.types.is_bool_dtype(raw[c])
+        ]
+    else:
+        names = list(data.covariate_cols)
+        missing = [c for c in names if c not in raw.columns]
+        if missing:
+            raise DataValidationError(f"{source}: missing covariate column(s) {', '.join(map(repr, missing))}")
+    covariates = pd.DataFrame(index=raw.index)
+    for name in names:
+        values = pd.to_numeric(raw[name], errors="coerce")
+        bad = (values.isna() & raw[name].notna()).to_numpy()
+        if bad.any():
+            raise DataValidationError(f"{source}: non-numeric value in covariate column {name!r} at {_rows(bad)}")
+        values = values.astype(float)
+        if np.isinf(values.to_numpy()).any():
+            raise DataValidationError(
+                f"{source}: infinite value in covariate column {name!r} at {_rows(np.isinf(values.to_numpy()))}"
+            )
+        covariates[str(name)] = values
+    return [str(n) for n in names], covariates
+
+
+def _check_daily(frame: pd.DataFrame, source: str) -> None:
+    steps = frame.sort_values(["series_id", "date"]).groupby("series_id")["date"].diff().dropna()
+    if len(steps) and steps.median() > pd.Timedelta(days=1):
+        raise DataValidationError(
+            f"{source}: dates are not daily (median step {steps.median().days} days); "
+            "this pipeline forecasts daily series"
+        )
+
+
+def _reindex(
+    frame: pd.DataFrame, covariate_names: list[str], data: DataConfig, source: str
+) -> tuple[list[Series], int]:
+    series: list[Series] = []
+    filled_total = 0
+    for series_id, group in frame.sort_values("date").groupby("series_id", sort=True):
+        group = group.set_index("date")
+        calendar = pd.date_range(group.index[0], group.index[-1], freq="D")
+        n_missing = len(calendar) - len(group)
+        if n_missing and data.gap_policy == "reject":
+            first_gap = calendar.difference(group.index)[0]
+            raise DataValidationError(
+                f"{source}: series {series_id!r} has {n_missing} missing day(s), first {first_gap.date()}; "
+                "gap_policy is 'reject' (use 'zero' or 'ffill' to fill)"
+            )
+        group = group.reindex(calendar)
+        target = group["target"]
+        target = target.fillna(0.0) if data.gap_policy == "zero" else target.ffill()
+        covariates = group[covariate_names].ffill().bfill().fillna(0.0) if covariate_names else None
+        filled_total += n_missing
+        series.append(
+            Series(
+                series_id=str(series_id),
+                dates=calendar,
+                target=target.to_numpy(dtype=np.float64),
+                covariates=(covariates.to_numpy(dtype=np.float64) if covariates is not None
+                            else np.zeros((len(calendar), 0))),
+            )
+        )
+    return series, filled_total
+
+
+def load_panel(data: DataConfig, window: WindowConfig) -> Panel:
+    """Read and validate in one call (what the CLI and the flows use)."""
+    from pipeline_lib.data.ingest import read_table
+
+    return validate_table(read_table(data), data, minimum_series_days(window))
+
+
+def panel_from_history(frame: pd.DataFrame, covariate_names: tuple[str, ...], non_negative: bool = True) -> Panel:
+    """Validate a canonical history frame (``series_id, date, target, <covariates>``),
+    as passed to the registered model, into a :class:`Panel`."""
+    data = DataConfig(id_col="series_id", time_col="date", target_col="target",
+                      covariate_cols=tuple(covariate_names), non_negative=non_negative)
+    return validate_table(frame, data, min_days=1, source="model input")

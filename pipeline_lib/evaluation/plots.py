@@ -1,0 +1,80 @@
+"""Pictures people would rather look at than read: fan charts and calibration curves.
+
+Every function writes a PNG and returns its path; matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipeline_lib.contract import interval_columns  # noqa: E402
+
+_BANDS = ((0.95, 0.18), (0.8, 0.3), (0.5, 0.45))
+
+
+def fan_chart(forecasts: pd.DataFrame, history: pd.DataFrame, series_ids: list[str], path: Path,
+              title: str = "Forecast intervals", history_days: int = 56) -> Path:
+    """Fan chart per series: 50/80/95% bands, median, actuals.
+
+    ``forecasts`` follows the output contract; ``history`` has ``series_id, date, target``
+    (actuals, including the forecast days when known).
+    """
+    n = len(series_ids)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False, sharex=False)
+    for ax, sid in zip(axes[:, 0], series_ids):
+        f = forecasts[forecasts["series_id"] == sid].sort_values("date")
+        start = f["date"].min() - pd.Timedelta(days=history_days)
+        h = history[(history["series_id"] == sid) & (history["date"] >= start)].sort_values("date")
+        for level, alpha in _BANDS:
+            lo, hi = interval_columns(level)
+            ax.fill_between(f["date"], f[lo], f[hi], color="tab:blue", alpha=alpha, lw=0,
+                            label=f"{level:.0%} interval")
+        ax.plot(f["date"], f["q0.5"], color="tab:blue", lw=1.5, label="median")
+        ax.plot(h["date"], h["target"], color="black", lw=1, marker=".", ms=3, label="actual")
+        ax.set_title(f"series {sid}", fontsize=10, loc="left")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="upper left", fontsize=8, ncol=5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def calibration_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Observed vs nominal central-interval coverage, one line per model."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", label="perfect calibration")
+    for name, (nominal, observed) in curves.items():
+        ax.plot(nominal, observed, marker="o", ms=3, label=name)
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("observed coverage")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def pit_histogram(pit: np.ndarray, path: Path, bins: int = 10) -> Path:
+    """PIT histogram: flat for calibrated forecasts, U-shaped when intervals are too narrow."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(pit, bins=bins, range=(0, 1), density=True, color="tab:blue", alpha=0.7, edgecolor="white")
+    ax.axhline(1.0, color="grey", ls="--")
+    ax.set_xlabel("PIT")
+    ax.set_ylabel("density")
+    ax.set_title("PIT histogram (flat = calibrated)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,189 @@
+"""A trained forecaster with its scalers, saved and loaded as plain files, producing
+forecast tables in the output contract (units, not model space)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline_lib.config import ModelConfig
+from pipeline_lib.contract import FORECAST_COLUMNS, QUANTILE_COLUMNS, QUANTILE_LEVELS
+from pipeline_lib.data.features import (
+    FeatureSpec,
+    SeriesScaler,
+    feature_rows,
+    fit_scaler,
+    windows_for_days,
+)
+from pipeline_lib.data.validate import Panel, Series
+from pipeline_lib.errors import ModelLoadError
+from pipeline_lib.model.network import BayesianForecaster
+from pipeline_lib.model.predict import sample_one_step, sample_paths
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.npz"
+CONFIG_FILE = "model.json"
+SCALERS_FILE = "scalers.json"
+
+
+@dataclass(frozen=True)
+class SampledForecast:
+    """Predictive samples in units for ``N`` (series, day) pairs.
+
+    ``samples``: ``(K, N)``; ``series_ids``/``dates``: ``(N,)``; ``epistemic_share``: share
+    of the model-space predictive variance due to weight uncertainty, ``(N,)`` (NaN for
+    multi-day paths, where the split is not defined per day).
+    """
+
+    samples: np.ndarray
+    series_ids: np.ndarray
+    dates: np.ndarray
+    epistemic_share: np.ndarray
+
+    def to_frame(self, model_version: str) -> pd.DataFrame:
+        return forecast_table(self.samples, self.series_ids, self.dates, model_version)
+
+
+def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -> pd.DataFrame:
+    """Samples ``(K, N)`` -> one contract row per column of ``samples``."""
+    quantiles = np.quantile(samples, QUANTILE_LEVELS, axis=0)  # (Q, N), monotone in level
+    frame = pd.DataFrame({
+        "series_id": np.asarray(series_ids, dtype=str),
+        "date": pd.to_datetime(np.asarray(dates)),
+        "mean": samples.mean(axis=0),
+        "std": samples.std(axis=0),
+        "model_version": str(model_version),
+    })
+    quantile_frame = pd.DataFrame(quantiles.T, columns=list(QUANTILE_COLUMNS))
+    return pd.concat([frame, quantile_frame], axis=1)[list(FORECAST_COLUMNS)]
+
+
+@dataclass
+class ForecastModel:
+    """The network plus everything needed to turn raw history into its inputs and back."""
+
+    network: BayesianForecaster
+    spec: FeatureSpec
+    scalers: dict[str, SeriesScaler]
+    model_config: ModelConfig
+
+    @classmethod
+    def create(cls, spec: FeatureSpec, scalers: dict[str, SeriesScaler], model_config: ModelConfig) -> "ForecastModel":
+        network = BayesianForecaster(spec.num_features, model_config).build_for(spec.context_length)
+        return cls(network, spec, scalers, model_config)
+
+    # --- persistence -------------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(directory / WEIGHTS_FILE, *self.network.get_weights())
+        (directory / CONFIG_FILE).write_text(json.dumps(
+            {"model_config": self.model_config.model_dump(mode="json"), "feature_spec": self.spec.to_dict()},
+            indent=2))
+        (directory / SCALERS_FILE).write_text(json.dumps(
+            {sid: vars(sc) for sid, sc in self.scalers.items()}, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> "ForecastModel":
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / CONFIG_FILE).read_text())
+            scalers = {
+                sid: SeriesScaler(**{**raw, "covariate_loc": tuple(raw["covariate_loc"]),
+                                     "covariate_scale": tuple(raw["covariate_scale"])})
+                for sid, raw in json.loads((directory / SCALERS_FILE).read_text()).items()
+            }
+            with np.load(directory / WEIGHTS_FILE) as stored:
+                weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+            model = cls.create(FeatureSpec.from_dict(meta["feature_spec"]), scalers,
+                               ModelConfig.model_validate(meta["model_config"]))
+            model.network.set_weights(weights)
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{directory}: model files missing or corrupt ({exc.__class__.__name__}: {exc})") from None
+        return model
+
+    # --- inputs --------------------------------------------------------------------------
+    def scaler_for(self, series: Series) -> SeriesScaler:
+        """The training scaler; a series unseen in training is scaled on its own history."""
+        scaler = self.scalers.get(series.series_id)
+        if scaler is None:
+            log.warning("series %r was not in the training data; scaling it on its own history", series.series_id)
+            scaler = fit_scaler(series, len(series), self.spec.transform)
+        return scaler
+
+    def _check_covariates(self, panel: Panel) -> None:
+        if tuple(panel.covariate_names) != tuple(self.spec.covariate_names):
+            from pipeline_lib.errors import DataValidationError
+
+            raise DataValidationError(
+                f"{panel.source}: covariates {list(panel.covariate_names)} differ from the model's "
+                f"{list(self.spec.covariate_names)}"
+            )
+
+    # --- forecasting ---------------------------------------------------------------------
+    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
+                 samples_per_draw: int = 10, seed: int = 0) -> SampledForecast:
+        """One-day-ahead forecasts for the given day indices of each series (by position in
+        ``panel.series``), each using the actuals up to the day before (rolling origin)."""
+        self._check_covariates(panel)
+        inputs, locs, scales, ids, dates = [], [], [], [], []
+        for k, day_index in days.items():
+            series = panel.series[k]
+            scaler = self.scaler_for(series)
+            rows = feature_rows(series, scaler, self.spec)
+            inputs.append(windows_for_days(rows, day_index, self.spec.context_length))
+            locs.append(np.full(len(day_index), scaler.loc))
+            scales.append(np.full(len(day_index), scaler.scale))
+            ids.append(np.full(len(day_index), series.series_id, dtype=object))
+            dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
+        draws = sample_one_step(self.network, np.concatenate(inputs), num_samples, samples_per_draw, seed)
+        total = draws.epistemic_variance + draws.aleatoric_variance
+        return SampledForecast(
+            samples=self._to_units(draws.samples, np.concatenate(locs), np.concatenate(scales)),
+            series_ids=np.concatenate(ids),
+            dates=np.concatenate([np.asarray(d) for d in dates]),
+            epistemic_share=draws.epistemic_variance / np.maximum(total, 1e-12),
+        )
+
+    def forecast(self, panel: Panel, horizon: int, num_samples: int = 100, seed: int = 0) -> SampledForecast:
+        """Joint sample paths for the ``horizon`` days after each series' last day."""
+        self._check_covariates(panel)
+        L = self.spec.context_length
+        inputs, future, locs, scales, ids, dates = [], [], [], [], [], []
+        for series in panel.series:
+            scaler = self.scaler_for(series)
+            n = len(series)
+            rows = feature_rows(series, scaler, self.spec)
+            inputs.append(windows_for_days(rows, np.array([n]), L)[0])
+            # Known parts of the rows of days n+1 .. n+horizon: covariates stay at their
+            # last value, the weekday advances, the lagged target is filled in by sampling.
+            template = np.repeat(rows[-1:], horizon, axis=0)
+            weekday_cols = slice(2 + len(self.spec.covariate_names), 2 + len(self.spec.covariate_names) + 7)
+            last_weekday = series.dates[-1].dayofweek
+            template[:, weekday_cols] = np.eye(7, dtype=np.float32)[(last_weekday + 2 + np.arange(horizon)) % 7]
+            future.append(template)
+            locs.append(np.full(horizon, scaler.loc))
+            scales.append(np.full(horizon, scaler.scale))
+            ids.append(np.full(horizon, series.series_id, dtype=object))
+            dates.append(np.asarray(series.dates[-1] + pd.to_timedelta(np.arange(1, horizon + 1), unit="D")))
+        paths = sample_paths(self.network, np.stack(inputs), np.stack(future, axis=1), num_samples, seed)
+        flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
+        return SampledForecast(
+            samples=self._to_units(flat, np.concatenate(locs), np.concatenate(scales)),
+            series_ids=np.concatenate(ids),
+            dates=np.concatenate(dates),
+            epistemic_share=np.full(flat.shape[1], np.nan),
+        )
+
+    def _to_units(self, z: np.ndarray, locs: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        raw = z * scales[None, :] + locs[None, :]
+        if self.spec.transform == "log1p":
+            return np.expm1(np.clip(raw, 0.0, 30.0))
+        return raw

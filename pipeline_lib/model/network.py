@@ -1,0 +1,74 @@
+"""The stacked Bayesian LSTM forecaster: BayesianLSTM(64, sequences) -> BayesianLSTM(32) -> head."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+from pipeline_lib.config import ModelConfig
+from pipeline_lib.model.heads import make_head
+from pipeline_lib.model.layers import FLIPOUT, TILED, BayesianDense, BayesianLSTM
+
+# Below this many windows Flipout's two plain matmuls beat S tiny batched matmuls
+# (measured in benchmarks/mc_speed.py; see benchmarks/RESULTS.md).
+FLIPOUT_MAX_BATCH = 4
+
+
+def choose_strategy(batch_size: int) -> str:
+    return FLIPOUT if batch_size <= FLIPOUT_MAX_BATCH else TILED
+
+
+class BayesianForecaster(tf_keras.Model):
+    """Windows ``(B, T, F)`` -> distribution parameters ``(B, P)``.
+
+    ``call`` uses one weight draw for the whole batch (training); :meth:`forward` runs
+    ``S`` draws at once on inputs ``(S, B, T, F)`` and returns ``(S, B, P)``.
+    """
+
+    def __init__(self, num_features: int, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.num_features = num_features
+        self.model_config = config
+        common = dict(prior=config.prior, prior_scale=config.prior_scale,
+                      posterior_init_std=config.posterior_init_std)
+        self.head = make_head(config.head, config.min_scale)
+        self.recurrent_layers = [
+            BayesianLSTM(units, return_sequences=(i < len(config.lstm_units) - 1), name=f"bayesian_lstm_{i}", **common)
+            for i, units in enumerate(config.lstm_units)
+        ]
+        self.output_layer = BayesianDense(self.head.num_params, name="head", **common)
+
+    def build_for(self, steps: int) -> "BayesianForecaster":
+        self(tf.zeros([1, steps, self.num_features]))
+        return self
+
+    def call(self, inputs, training=None):
+        h = inputs
+        for layer in self.recurrent_layers:
+            h = layer(h)
+        return self.output_layer(h)
+
+    def variational_layers(self):
+        return [*self.recurrent_layers, self.output_layer]
+
+    def draw(self, num_samples: int, batch_size, strategy: str, seed: tf.Tensor) -> list[dict]:
+        return [
+            layer.draw(num_samples, batch_size, strategy, tf.random.experimental.stateless_fold_in(seed, i))
+            for i, layer in enumerate(self.variational_layers())
+        ]
+
+    def forward(self, inputs: tf.Tensor, draws: list[dict]) -> tf.Tensor:
+        """``(S, B, T, F)`` -> ``(S, B, P)`` with the sampled weights of ``draws``."""
+        h = inputs
+        for layer, draw in zip(self.variational_layers(), draws):
+            h = layer.forward(h, draw)
+        return h
+
+    def kl_divergence(self, seed: tf.Tensor | None = None) -> tf.Tensor:
+        return tf.add_n([
+            layer.kl_divergence(None if seed is None else tf.random.experimental.stateless_fold_in(seed, i))
+            for i, layer in enumerate(self.variational_layers())
+        ])
+
+    def distribution(self, params: tf.Tensor):
+        return self.head.distribution(params)

@@ -1,0 +1,148 @@
+"""Training by the per-example ELBO with KL annealing, clipping, early stopping and a NaN guard.
+
+    loss = mean_i[-log p(y_i | x_i, w)] + beta(epoch) * KL(q(w) || p(w)) / N_train,   w ~ q(w)
+
+One weight draw is shared by a mini-batch (Bayes by backprop); the validation score is
+the NLL of the predictive mixture over ``validation_samples`` draws, which is what the
+forecasts are judged by.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tqdm.auto import tqdm
+
+from pipeline_lib.config import TrainConfig
+from pipeline_lib.data.features import WindowSet
+from pipeline_lib.errors import TrainingDivergedError
+from pipeline_lib.model.layers import TILED
+from pipeline_lib.model.network import BayesianForecaster
+
+
+def kl_beta(epoch: int, config: TrainConfig) -> float:
+    """KL weight for a 0-based ``epoch``: ``linear`` ramps to ``kl_weight`` over
+    ``kl_ramp_epochs``; ``step`` is ``min(1, 0.1 * (epoch // 10))``; ``none`` is constant."""
+    if config.kl_annealing == "linear":
+        factor = min(1.0, (epoch + 1) / config.kl_ramp_epochs)
+    elif config.kl_annealing == "step":
+        factor = min(1.0, 0.1 * (epoch // 10))
+    else:
+        factor = 1.0
+    return config.kl_weight * factor
+
+
+@dataclass
+class TrainingResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_validation_nll: float = math.inf
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def make_mixture_log_prob(model: BayesianForecaster, num_samples: int):
+    """Compiled ``(x (B, T, F), y (B,), seed (2,)) -> (B,)`` log-density of ``y`` under the
+    predictive mixture of ``num_samples`` weight draws: ``log mean_s p(y | x, w_s)``."""
+
+    @tf.function(reduce_retracing=True)
+    def log_prob(x, y, seed):
+        draws = model.draw(num_samples, tf.shape(x)[0], TILED, seed)
+        params = model.forward(tf.tile(x[None], [num_samples, 1, 1, 1]), draws)
+        log_p = model.distribution(params).log_prob(y[None])  # (S, B)
+        return tf.reduce_logsumexp(log_p, axis=0) - tf.math.log(float(num_samples))
+
+    return log_prob
+
+
+def mixture_nll(log_prob, inputs: np.ndarray, targets: np.ndarray, seed: int = 0,
+                batch_size: int = 1024) -> float:
+    """Mean negative log-likelihood of ``targets`` under the predictive mixture."""
+    values = [
+        log_prob(inputs[start:start + batch_size], targets[start:start + batch_size],
+                 tf.constant([seed, start], tf.int32)).numpy()
+        for start in range(0, len(targets), batch_size)
+    ]
+    return float(-np.mean(np.concatenate(values)))
+
+
+def train_model(
+    model: BayesianForecaster,
+    train: WindowSet,
+    validation: WindowSet,
+    config: TrainConfig,
+    progress: bool = True,
+) -> TrainingResult:
+    """Fit ``model`` in place; restores the weights of the best validation epoch.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite (nothing is kept).
+    """
+    tf.random.set_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    n_train = len(train)
+    optimizer = tf_keras.optimizers.Adam(learning_rate=config.learning_rate)
+    beta = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            nll = -tf.reduce_mean(model.distribution(model(x, training=True)).log_prob(y))
+            kl = model.kl_divergence()
+            loss = nll + beta * kl / float(n_train)
+        grads = tape.gradient(loss, model.trainable_variables)
+        grads, _ = tf.clip_by_global_norm(grads, config.clip_norm)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, nll, kl
+
+    validation_log_prob = make_mixture_log_prob(model, config.validation_samples)
+    result = TrainingResult()
+    best_weights = model.get_weights()
+    started = time.perf_counter()
+    epochs = tqdm(range(config.epochs), desc="training", unit="epoch", file=sys.stderr,
+                  disable=not progress, leave=True)
+    for epoch in epochs:
+        beta.assign(kl_beta(epoch, config))
+        order = rng.permutation(n_train)
+        totals = np.zeros(3)
+        batches = 0
+        for start in range(0, n_train, config.batch_size):
+            index = order[start:start + config.batch_size]
+            loss, nll, kl = train_step(train.inputs[index], train.targets[index])
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"training diverged: loss is {loss} at epoch {epoch + 1}, batch {batches + 1}; "
+                    "nothing was registered (try a lower learning_rate or clip_norm)"
+                )
+            totals += (loss, float(nll), float(kl))
+            batches += 1
+        val_nll = mixture_nll(validation_log_prob, validation.inputs, validation.targets, seed=config.seed)
+        record = {"epoch": epoch + 1, "loss": totals[0] / batches, "nll": totals[1] / batches,
+                  "kl": totals[2] / batches, "beta": float(beta.numpy()), "val_nll": val_nll}
+        result.history.append(record)
+        epochs.set_postfix(loss=f"{record['loss']:.3f}", val_nll=f"{val_nll:.3f}")
+        if not math.isfinite(val_nll):
+            raise TrainingDivergedError(f"training diverged: validation NLL is {val_nll} at epoch {epoch + 1}")
+        # Early stopping only once the KL term has reached its final weight, otherwise the
+        # ramp's under-regularised first epochs would always look best.
+        ramp_done = record["beta"] >= config.kl_weight * (1 - 1e-6)
+        if val_nll < result.best_validation_nll or epoch == 0:
+            result.best_validation_nll, result.best_epoch = val_nll, epoch + 1
+            best_weights = model.get_weights()
+        elif ramp_done and epoch + 1 - result.best_epoch >= config.patience:
+            result.stopped_early = True
+            break
+    model.set_weights(best_weights)
+    result.seconds = time.perf_counter() - started
+    return result

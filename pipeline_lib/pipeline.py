@@ -1,0 +1,230 @@
+"""The stages of the training pipeline as plain functions; ``flows/`` wraps them in Prefect.
+
+ingest -> validate -> train -> evaluate (Monte Carlo, on the test split) -> register
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline_lib import registry
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.data.features import build_windows, fit_scalers, split_points
+from pipeline_lib.data.ingest import read_table
+from pipeline_lib.data.validate import Panel, Series, minimum_series_days, validate_table
+from pipeline_lib.evaluation import metrics as m
+from pipeline_lib.evaluation.plots import calibration_plot, fan_chart, pit_histogram
+from pipeline_lib.evaluation.report import evaluate_samples
+from pipeline_lib.model.forecast import ForecastModel, SampledForecast
+from pipeline_lib.model.training import TrainingResult, train_model
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_VERSION = "candidate"
+
+
+# --- ingest and validate ---------------------------------------------------------------
+def ingest(config: PipelineConfig) -> pd.DataFrame:
+    return read_table(config.data)
+
+
+def validate(config: PipelineConfig, raw: pd.DataFrame) -> Panel:
+    return validate_table(raw, config.data, minimum_series_days(config.window))
+
+
+def load_panel(config: PipelineConfig) -> Panel:
+    return validate(config, ingest(config))
+
+
+def data_fingerprint(panel: Panel) -> dict:
+    """What the model was trained on, to tell datasets apart in MLflow."""
+    frame = panel.to_frame()
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+    return {
+        "source": panel.source,
+        "sha256": digest,
+        "rows": int(len(frame)),
+        "series": len(panel.series),
+        "first_date": str(frame["date"].min().date()),
+        "last_date": str(frame["date"].max().date()),
+        "covariates": list(panel.covariate_names),
+        "filled_days": panel.filled_days,
+    }
+
+
+# --- train -----------------------------------------------------------------------------
+@dataclass
+class TrainedModel:
+    model: ForecastModel
+    training: TrainingResult
+
+
+def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
+    """Fit scalers on each series' training part, then the Bayesian LSTM (ELBO, early stop)."""
+    transform = "log1p" if config.data.non_negative else "none"
+    scalers, spec = fit_scalers(panel, config.window, transform)
+    train_windows = build_windows(panel, scalers, spec, config.window, "train")
+    validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
+    log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
+    model = ForecastModel.create(spec, scalers, config.model)
+    result = train_model(model.network, train_windows, validation_windows, config.train, progress=progress)
+    return TrainedModel(model=model, training=result)
+
+
+# --- evaluate --------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """Monte Carlo evaluation of one-day-ahead forecasts over the test split."""
+
+    metrics: dict[str, float]
+    forecasts: pd.DataFrame  # output contract, one row per series and test day
+    actuals: np.ndarray  # (N,) aligned with ``forecasts``
+    sampled: SampledForecast
+
+
+def seasonal_scales(panel: Panel, config: PipelineConfig) -> np.ndarray:
+    """Per-series mean absolute seasonal-naive(7) error before the test window."""
+    return np.array([
+        m.seasonal_naive_scale(s.target[: split_points(s, config.window).test_start]) for s in panel.series
+    ])
+
+
+def test_days(panel: Panel, config: PipelineConfig) -> dict[int, np.ndarray]:
+    return {k: np.arange(split_points(s, config.window).test_start, len(s)) for k, s in enumerate(panel.series)}
+
+
+def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel) -> Evaluation:
+    """Rolling one-day-ahead forecasts for every test day (actuals up to the day before)."""
+    days = test_days(panel, config)
+    sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed)
+    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
+    series_index = np.concatenate([np.full(len(d), k) for k, d in days.items()])
+    metrics = evaluate_samples(actuals, sampled.samples, series_index, seasonal_scales(panel, config),
+                               config.evaluation.coverage_levels)
+    metrics["epistemic_share"] = float(np.mean(sampled.epistemic_share))
+    return Evaluation(metrics=metrics, forecasts=sampled.to_frame(CANDIDATE_VERSION), actuals=actuals, sampled=sampled)
+
+
+def write_plots(config: PipelineConfig, panel: Panel, evaluation: Evaluation, out_dir: Path) -> list[Path]:
+    """Fan chart of a few series, calibration curve and PIT histogram of the test split."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The busiest series first: their charts are the most telling.
+    totals = sorted(panel.series, key=lambda s: -float(s.target.sum()))
+    chosen = [s.series_id for s in totals[: config.evaluation.fan_chart_series]]
+    history = panel.to_frame()
+    paths = [fan_chart(evaluation.forecasts, history, chosen, out_dir / "fan_chart.png",
+                       title="One-day-ahead forecasts on the test split")]
+    nominal, observed = m.calibration_curve(evaluation.actuals, evaluation.sampled.samples)
+    paths.append(calibration_plot({"Bayesian LSTM": (nominal, observed)}, out_dir / "calibration_curve.png"))
+    pit = m.probability_integral_transform(evaluation.actuals, evaluation.sampled.samples)
+    paths.append(pit_histogram(pit, out_dir / "pit_histogram.png"))
+    return paths
+
+
+# --- register --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingOutcome:
+    run_id: str
+    run_url: str
+    model_name: str
+    version: str
+    aliases: tuple[str, ...]
+    metrics: dict
+
+
+def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
+             plots: list[Path]) -> TrainingOutcome:
+    """Log params, metrics and pictures; log and register the model; set aliases.
+
+    The new version always gets ``challenger``; it also gets ``champion`` when no
+    champion exists yet (the promotion gate of later versions is in issue 3/8).
+    """
+    registry.configure(config.tracking_uri)
+    experiment_id = registry.ensure_experiment(config.registry.experiment_name, config.artifact_root)
+    run_name = f"train-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    with registry.training_run(experiment_id, run_name, tags={"pipeline": "training"}) as run:
+        registry.log_params(_flatten(config.model_dump(mode="json", exclude={"workdir"})))
+        registry.log_params({"train.epochs_run": trained.training.epochs_run,
+                             "train.best_epoch": trained.training.best_epoch})
+        for record in trained.training.history:
+            registry.log_metrics({f"train_{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        registry.log_metrics({**evaluation.metrics, "validation_nll": trained.training.best_validation_nll,
+                              "training_seconds": trained.training.seconds})
+        for path in plots:
+            registry.log_artifact(path, "plots")
+        registry.log_dict(config.model_dump(mode="json"), "config.json")
+        registry.log_dict(data_fingerprint(panel), "data_fingerprint.json")
+        model_uri = registry.log_forecaster(trained.model, _input_example(panel))
+        version = registry.register(model_uri, config.registry.model_name, run.info.run_id,
+                                    description=_describe(evaluation.metrics))
+        registry.tag_version(config.registry.model_name, version,
+                             {f"metric.{k}": f"{v:.4f}" for k, v in evaluation.metrics.items()
+                              if k in ("picp_95", "picp_90", "crps_scaled", "mase")})
+        aliases = [registry.CHALLENGER]
+        registry.set_alias(config.registry.model_name, registry.CHALLENGER, version)
+        if registry.alias_version(config.registry.model_name, registry.CHAMPION) is None:
+            registry.set_alias(config.registry.model_name, registry.CHAMPION, version)
+            aliases.append(registry.CHAMPION)
+        url = registry.run_url(run)
+    return TrainingOutcome(run.info.run_id, url, config.registry.model_name, version, tuple(aliases),
+                           evaluation.metrics)
+
+
+def _describe(metrics: dict) -> str:
+    return (f"Test split, one-day-ahead: PICP95 {metrics.get('picp_95', float('nan')):.3f}, "
+            f"PICP90 {metrics.get('picp_90', float('nan')):.3f}, CRPS(scaled) {metrics.get('crps_scaled', float('nan')):.3f}, "
+            f"MASE {metrics.get('mase', float('nan')):.3f}")
+
+
+def _input_example(panel: Panel, days: int = 35) -> pd.DataFrame:
+    frame = panel.to_frame()
+    first = frame["series_id"].drop_duplicates().head(2)
+    frame = frame[frame["series_id"].isin(first)]
+    return frame.groupby("series_id", group_keys=False).tail(days).reset_index(drop=True)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+# --- backtest --------------------------------------------------------------------------
+def truncate(panel: Panel, keep: dict[int, int]) -> Panel:
+    """Each series cut to its first ``keep[k]`` days (what was known at a forecast origin)."""
+    series = tuple(
+        Series(s.series_id, s.dates[: keep[k]], s.target[: keep[k]], s.covariates[: keep[k]])
+        for k, s in enumerate(panel.series)
+    )
+    return replace(panel, series=series)
+
+
+def backtest_forecasts(config: PipelineConfig, model: ForecastModel, panel: Panel, horizon: int) -> pd.DataFrame:
+    """Forecasts for the last ``config.window.test_days`` of each series, from origins every
+    ``horizon`` days: ``horizon=1`` is the rolling one-day-ahead backtest (no refit),
+    ``horizon=test_days`` forecasts all test days from one origin."""
+    n_test = config.window.test_days
+    if horizon == 1:
+        sampled = model.one_step(panel, test_days(panel, config), config.evaluation.num_samples,
+                                 seed=config.evaluation.seed)
+        return sampled.to_frame(CANDIDATE_VERSION)
+    frames = []
+    for offset in range(0, n_test, horizon):
+        keep = {k: split_points(s, config.window).test_start + offset for k, s in enumerate(panel.series)}
+        steps = min(horizon, n_test - offset)
+        sampled = model.forecast(truncate(panel, keep), steps, config.evaluation.num_samples,
+                                 seed=config.evaluation.seed + offset)
+        frames.append(sampled.to_frame(CANDIDATE_VERSION))
+    return pd.concat(frames, ignore_index=True).sort_values(["series_id", "date"], ignore_index=True)

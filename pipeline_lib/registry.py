@@ -1,0 +1,236 @@
+"""The only module that talks to MLflow's tracking and model registry.
+
+MLflow's API moves quickly (stages gave way to aliases in 2.x; ``artifact_path`` became
+``name`` in 3.x), so every call lives here and an upgrade touches one file.
+
+The model is logged as a ``mlflow.pyfunc.PythonModel`` whose artifacts are plain files
+(weights, config, scalers) rebuilt from this package's code on load: the ``mlflow.keras``
+flavour is Keras-3 only and TFP needs Keras 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_lib.errors import ModelLoadError, PipelineError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_ARTIFACT = "forecaster"
+PIP_REQUIREMENTS = [
+    "tensorflow==2.21.*", "tensorflow-probability==0.25.*", "tf-keras==2.21.*",
+    "pandas>=2.2,<3", "numpy>=1.26,<3", "pydantic>=2.7,<3",
+]
+
+
+def _mlflow():
+    # Imported lazily: importing mlflow costs seconds and nothing at import time should
+    # depend on a tracking server.
+    import mlflow
+
+    return mlflow
+
+
+def configure(tracking_uri: str) -> None:
+    """Point the MLflow client at ``tracking_uri`` (registry on the same store)."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+def ensure_experiment(name: str, artifact_root: Path) -> str:
+    """Experiment id of ``name``, creating it with artifacts under ``artifact_root``."""
+    mlflow = _mlflow()
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if not str(mlflow.get_tracking_uri()).startswith(("http://", "https://")):
+        Path(artifact_root).mkdir(parents=True, exist_ok=True)
+        location = Path(artifact_root).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def training_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None):
+    """An MLflow run that is marked FAILED if the block raises."""
+    mlflow = _mlflow()
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        yield run
+
+
+def log_params(params: dict) -> None:
+    mlflow = _mlflow()
+    flat = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in params.items()}
+    # MLflow caps a batch at 100 params.
+    items = list(flat.items())
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start:start + 100]))
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: Path, folder: str | None = None) -> None:
+    _mlflow().log_artifact(str(path), artifact_path=folder)
+
+
+def log_dict(payload: dict, file_name: str) -> None:
+    _mlflow().log_dict(payload, file_name)
+
+
+def run_url(run) -> str:
+    """A link (server) or local path (SQLite) a person can follow to the run."""
+    uri = _mlflow().get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return f"{uri} (experiment {run.info.experiment_id}, run {run.info.run_id}; open with `mlflow ui --backend-store-uri {uri}`)"
+
+
+class DemandForecaster:
+    """pyfunc wrapper, created lazily so this module imports without mlflow."""
+
+
+def _python_model_class():
+    mlflow = _mlflow()
+
+    class DemandForecasterModel(mlflow.pyfunc.PythonModel):
+        """Input: long-format history (``series_id, date, target, <covariates>``).
+        Params: ``horizon`` (days), ``num_samples``, ``seed``, ``model_version``.
+        Output: the forecast table of docs/output-contract (one row per series and day)."""
+
+        def load_context(self, context):
+            from pipeline_lib.model.forecast import ForecastModel
+
+            self.model = ForecastModel.load(Path(context.artifacts["model_dir"]))
+
+        def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+            from pipeline_lib.data.validate import panel_from_history
+
+            params = {**DEFAULT_PREDICT_PARAMS, **(params or {})}
+            panel = panel_from_history(model_input, self.model.spec.covariate_names)
+            sampled = self.model.forecast(panel, int(params["horizon"]), int(params["num_samples"]), int(params["seed"]))
+            return sampled.to_frame(str(params["model_version"]))
+
+    return DemandForecasterModel
+
+
+DEFAULT_PREDICT_PARAMS = {"horizon": 7, "num_samples": 100, "seed": 0, "model_version": "unknown"}
+
+
+def log_forecaster(forecast_model, input_example: pd.DataFrame) -> str:
+    """Log the model to the active run; returns its model URI."""
+    mlflow = _mlflow()
+    from mlflow.models import infer_signature
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = forecast_model.save(Path(tmp) / "model")
+        python_model = _python_model_class()()
+        python_model.model = forecast_model
+        example_output = python_model.predict(None, input_example, {"horizon": 2, "num_samples": 20})
+        signature = infer_signature(input_example, example_output, params=DEFAULT_PREDICT_PARAMS)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=_python_model_class()(),
+            artifacts={"model_dir": str(model_dir)},
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+    return info.model_uri
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_name: str
+    version: str
+    aliases: tuple[str, ...]
+
+
+def register(model_uri: str, model_name: str, run_id: str, description: str = "") -> str:
+    """Register ``model_uri`` as a new version of ``model_name``; returns the version."""
+    mlflow = _mlflow()
+    version = mlflow.register_model(model_uri, model_name, tags={"run_id": run_id})
+    if description:
+        client().update_model_version(model_name, version.version, description=description)
+    return str(version.version)
+
+
+def client():
+    return _mlflow().MlflowClient()
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    """Version carrying ``alias``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(model_name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(model_name, alias, version)
+
+
+def tag_version(model_name: str, version: str, tags: dict[str, str]) -> None:
+    c = client()
+    for key, value in tags.items():
+        c.set_model_version_tag(model_name, version, key, str(value))
+
+
+def champion_uri(model_name: str) -> str:
+    return f"models:/{model_name}@{CHAMPION}"
+
+
+def resolve_version(model_uri: str) -> str:
+    """The version number behind ``models:/name@alias`` or ``models:/name/3``; else the URI."""
+    if model_uri.startswith("models:/"):
+        ref = model_uri[len("models:/"):]
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = alias_version(name, alias)
+            if version is None:
+                raise ModelLoadError(
+                    f"no version of model {name!r} has alias {alias!r}; run `bayes-pipeline train` first "
+                    "or move the alias in the MLflow UI"
+                )
+            return version
+        if "/" in ref:
+            return ref.split("/", 1)[1]
+    return model_uri
+
+
+def load_forecaster(model_uri: str):
+    """Load a registered model as a :class:`ForecastModel` (rebuilt from code)."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        raise ModelLoadError(f"cannot load model {model_uri}: {str(exc).splitlines()[0]}") from None
+    return pyfunc.unwrap_python_model().model
+
+
+def tracking_is_local(tracking_uri: str) -> bool:
+    return tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:") or os.path.sep in tracking_uri[:1]
+
+
+__all__ = [
+    "CHAMPION", "CHALLENGER", "PipelineError", "Registration", "alias_version", "champion_uri", "configure",
+    "ensure_experiment", "load_forecaster", "log_artifact", "log_dict", "log_forecaster", "log_metrics",
+    "log_params", "register", "resolve_version", "run_url", "set_alias", "tag_version", "training_run",
+]
