@@ -1,0 +1,1 @@
+"""Thin Prefect wrappers around pipeline_lib. No logic lives here."""

@@ -1,0 +1,88 @@
+"""Training flow: ingest -> validate -> train -> mc_evaluate -> register.
+
+Each task calls one plain function of :mod:`pipeline_lib.pipeline`; the flow adds
+retries, logging and the Prefect artifacts (metrics table, run link).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipeline_lib import pipeline
+from pipeline_lib.config import PipelineConfig
+
+# Inputs are data frames and models: hashing them for Prefect's cache would cost more
+# than the tasks and would never hit.
+_task = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, **_task)
+def ingest(config: PipelineConfig):
+    return pipeline.ingest(config)
+
+
+@task(name="validate", **_task)
+def validate(config: PipelineConfig, raw):
+    panel = pipeline.validate(config, raw)
+    get_run_logger().info("validated %d series from %s%s", len(panel.series), panel.source,
+                          "".join(f"; {note}" for note in panel.notes))
+    return panel
+
+
+@task(name="train", **_task)
+def train(config: PipelineConfig, panel, progress: bool = True):
+    trained = pipeline.train(config, panel, progress=progress)
+    get_run_logger().info("trained %d epochs (best %d, validation NLL %.4f) in %.0f s",
+                          trained.training.epochs_run, trained.training.best_epoch,
+                          trained.training.best_validation_nll, trained.training.seconds)
+    return trained
+
+
+@task(name="mc_evaluate", **_task)
+def mc_evaluate(config: PipelineConfig, trained, panel, plot_dir: Path):
+    evaluation = pipeline.evaluate(config, trained.model, panel)
+    plots = pipeline.write_plots(config, panel, evaluation, plot_dir)
+    return evaluation, plots
+
+
+@task(name="register", retries=2, retry_delay_seconds=10, **_task)
+def register(config: PipelineConfig, panel, trained, evaluation, plots):
+    return pipeline.register(config, panel, trained, evaluation, plots)
+
+
+@flow(name="training_pipeline", log_prints=True)
+def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool = True) -> pipeline.TrainingOutcome:
+    """Train, evaluate and register a Bayesian LSTM; the first version becomes champion."""
+    raw = ingest(config)
+    panel = validate(config, raw)
+    trained = train(config, panel, progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluation, plots = mc_evaluate(config, trained, panel, Path(tmp))
+        outcome = register(config, panel, trained, evaluation, plots)
+    _publish(outcome)
+    return outcome
+
+
+def _publish(outcome: pipeline.TrainingOutcome) -> None:
+    keys = ["picp_80", "picp_90", "picp_95", "mpiw_95", "crps", "crps_scaled", "mae", "mase", "epistemic_share"]
+    create_table_artifact(
+        key="training-metrics",
+        table=[{"metric": k, "value": round(outcome.metrics[k], 4)} for k in keys if k in outcome.metrics],
+        description="Test-split metrics of the new model version (one-day-ahead, Monte Carlo)",
+    )
+    create_markdown_artifact(
+        key="training-run",
+        markdown=(
+            f"## Model `{outcome.model_name}` version {outcome.version}\n\n"
+            f"* aliases: {', '.join(outcome.aliases)}\n"
+            f"* MLflow run: {outcome.run_url}\n"
+            f"* PICP95 {outcome.metrics['picp_95']:.3f} | PICP90 {outcome.metrics['picp_90']:.3f} | "
+            f"CRPS (scaled) {outcome.metrics['crps_scaled']:.3f} | MASE {outcome.metrics['mase']:.3f}\n"
+        ),
+        description="Where to find the run and the registered version",
+    )

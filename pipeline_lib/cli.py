@@ -1,0 +1,179 @@
+"""``bayes-pipeline``: train, forecast and backtest from the command line.
+
+User errors (bad data, bad config, missing model) print one line to stderr and exit with
+code 2; nothing is written when the input is rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline_lib.config import WORKDIR_ENV, PipelineConfig, default_workdir, load_config
+from pipeline_lib.data.ingest import read_table
+from pipeline_lib.data.validate import load_panel, validate_table
+from pipeline_lib.errors import PipelineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Probabilistic demand forecasting with a Bayesian LSTM.")
+
+USER_ERROR_EXIT = 2
+
+DataOpt = typer.Option(None, "--data", help="CSV, CSV.gz or Parquet file in long format (default: bundled data)")
+IdOpt = typer.Option(None, "--id-col", help="series id column (default: series_id)")
+TimeOpt = typer.Option(None, "--time-col", help="date column (default: date)")
+TargetOpt = typer.Option(None, "--target-col", help="target column (default: units)")
+ConfigOpt = typer.Option(None, "--config", help="YAML config file (see configs/default.yaml)")
+WorkdirOpt = typer.Option(None, "--workdir", help=f"state directory (default: ${WORKDIR_ENV} or .bayes-pipeline)")
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _build_config(config_file, workdir, data, id_col, time_col, target_col, **window) -> PipelineConfig:
+    config = load_config(config_file)
+    workdir = Path(workdir) if workdir else (config.workdir if config_file else default_workdir())
+    return config.updated(
+        workdir=workdir,
+        data={"path": data, "id_col": id_col, "time_col": time_col, "target_col": target_col},
+        window=window,
+    )
+
+
+def _prepare_environment(config: PipelineConfig) -> None:
+    """Keep Prefect's local state with the rest of the run's state (set before importing prefect)."""
+    prefect_home = (config.workdir / "prefect").resolve()
+    prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def _fail_cleanly(func):
+    """Turn PipelineError into one line on stderr and exit code 2."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PipelineError as exc:
+            _say(f"error: {exc}")
+            raise typer.Exit(USER_ERROR_EXIT) from None
+
+    return wrapper
+
+
+@app.command()
+@_fail_cleanly
+def train(
+    data: Optional[Path] = DataOpt,
+    id_col: Optional[str] = IdOpt,
+    time_col: Optional[str] = TimeOpt,
+    target_col: Optional[str] = TargetOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="override train.epochs"),
+) -> None:
+    """Run the training flow: ingest, validate, train, evaluate, register."""
+    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    if epochs is not None:
+        cfg = cfg.updated(train={"epochs": epochs})
+    _say(f"[1/3] validating {cfg.data.source_name()}")
+    # Reject bad input before TensorFlow loads and before any run or model exists.
+    panel = load_panel(cfg.data, cfg.window)
+    _say(f"      {len(panel.series)} series, {sum(len(s) for s in panel.series)} series-days")
+    _say(f"[2/3] training flow (state in {cfg.workdir})")
+    _prepare_environment(cfg)
+    from flows.training import training_pipeline
+
+    outcome = training_pipeline(cfg)
+    _say("[3/3] done")
+    typer.echo(f"run_id: {outcome.run_id}")
+    typer.echo(f"model: {outcome.model_name} version {outcome.version} ({', '.join(outcome.aliases)})")
+    typer.echo(f"test PICP95 {outcome.metrics['picp_95']:.3f}  PICP90 {outcome.metrics['picp_90']:.3f}  "
+               f"CRPS(scaled) {outcome.metrics['crps_scaled']:.3f}  MASE {outcome.metrics['mase']:.3f}")
+    typer.echo(f"MLflow: {outcome.run_url}")
+
+
+@app.command()
+@_fail_cleanly
+def forecast(
+    horizon: int = typer.Option(..., "--horizon", min=1, help="days to forecast after each series' last day"),
+    out: Path = typer.Option(..., "--out", help="CSV file to write"),
+    model: Optional[str] = typer.Option(None, "--model", help="model URI (default: models:/<name>@champion)"),
+    data: Optional[Path] = DataOpt,
+    id_col: Optional[str] = IdOpt,
+    time_col: Optional[str] = TimeOpt,
+    target_col: Optional[str] = TargetOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Monte Carlo sample paths"),
+) -> None:
+    """Write forecasts for the next H days of every series (output contract CSV)."""
+    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    panel = validate_table(read_table(cfg.data), cfg.data, min_days=1)
+    from pipeline_lib import registry
+
+    registry.configure(cfg.tracking_uri)
+    uri = model or registry.champion_uri(cfg.registry.model_name)
+    version = registry.resolve_version(uri)
+    _say(f"forecasting {len(panel.series)} series, {horizon} days, with {uri} (version {version})")
+    forecaster = registry.load_forecaster(uri)
+    sampled = forecaster.forecast(panel, horizon, num_samples or cfg.evaluation.num_samples,
+                                  seed=cfg.evaluation.seed)
+    frame = sampled.to_frame(version)
+    _write_csv(frame, out)
+    typer.echo(f"wrote {len(frame)} rows to {out}")
+
+
+@app.command()
+@_fail_cleanly
+def backtest(
+    test_days: int = typer.Option(..., "--test-days", min=1, help="last N days of each series are the test period"),
+    horizon: int = typer.Option(1, "--horizon", min=1, help="1 = rolling one-day-ahead; N = all days from one origin"),
+    out: Path = typer.Option(..., "--out", help="CSV file to write"),
+    data: Optional[Path] = DataOpt,
+    id_col: Optional[str] = IdOpt,
+    time_col: Optional[str] = TimeOpt,
+    target_col: Optional[str] = TargetOpt,
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+) -> None:
+    """Train once before the last N days of each series, then forecast those days."""
+    cfg = _build_config(config, workdir, data, id_col, time_col, target_col, test_days=test_days)
+    if horizon > test_days:
+        raise typer.BadParameter(f"--horizon {horizon} exceeds --test-days {test_days}")
+    _say(f"[1/3] validating {cfg.data.source_name()}")
+    panel = load_panel(cfg.data, cfg.window)
+    from pipeline_lib import pipeline
+
+    _say(f"[2/3] training on {len(panel.series)} series (test period excluded)")
+    trained = pipeline.train(cfg, panel)
+    _say(f"[3/3] forecasting the last {test_days} days, horizon {horizon}")
+    frame = pipeline.backtest_forecasts(cfg, trained.model, panel, horizon)
+    _write_csv(frame, out)
+    typer.echo(f"wrote {len(frame)} rows to {out}")
+
+
+def _write_csv(frame, out: Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d")).to_csv(tmp, index=False)
+    tmp.replace(out)  # never leave a half-written file behind
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny seeded synthetic data and a small, fast configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from pipeline_lib.config import PipelineConfig  # noqa: E402
+
+
+def synthetic_demand(n_series: int = 4, n_days: int = 120, seed: int = 0, start: str = "2023-01-02",
+                     id_col: str = "series_id", time_col: str = "date", target_col: str = "units") -> pd.DataFrame:
+    """Weekly-seasonal Poisson demand with a price covariate and closed Saturdays."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range(start, periods=n_days, freq="D")
+    rows = []
+    for k in range(n_series):
+        level = 5.0 + 10.0 * k
+        weekly = 1.0 + 0.5 * np.sin(2 * np.pi * np.arange(n_days) / 7)
+        rate = level * weekly * (dates.dayofweek != 5)
+        price = 2.0 + 0.1 * k + 0.05 * rng.standard_normal(n_days)
+        rows.append(pd.DataFrame({id_col: f"S{k}", time_col: dates.strftime("%Y-%m-%d"),
+                                  target_col: rng.poisson(rate), "price": price}))
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> PipelineConfig:
+    """A configuration that trains in seconds on ``synthetic_demand``."""
+    return PipelineConfig(
+        workdir=tmp_path / "work",
+        window={"context_length": 14, "validation_days": 14, "test_days": 7, "min_train_days": 14},
+        model={"lstm_units": (8, 4)},
+        train={"epochs": 2, "batch_size": 64, "patience": 1, "kl_ramp_epochs": 1},
+        evaluation={"num_samples": 20, "fan_chart_series": 2},
+        registry={"experiment_name": "test-experiment", "model_name": "test-model"},
+    )
+
+
+@pytest.fixture
+def synthetic_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "demand.csv"
+    synthetic_demand().to_csv(path, index=False)
+    return path

@@ -1,0 +1,63 @@
+"""The CLI contract: backtest on foreign data, forecast from the registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline_lib.cli import app
+from pipeline_lib.contract import QUANTILE_COLUMNS, check_forecast_frame
+from tests.conftest import synthetic_demand
+
+pytestmark = pytest.mark.model
+
+CONFIG = (
+    "window: {context_length: 14, validation_days: 14, test_days: 7, min_train_days: 14}\n"
+    "model: {lstm_units: [8, 4]}\n"
+    "train: {epochs: 1, batch_size: 64}\n"
+    "evaluation: {num_samples: 20}\n"
+)
+
+
+@pytest.fixture
+def foreign_data(tmp_path):
+    """Other column names, calendar gaps, non-integer targets, unequal series lengths."""
+    frame = synthetic_demand(n_series=3, n_days=90, id_col="sku", time_col="day", target_col="kg")
+    frame["kg"] = frame["kg"] * 0.37
+    frame = frame.drop(index=[20, 21, 150]).iloc[5:]
+    path = tmp_path / "foreign.csv.gz"
+    frame.to_csv(path, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    return path, config
+
+
+@pytest.mark.parametrize("horizon", [1, 7])
+def test_backtest_writes_contract_for_every_test_day(foreign_data, tmp_path, horizon):
+    path, config = foreign_data
+    out = tmp_path / "bt.csv"
+    result = CliRunner().invoke(app, [
+        "backtest", "--data", str(path), "--id-col", "sku", "--time-col", "day", "--target-col", "kg",
+        "--test-days", "7", "--horizon", str(horizon), "--out", str(out), "--config", str(config),
+        "--workdir", str(tmp_path / "work"),
+    ])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out, parse_dates=["date"], dtype={"series_id": str})
+    check_forecast_frame(frame)
+    assert set(QUANTILE_COLUMNS) <= set(frame.columns)
+    quantiles = frame[list(QUANTILE_COLUMNS)].to_numpy()
+    assert (np.diff(quantiles, axis=1) >= 0).all()
+    # One row per series per test day: the last 7 days of each series.
+    assert len(frame) == 3 * 7 and not frame.duplicated(["series_id", "date"]).any()
+    assert (frame.groupby("series_id")["date"].max() == pd.Timestamp("2023-04-01")).all()
+    assert (frame.groupby("series_id")["date"].min() == pd.Timestamp("2023-03-26")).all()
+
+
+def test_forecast_without_a_model_is_a_clear_error(tmp_path, synthetic_csv):
+    result = CliRunner().invoke(app, ["forecast", "--horizon", "3", "--out", str(tmp_path / "f.csv"),
+                                      "--data", str(synthetic_csv), "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 2
+    assert "no version of model" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "f.csv").exists()

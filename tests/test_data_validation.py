@@ -1,0 +1,149 @@
+"""Every bad input of the data contract is rejected with a located, one-line error,
+and nothing is written (no work directory, no MLflow run, no model version)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline_lib.cli import USER_ERROR_EXIT, app
+from pipeline_lib.config import DataConfig, WindowConfig
+from pipeline_lib.data.validate import minimum_series_days, validate_table
+from pipeline_lib.errors import DataValidationError
+from tests.conftest import synthetic_demand
+
+WINDOW = WindowConfig(context_length=14, validation_days=14, test_days=7, min_train_days=14)
+
+
+def _break(kind: str) -> pd.DataFrame:
+    frame = synthetic_demand(n_series=2, n_days=60)
+    if kind == "missing_column":
+        return frame.drop(columns=["units"])
+    if kind == "bad_date":
+        frame.loc[5, "date"] = "2023-02-30x"
+        return frame
+    if kind == "non_numeric":
+        frame["units"] = frame["units"].astype(object)
+        frame.loc[7, "units"] = "many"
+        return frame
+    if kind == "infinite":
+        frame["units"] = frame["units"].astype(float)
+        frame.loc[9, "units"] = np.inf
+        return frame
+    if kind == "duplicate":
+        return pd.concat([frame, frame.iloc[[3]]], ignore_index=True)
+    if kind == "negative":
+        frame.loc[11, "units"] = -4
+        return frame
+    if kind == "empty":
+        return frame.iloc[0:0]
+    if kind == "too_short":
+        return frame[frame["date"] < "2023-01-20"]
+    if kind == "gap_rejected":
+        return frame.drop(index=[10, 11])
+    raise AssertionError(kind)
+
+
+# kind -> words the message must contain (problem and location)
+EXPECTED = {
+    "missing_column": ["missing column", "'units'"],
+    "bad_date": ["unparseable date", "'date'", "row 6", "2023-02-30x"],
+    "non_numeric": ["non-numeric", "'units'", "row 8", "many"],
+    "infinite": ["infinite", "'units'", "row 10"],
+    "duplicate": ["duplicate", "rows 4, 121", "'S0'", "2023-01-05"],
+    "negative": ["negative demand", "row 12", "'S0'"],
+    "empty": ["no rows"],
+    "too_short": ["too short", "'S0'", f"{minimum_series_days(WINDOW)} days"],
+    "gap_rejected": ["missing day", "'S0'", "2023-01-12"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_validator_names_problem_and_location(kind):
+    data = DataConfig(path=Path("demand.csv"), gap_policy="reject" if kind == "gap_rejected" else "zero")
+    with pytest.raises(DataValidationError) as info:
+        validate_table(_break(kind), data, minimum_series_days(WINDOW))
+    message = str(info.value)
+    assert "\n" not in message
+    for word in EXPECTED[kind]:
+        assert word in message, (word, message)
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_cli_rejects_bad_input_without_writing_anything(kind, tmp_path):
+    path = tmp_path / "bad.csv"
+    _break(kind).to_csv(path, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "window: {context_length: 14, validation_days: 14, test_days: 7, min_train_days: 14}\n"
+        + ("data: {gap_policy: reject}\n" if kind == "gap_rejected" else "")
+    )
+    workdir = tmp_path / "work"
+    result = CliRunner().invoke(app, ["train", "--data", str(path), "--config", str(config), "--workdir", str(workdir)])
+    assert result.exit_code == USER_ERROR_EXIT, result.output
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert EXPECTED[kind][0] in error_lines[0]
+    # Nothing written: no MLflow store, no Prefect state, no model.
+    assert not workdir.exists()
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    from pipeline_lib.data.ingest import read_file
+
+    with pytest.raises(DataValidationError, match="file not found"):
+        read_file(tmp_path / "nope.csv", "series_id")
+    odd = tmp_path / "data.xlsx"
+    odd.write_text("x")
+    with pytest.raises(DataValidationError, match="unsupported file type"):
+        read_file(odd, "series_id")
+
+
+def test_gaps_are_filled_by_policy_and_reported():
+    frame = synthetic_demand(n_series=1, n_days=60).drop(index=[10, 11])
+    panel = validate_table(frame, DataConfig(gap_policy="zero"), 1)
+    series = panel.series[0]
+    assert len(series) == 60 and panel.filled_days == 2
+    assert series.target[10] == 0 and series.target[11] == 0
+    # Covariates carry their last value into the gap, never shift the calendar.
+    assert series.covariates[10, 0] == series.covariates[9, 0]
+    assert series.dates[12] == pd.Timestamp("2023-01-14")
+    ffilled = validate_table(frame, DataConfig(gap_policy="ffill"), 1).series[0]
+    assert ffilled.target[10] == ffilled.target[9]
+
+
+def test_ids_stay_strings_and_input_order_does_not_matter(tmp_path):
+    frame = synthetic_demand(n_series=2, n_days=40)
+    frame["series_id"] = frame["series_id"].map({"S0": "00123", "S1": "123"})
+    path = tmp_path / "ids.csv"
+    frame.sample(frac=1.0, random_state=1).to_csv(path, index=False)
+    from pipeline_lib.data.ingest import read_file
+
+    panel = validate_table(read_file(path, "series_id"), DataConfig(path=path), 1)
+    assert panel.series_ids == ["00123", "123"]
+    assert (np.diff(panel.series[0].dates.values).astype("timedelta64[D]").astype(int) == 1).all()
+
+
+def test_parquet_and_sql_sources(tmp_path):
+    import sqlalchemy
+
+    frame = synthetic_demand(n_series=2, n_days=40, id_col="sku", time_col="day", target_col="qty")
+    parquet = tmp_path / "d.parquet"
+    frame.to_parquet(parquet)
+    from pipeline_lib.data.ingest import read_table
+
+    data = DataConfig(path=parquet, id_col="sku", time_col="day", target_col="qty")
+    assert len(validate_table(read_table(data), data, 1).series) == 2
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    engine = sqlalchemy.create_engine(url)
+    frame.to_sql("sales", engine, index=False)
+    engine.dispose()
+    sql = DataConfig(sql_url=url, sql_query="SELECT sku, day, qty, price FROM sales", id_col="sku",
+                     time_col="day", target_col="qty")
+    panel = validate_table(read_table(sql), sql, 1)
+    assert panel.covariate_names == ("price",) and len(panel.series[0]) == 40
