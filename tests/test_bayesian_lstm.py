@@ -135,3 +135,20 @@ def test_nan_guard_stops_training():
     model = BayesianForecaster(2, ModelConfig(lstm_units=(4, 4))).build_for(6)
     with pytest.raises(TrainingDivergedError, match="diverged"):
         train_model(model, train, train, TrainConfig(epochs=1, batch_size=64), progress=False)
+
+
+@pytest.mark.model
+def test_epistemic_variance_falls_as_training_data_grows():
+    """With the per-example ELBO, KL/N weighs less as N grows, so the posterior narrows."""
+    test, _ = _regression_data(300, 5)
+    epistemic = {}
+    for n, epochs in ((128, 150), (4096, 5)):  # about the same number of gradient steps
+        train, _ = _regression_data(n, 0)
+        tf.random.set_seed(0)
+        model = BayesianForecaster(2, ModelConfig(lstm_units=(8, 4), posterior_init_std=0.05)).build_for(6)
+        train_model(model, train, test,
+                    TrainConfig(epochs=epochs, batch_size=64, learning_rate=1e-2, patience=epochs,
+                                kl_annealing="none"), progress=False)
+        out = predict_distribution(model, test.inputs, num_samples=100, samples_per_draw=1)
+        epistemic[n] = float(out.epistemic_variance.mean())
+    assert epistemic[4096] < 0.5 * epistemic[128], epistemic

@@ -186,16 +186,20 @@ class BayesianLSTM(VariationalLayer):
         """Run ``inputs`` of shape ``(S, B, T, F)`` with sampled weights ``draw``."""
         if "sign_in_x" in draw:
             return self._forward_flipout(inputs, draw)
-        shape = tf.shape(inputs)
-        samples, batch = shape[0], shape[1]
-        steps = inputs.shape[2]
-        # All input projections in one batched matmul: (S, B*T, F) @ (S, F, 4U).
-        projected = tf.matmul(tf.reshape(inputs, [samples, -1, inputs.shape[-1]]), draw["kernel"])
-        projected = tf.reshape(projected + draw["bias"][:, None, :], [samples, batch, steps, 4 * self.units])
-        per_step = tf.unstack(projected, num=steps, axis=2)
-        recurrent = draw["recurrent"]
-        return self._unroll(lambda t, h: per_step[t] + tf.matmul(h, recurrent),
-                            tf.zeros([samples, batch, self.units]), steps)
+        out = self.forward_steps(tf.unstack(inputs, num=inputs.shape[2], axis=2), draw)
+        return tf.stack(out, axis=2) if self.return_sequences else out
+
+    def forward_steps(self, inputs: list[tf.Tensor], draw: dict):
+        """Tiled draws on a list of ``T`` tensors ``(S, B, F)``; returns a list of ``T``
+        tensors ``(S, B, U)`` if ``return_sequences`` else the last one. Stacked layers pass
+        these lists to each other, which saves a stack/unstack copy per layer."""
+        shape = tf.shape(inputs[0])
+        # One batched matmul per step on [x_t, h] @ [W; U]: projecting all steps up front
+        # would hold an (S, B, T, 4U) tensor, gigabytes for S=100 x 256 windows.
+        stacked = tf.concat([draw["kernel"], draw["recurrent"]], axis=1)  # (S, F + U, 4U)
+        bias = draw["bias"][:, None, :]
+        return self._unroll(lambda t, h: tf.matmul(tf.concat([inputs[t], h], axis=-1), stacked) + bias,
+                            tf.zeros([shape[0], shape[1], self.units]), len(inputs), as_list=True)
 
     def _forward_flipout(self, inputs: tf.Tensor, draw: dict) -> tf.Tensor:
         shape = tf.shape(inputs)
@@ -221,7 +225,7 @@ class BayesianLSTM(VariationalLayer):
             return tf.reshape(out, [samples, batch, steps, self.units])
         return tf.reshape(out, [samples, batch, self.units])
 
-    def _unroll(self, gates_at, h0: tf.Tensor, steps: int) -> tf.Tensor:
+    def _unroll(self, gates_at, h0: tf.Tensor, steps: int, as_list: bool = False):
         h, c = h0, tf.zeros_like(h0)
         outputs = []
         for t in range(steps):
@@ -230,7 +234,9 @@ class BayesianLSTM(VariationalLayer):
             h = tf.sigmoid(o) * tf.tanh(c)
             if self.return_sequences:
                 outputs.append(h)
-        return tf.stack(outputs, axis=-2) if self.return_sequences else h
+        if not self.return_sequences:
+            return h
+        return outputs if as_list else tf.stack(outputs, axis=-2)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units, "return_sequences": self.return_sequences}

@@ -59,10 +59,15 @@ class BayesianForecaster(tf_keras.Model):
 
     def forward(self, inputs: tf.Tensor, draws: list[dict]) -> tf.Tensor:
         """``(S, B, T, F)`` -> ``(S, B, P)`` with the sampled weights of ``draws``."""
-        h = inputs
-        for layer, draw in zip(self.variational_layers(), draws):
-            h = layer.forward(h, draw)
-        return h
+        if "sign_in_x" in draws[0]:  # Flipout
+            h = inputs
+            for layer, draw in zip(self.recurrent_layers, draws):
+                h = layer.forward(h, draw)
+        else:  # tiled: pass per-step lists between the recurrent layers
+            h = tf.unstack(inputs, num=inputs.shape[2], axis=2)
+            for layer, draw in zip(self.recurrent_layers, draws):
+                h = layer.forward_steps(h, draw)
+        return self.output_layer.forward(h, draws[-1])
 
     def kl_divergence(self, seed: tf.Tensor | None = None) -> tf.Tensor:
         return tf.add_n([
