@@ -50,26 +50,35 @@ def mc_evaluate(config: PipelineConfig, trained, panel, plot_dir: Path):
     return evaluation, plots
 
 
-@task(name="register", retries=2, retry_delay_seconds=10, **_task)
-def register(config: PipelineConfig, panel, trained, evaluation, plots):
-    return pipeline.register(config, panel, trained, evaluation, plots)
+@task(name="promotion_gate", **_task)
+def promotion_gate(config: PipelineConfig, panel, evaluation):
+    gate = pipeline.promotion_gate(config, panel, evaluation)
+    get_run_logger().info("promotion gate: %s", gate.decision.summary())
+    return gate
+
+
+@task(name="register", **_task)
+def register(config: PipelineConfig, panel, trained, evaluation, plots, gate):
+    return pipeline.register(config, panel, trained, evaluation, plots, gate)
 
 
 @flow(name="training_pipeline", log_prints=True)
 def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool = True) -> pipeline.TrainingOutcome:
-    """Train, evaluate and register a Bayesian LSTM; the first version becomes champion."""
+    """Train, evaluate, gate and register a Bayesian LSTM (champion only through the gate)."""
     raw = ingest(config)
     panel = validate(config, raw)
     trained = train(config, panel, progress)
     with tempfile.TemporaryDirectory() as tmp:
         evaluation, plots = mc_evaluate(config, trained, panel, Path(tmp))
-        outcome = register(config, panel, trained, evaluation, plots)
+        gate = promotion_gate(config, panel, evaluation)
+        outcome = register(config, panel, trained, evaluation, plots, gate)
     _publish(outcome)
     return outcome
 
 
 def _publish(outcome: pipeline.TrainingOutcome) -> None:
-    keys = ["picp_80", "picp_90", "picp_95", "mpiw_95", "crps", "crps_scaled", "mae", "mase", "epistemic_share"]
+    keys = ["picp_80", "picp_90", "picp_95", "mpiw_95", "crps", "crps_scaled", "mae", "mase", "epistemic_share",
+            "uncalibrated_picp_90", "uncalibrated_picp_95", "uncalibrated_crps_scaled"]
     create_table_artifact(
         key="training-metrics",
         table=[{"metric": k, "value": round(outcome.metrics[k], 4)} for k in keys if k in outcome.metrics],
@@ -80,6 +89,7 @@ def _publish(outcome: pipeline.TrainingOutcome) -> None:
         markdown=(
             f"## Model `{outcome.model_name}` version {outcome.version}\n\n"
             f"* aliases: {', '.join(outcome.aliases)}\n"
+            f"* promotion gate: {outcome.gate}\n"
             f"* MLflow run: {outcome.run_url}\n"
             f"* PICP95 {outcome.metrics['picp_95']:.3f} | PICP90 {outcome.metrics['picp_90']:.3f} | "
             f"CRPS (scaled) {outcome.metrics['crps_scaled']:.3f} | MASE {outcome.metrics['mase']:.3f}\n"

@@ -99,6 +99,7 @@ def train(
     typer.echo(f"model: {outcome.model_name} version {outcome.version} ({', '.join(outcome.aliases)})")
     typer.echo(f"test PICP95 {outcome.metrics['picp_95']:.3f}  PICP90 {outcome.metrics['picp_90']:.3f}  "
                f"CRPS(scaled) {outcome.metrics['crps_scaled']:.3f}  MASE {outcome.metrics['mase']:.3f}")
+    typer.echo(f"promotion gate: {outcome.gate}")
     typer.echo(f"MLflow: {outcome.run_url}")
 
 

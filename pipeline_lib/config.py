@@ -112,7 +112,10 @@ class EvaluationConfig(_Strict):
     num_samples: int = Field(100, ge=2, description="Monte Carlo samples per forecast")
     coverage_levels: tuple[float, ...] = (0.8, 0.9, 0.95)
     nominal_level: float = Field(0.95, gt=0, lt=1)
+    coverage_tolerance: float = Field(0.02, ge=0, lt=1, description="promotion gate: |PICP - nominal| bound")
     fan_chart_series: int = Field(4, ge=1)
+    recalibrate: bool = Field(True, description="fit a PIT recalibration on the validation days "
+                              "and serve calibrated quantiles (raw metrics are logged too)")
     seed: int = 7
 
     @field_validator("coverage_levels")

@@ -20,6 +20,9 @@ from pipeline_lib.data.features import build_windows, fit_scalers, split_points
 from pipeline_lib.data.ingest import read_table
 from pipeline_lib.data.validate import Panel, Series, minimum_series_days, validate_table
 from pipeline_lib.evaluation import metrics as m
+from pipeline_lib.errors import PipelineError
+from pipeline_lib.evaluation.calibration import PitRecalibration
+from pipeline_lib.evaluation.gate import GateDecision, promotion_decision
 from pipeline_lib.evaluation.plots import calibration_plot, fan_chart, pit_histogram
 from pipeline_lib.evaluation.report import evaluate_samples
 from pipeline_lib.model.forecast import ForecastModel, SampledForecast
@@ -75,7 +78,19 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
     model = ForecastModel.create(spec, scalers, config.model)
     result = train_model(model.network, train_windows, validation_windows, config.train, progress=progress)
+    if config.evaluation.recalibrate:
+        model.calibration = fit_recalibration(config, model, panel)
     return TrainedModel(model=model, training=result)
+
+
+def fit_recalibration(config: PipelineConfig, model: ForecastModel, panel: Panel) -> PitRecalibration:
+    """PIT recalibration from one-day-ahead forecasts of the validation days (never the test days)."""
+    days = {k: np.arange(split_points(s, config.window).validation_start, split_points(s, config.window).test_start)
+            for k, s in enumerate(panel.series)}
+    sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
+                             calibrated=False)
+    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
+    return PitRecalibration.fit(m.probability_integral_transform(actuals, sampled.samples))
 
 
 # --- evaluate --------------------------------------------------------------------------
@@ -86,7 +101,8 @@ class Evaluation:
     metrics: dict[str, float]
     forecasts: pd.DataFrame  # output contract, one row per series and test day
     actuals: np.ndarray  # (N,) aligned with ``forecasts``
-    sampled: SampledForecast
+    sampled: SampledForecast  # what users are served
+    raw_samples: np.ndarray | None = None  # (K, N) before recalibration, when there is one
 
 
 def seasonal_scales(panel: Panel, config: PipelineConfig) -> np.ndarray:
@@ -101,15 +117,28 @@ def test_days(panel: Panel, config: PipelineConfig) -> dict[int, np.ndarray]:
 
 
 def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel) -> Evaluation:
-    """Rolling one-day-ahead forecasts for every test day (actuals up to the day before)."""
+    """Rolling one-day-ahead forecasts for every test day (actuals up to the day before).
+
+    Metrics without prefix describe what users are served (recalibrated when the model has
+    a calibration); ``uncalibrated_*`` describe the raw predictive distribution, side by side.
+    """
     days = test_days(panel, config)
-    sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed)
+    raw = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed, calibrated=False)
     actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
     series_index = np.concatenate([np.full(len(d), k) for k, d in days.items()])
-    metrics = evaluate_samples(actuals, sampled.samples, series_index, seasonal_scales(panel, config),
-                               config.evaluation.coverage_levels)
-    metrics["epistemic_share"] = float(np.mean(sampled.epistemic_share))
-    return Evaluation(metrics=metrics, forecasts=sampled.to_frame(CANDIDATE_VERSION), actuals=actuals, sampled=sampled)
+    scales = seasonal_scales(panel, config)
+
+    def score(samples):
+        return evaluate_samples(actuals, samples, series_index, scales, config.evaluation.coverage_levels)
+
+    served = raw
+    metrics = {"epistemic_share": float(np.mean(raw.epistemic_share))}
+    if model.calibration is not None:
+        served = replace(raw, samples=model.calibration.apply(raw.samples))
+        metrics.update({f"uncalibrated_{k}": v for k, v in score(raw.samples).items()})
+    metrics.update(score(served.samples))
+    return Evaluation(metrics=metrics, forecasts=served.to_frame(CANDIDATE_VERSION), actuals=actuals, sampled=served,
+                      raw_samples=raw.samples if served is not raw else None)
 
 
 def write_plots(config: PipelineConfig, panel: Panel, evaluation: Evaluation, out_dir: Path) -> list[Path]:
@@ -121,11 +150,47 @@ def write_plots(config: PipelineConfig, panel: Panel, evaluation: Evaluation, ou
     history = panel.to_frame()
     paths = [fan_chart(evaluation.forecasts, history, chosen, out_dir / "fan_chart.png",
                        title="One-day-ahead forecasts on the test split")]
-    nominal, observed = m.calibration_curve(evaluation.actuals, evaluation.sampled.samples)
-    paths.append(calibration_plot({"Bayesian LSTM": (nominal, observed)}, out_dir / "calibration_curve.png"))
+    curves = {"Bayesian LSTM": m.calibration_curve(evaluation.actuals, evaluation.sampled.samples)}
+    if evaluation.raw_samples is not None:
+        curves = {"Bayesian LSTM, raw": m.calibration_curve(evaluation.actuals, evaluation.raw_samples),
+                  "Bayesian LSTM, recalibrated": curves["Bayesian LSTM"]}
+    paths.append(calibration_plot(curves, out_dir / "calibration_curve.png"))
     pit = m.probability_integral_transform(evaluation.actuals, evaluation.sampled.samples)
     paths.append(pit_histogram(pit, out_dir / "pit_histogram.png"))
     return paths
+
+
+# --- promotion gate --------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateOutcome:
+    decision: GateDecision
+    champion_version: str | None
+    champion_metrics: dict | None
+
+
+def promotion_gate(config: PipelineConfig, panel: Panel, evaluation: Evaluation) -> GateOutcome:
+    """Evaluate the current champion on the challenger's holdout and decide.
+
+    With no champion yet the first version is promoted whatever the gate says (forecasting
+    needs a champion); the gate's verdict is still recorded on the version.
+    """
+    registry.configure(config.tracking_uri)
+    name = config.registry.model_name
+    champion_version = registry.alias_version(name, registry.CHAMPION)
+    champion_metrics = None
+    if champion_version is not None:
+        try:
+            champion = registry.load_forecaster(registry.champion_uri(name))
+            champion_metrics = evaluate(config, champion, panel).metrics
+        except PipelineError as exc:
+            decision = GateDecision(False, (f"champion v{champion_version} could not be evaluated on this "
+                                            f"holdout ({exc}); promote by hand in the MLflow UI",))
+            return GateOutcome(decision, champion_version, None)
+    decision = promotion_decision(evaluation.metrics, champion_metrics, config.evaluation.nominal_level,
+                                  config.evaluation.coverage_tolerance)
+    if champion_version is None and not decision.promote:
+        decision = GateDecision(True, decision.reasons + ("first version: promoted so forecasting can start",))
+    return GateOutcome(decision, champion_version, champion_metrics)
 
 
 # --- register --------------------------------------------------------------------------
@@ -137,14 +202,15 @@ class TrainingOutcome:
     version: str
     aliases: tuple[str, ...]
     metrics: dict
+    gate: str = ""
 
 
 def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
-             plots: list[Path]) -> TrainingOutcome:
+             plots: list[Path], gate: GateOutcome) -> TrainingOutcome:
     """Log params, metrics and pictures; log and register the model; set aliases.
 
-    The new version always gets ``challenger``; it also gets ``champion`` when no
-    champion exists yet (the promotion gate of later versions is in issue 3/8).
+    The new version always gets ``challenger``; it gets ``champion`` when ``gate`` says so.
+    The decision and its numbers are written on the version (tags and description).
     """
     registry.configure(config.tracking_uri)
     experiment_id = registry.ensure_experiment(config.registry.experiment_name, config.artifact_root)
@@ -162,19 +228,25 @@ def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalua
         registry.log_dict(config.model_dump(mode="json"), "config.json")
         registry.log_dict(data_fingerprint(panel), "data_fingerprint.json")
         model_uri = registry.log_forecaster(trained.model, _input_example(panel))
+        if gate.champion_metrics is not None:
+            registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
+                                  if k in ("picp_95", "picp_90", "crps_scaled", "mase")})
         version = registry.register(model_uri, config.registry.model_name, run.info.run_id,
-                                    description=_describe(evaluation.metrics))
-        registry.tag_version(config.registry.model_name, version,
-                             {f"metric.{k}": f"{v:.4f}" for k, v in evaluation.metrics.items()
-                              if k in ("picp_95", "picp_90", "crps_scaled", "mase")})
+                                    description=f"{_describe(evaluation.metrics)}. Gate: {gate.decision.summary()}")
+        tags = {f"metric.{k}": f"{v:.4f}" for k, v in evaluation.metrics.items()
+                if k in ("picp_95", "picp_90", "crps_scaled", "mase")}
+        tags.update({"gate.promote": str(gate.decision.promote), "gate.reasons": " | ".join(gate.decision.reasons),
+                     "gate.champion_version": str(gate.champion_version)})
+        registry.tag_version(config.registry.model_name, version, tags)
+        registry.set_tags({"gate.promote": str(gate.decision.promote)})
         aliases = [registry.CHALLENGER]
         registry.set_alias(config.registry.model_name, registry.CHALLENGER, version)
-        if registry.alias_version(config.registry.model_name, registry.CHAMPION) is None:
+        if gate.decision.promote:
             registry.set_alias(config.registry.model_name, registry.CHAMPION, version)
             aliases.append(registry.CHAMPION)
         url = registry.run_url(run)
     return TrainingOutcome(run.info.run_id, url, config.registry.model_name, version, tuple(aliases),
-                           evaluation.metrics)
+                           evaluation.metrics, gate.decision.summary())
 
 
 def _describe(metrics: dict) -> str:

@@ -15,12 +15,11 @@ import logging
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline_lib.errors import ModelLoadError, PipelineError
+from pipeline_lib.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,16 @@ def _mlflow():
 def configure(tracking_uri: str) -> None:
     """Point the MLflow client at ``tracking_uri`` (registry on the same store)."""
     mlflow = _mlflow()
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which would then override the
+    # work directory of every later config in this process; keep the user's value instead.
+    previous = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def ensure_experiment(name: str, artifact_root: Path) -> str:
@@ -86,6 +93,10 @@ def log_artifact(path: Path, folder: str | None = None) -> None:
     _mlflow().log_artifact(str(path), artifact_path=folder)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    _mlflow().set_tags(tags)
+
+
 def log_dict(payload: dict, file_name: str) -> None:
     _mlflow().log_dict(payload, file_name)
 
@@ -96,10 +107,6 @@ def run_url(run) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     return f"{uri} (experiment {run.info.experiment_id}, run {run.info.run_id}; open with `mlflow ui --backend-store-uri {uri}`)"
-
-
-class DemandForecaster:
-    """pyfunc wrapper, created lazily so this module imports without mlflow."""
 
 
 def _python_model_class():
@@ -149,13 +156,6 @@ def log_forecaster(forecast_model, input_example: pd.DataFrame) -> str:
             pip_requirements=PIP_REQUIREMENTS,
         )
     return info.model_uri
-
-
-@dataclass(frozen=True)
-class Registration:
-    model_name: str
-    version: str
-    aliases: tuple[str, ...]
 
 
 def register(model_uri: str, model_name: str, run_id: str, description: str = "") -> str:
@@ -223,14 +223,3 @@ def load_forecaster(model_uri: str):
     except (MlflowException, OSError) as exc:
         raise ModelLoadError(f"cannot load model {model_uri}: {str(exc).splitlines()[0]}") from None
     return pyfunc.unwrap_python_model().model
-
-
-def tracking_is_local(tracking_uri: str) -> bool:
-    return tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:") or os.path.sep in tracking_uri[:1]
-
-
-__all__ = [
-    "CHAMPION", "CHALLENGER", "PipelineError", "Registration", "alias_version", "champion_uri", "configure",
-    "ensure_experiment", "load_forecaster", "log_artifact", "log_dict", "log_forecaster", "log_metrics",
-    "log_params", "register", "resolve_version", "run_url", "set_alias", "tag_version", "training_run",
-]

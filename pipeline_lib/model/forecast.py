@@ -21,7 +21,8 @@ from pipeline_lib.data.features import (
     windows_for_days,
 )
 from pipeline_lib.data.validate import Panel, Series
-from pipeline_lib.errors import ModelLoadError
+from pipeline_lib.errors import DataValidationError, ModelLoadError
+from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.predict import sample_one_step, sample_paths
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.npz"
 CONFIG_FILE = "model.json"
 SCALERS_FILE = "scalers.json"
+CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,17 @@ def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -
 
 @dataclass
 class ForecastModel:
-    """The network plus everything needed to turn raw history into its inputs and back."""
+    """The network plus everything needed to turn raw history into its inputs and back.
+
+    ``calibration`` (fitted after training on the validation days) remaps the predictive
+    samples so their quantiles are calibrated; ``None`` serves the raw distribution.
+    """
 
     network: BayesianForecaster
     spec: FeatureSpec
     scalers: dict[str, SeriesScaler]
     model_config: ModelConfig
+    calibration: PitRecalibration | None = None
 
     @classmethod
     def create(cls, spec: FeatureSpec, scalers: dict[str, SeriesScaler], model_config: ModelConfig) -> "ForecastModel":
@@ -88,6 +95,8 @@ class ForecastModel:
             indent=2))
         (directory / SCALERS_FILE).write_text(json.dumps(
             {sid: vars(sc) for sid, sc in self.scalers.items()}, indent=1))
+        if self.calibration is not None:
+            (directory / CALIBRATION_FILE).write_text(json.dumps(vars(self.calibration)))
         return directory
 
     @classmethod
@@ -105,6 +114,9 @@ class ForecastModel:
             model = cls.create(FeatureSpec.from_dict(meta["feature_spec"]), scalers,
                                ModelConfig.model_validate(meta["model_config"]))
             model.network.set_weights(weights)
+            if (directory / CALIBRATION_FILE).exists():
+                raw = json.loads((directory / CALIBRATION_FILE).read_text())
+                model.calibration = PitRecalibration(tuple(raw["levels"]), raw["n_calibration"])
         except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"{directory}: model files missing or corrupt ({exc.__class__.__name__}: {exc})") from None
         return model
@@ -120,8 +132,6 @@ class ForecastModel:
 
     def _check_covariates(self, panel: Panel) -> None:
         if tuple(panel.covariate_names) != tuple(self.spec.covariate_names):
-            from pipeline_lib.errors import DataValidationError
-
             raise DataValidationError(
                 f"{panel.source}: covariates {list(panel.covariate_names)} differ from the model's "
                 f"{list(self.spec.covariate_names)}"
@@ -129,9 +139,10 @@ class ForecastModel:
 
     # --- forecasting ---------------------------------------------------------------------
     def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
-                 samples_per_draw: int = 10, seed: int = 0) -> SampledForecast:
+                 samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
         """One-day-ahead forecasts for the given day indices of each series (by position in
-        ``panel.series``), each using the actuals up to the day before (rolling origin)."""
+        ``panel.series``), each using the actuals up to the day before (rolling origin).
+        ``calibrated=False`` returns the raw predictive samples even if a calibration exists."""
         self._check_covariates(panel)
         inputs, locs, scales, ids, dates = [], [], [], [], []
         for k, day_index in days.items():
@@ -146,14 +157,17 @@ class ForecastModel:
         draws = sample_one_step(self.network, np.concatenate(inputs), num_samples, samples_per_draw, seed)
         total = draws.epistemic_variance + draws.aleatoric_variance
         return SampledForecast(
-            samples=self._to_units(draws.samples, np.concatenate(locs), np.concatenate(scales)),
+            samples=self._calibrate(self._to_units(draws.samples, np.concatenate(locs), np.concatenate(scales)),
+                                    calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate([np.asarray(d) for d in dates]),
             epistemic_share=draws.epistemic_variance / np.maximum(total, 1e-12),
         )
 
-    def forecast(self, panel: Panel, horizon: int, num_samples: int = 100, seed: int = 0) -> SampledForecast:
-        """Joint sample paths for the ``horizon`` days after each series' last day."""
+    def forecast(self, panel: Panel, horizon: int, num_samples: int = 100, seed: int = 0,
+                 calibrated: bool = True) -> SampledForecast:
+        """Joint sample paths for the ``horizon`` days after each series' last day (the
+        calibration remaps each day's marginal and keeps every path's ranks)."""
         self._check_covariates(panel)
         L = self.spec.context_length
         inputs, future, locs, scales, ids, dates = [], [], [], [], [], []
@@ -176,11 +190,16 @@ class ForecastModel:
         paths = sample_paths(self.network, np.stack(inputs), np.stack(future, axis=1), num_samples, seed)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         return SampledForecast(
-            samples=self._to_units(flat, np.concatenate(locs), np.concatenate(scales)),
+            samples=self._calibrate(self._to_units(flat, np.concatenate(locs), np.concatenate(scales)), calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate(dates),
             epistemic_share=np.full(flat.shape[1], np.nan),
         )
+
+    def _calibrate(self, samples: np.ndarray, calibrated: bool) -> np.ndarray:
+        if calibrated and self.calibration is not None:
+            return self.calibration.apply(samples)
+        return samples
 
     def _to_units(self, z: np.ndarray, locs: np.ndarray, scales: np.ndarray) -> np.ndarray:
         raw = z * scales[None, :] + locs[None, :]

@@ -1,0 +1,64 @@
+"""The promotion gate: only a challenger with honest intervals becomes champion."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pipeline_lib import pipeline, registry
+from pipeline_lib.data.validate import load_panel
+from pipeline_lib.evaluation import metrics as m
+from pipeline_lib.evaluation.calibration import PitRecalibration
+from pipeline_lib.evaluation.gate import promotion_decision
+from tests.conftest import synthetic_demand
+
+
+def test_gate_decision_rules():
+    good = {"picp_95": 0.945, "crps_scaled": 0.40}
+    assert promotion_decision(good, {"picp_95": 0.90, "crps_scaled": 0.45}).promote
+    assert not promotion_decision({**good, "picp_95": 0.90}, None).promote  # under-covers
+    assert not promotion_decision({**good, "picp_95": 0.99}, None).promote  # over-covers
+    worse = promotion_decision({**good, "crps_scaled": 0.46}, {"picp_95": 0.95, "crps_scaled": 0.45})
+    assert not worse.promote and "CRPS" in worse.summary()
+    assert promotion_decision({"picp_90": 0.91, "crps_scaled": 1.0}, None, nominal_level=0.9).promote
+
+
+@pytest.mark.model
+def test_miscalibrated_challenger_stays_challenger_and_good_one_is_promoted(small_config, tmp_path):
+    path = tmp_path / "many.csv"
+    synthetic_demand(n_series=16, n_days=110, seed=4).to_csv(path, index=False)
+    config = small_config.updated(data={"path": path}, window={"test_days": 28},
+                                  evaluation={"recalibrate": False, "num_samples": 40})
+    panel = load_panel(config.data, config.window)
+    trained = pipeline.train(config, panel, progress=False)
+
+    def register(model):
+        candidate = replace(trained, model=model)
+        evaluation = pipeline.evaluate(config, model, panel)
+        gate = pipeline.promotion_gate(config, panel, evaluation)
+        return pipeline.register(config, panel, candidate, evaluation, [], gate), evaluation
+
+    first, _ = register(trained.model)  # no champion yet: promoted to start forecasting
+    assert "champion" in first.aliases
+
+    # Intervals shrunk to a third (quantile levels pulled towards the median).
+    shrunk = replace(trained.model, calibration=PitRecalibration(tuple(0.5 + (np.linspace(0, 1, 11) - 0.5) / 3), 0))
+    second, shrunk_eval = register(shrunk)
+    assert shrunk_eval.metrics["picp_95"] < 0.9
+    assert second.aliases == ("challenger",) and "kept as challenger" in second.gate
+    assert registry.alias_version(config.registry.model_name, "champion") == first.version
+
+    # Calibrated on the holdout itself (an oracle, standing in for a good model).
+    days = pipeline.test_days(panel, config)
+    raw = trained.model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed,
+                                 calibrated=False)
+    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
+    oracle = replace(trained.model, calibration=PitRecalibration.fit(m.probability_integral_transform(actuals, raw.samples)))
+    third, good_eval = register(oracle)
+    assert abs(good_eval.metrics["picp_95"] - 0.95) <= 0.02
+    assert third.aliases == ("challenger", "champion"), third.gate
+    assert registry.alias_version(config.registry.model_name, "champion") == third.version
+    tags = registry.client().get_model_version(config.registry.model_name, second.version).tags
+    assert tags["gate.promote"] == "False" and "PICP95" in tags["gate.reasons"]
