@@ -28,6 +28,18 @@ N_WEEKDAYS = 7
 _INPUT_CLIP = 50.0  # scaled values beyond this carry no extra signal but can blow up gates
 
 
+def inverse_transform(z: np.ndarray, loc, scale, transform: str) -> np.ndarray:
+    """Model space -> units; ``loc``/``scale`` broadcast against ``z`` (one value per series).
+
+    ``log1p`` values are clipped to [0, 30] before ``expm1``: below 0 is no demand, and 30
+    (about 1e13 units) only guards against overflow of a wild sample.
+    """
+    raw = np.asarray(z, dtype=float) * scale + loc
+    if transform == "log1p":
+        return np.expm1(np.clip(raw, 0.0, 30.0))
+    return raw
+
+
 @dataclass(frozen=True)
 class SeriesScaler:
     """Per-series affine scaling of the transformed target and covariates."""
@@ -45,10 +57,7 @@ class SeriesScaler:
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
         """Model space -> units (non-negative when the transform is ``log1p``)."""
-        raw = np.asarray(z, dtype=float) * self.scale + self.loc
-        if self.transform == "log1p":
-            return np.expm1(np.clip(raw, 0.0, 30.0))
-        return raw
+        return inverse_transform(z, self.loc, self.scale, self.transform)
 
     def scale_covariates(self, covariates: np.ndarray) -> np.ndarray:
         if covariates.shape[-1] == 0:

@@ -18,6 +18,7 @@ from pipeline_lib.data.features import (
     SeriesScaler,
     feature_rows,
     fit_scaler,
+    inverse_transform,
     windows_for_days,
 )
 from pipeline_lib.data.validate import Panel, Series
@@ -202,7 +203,4 @@ class ForecastModel:
         return samples
 
     def _to_units(self, z: np.ndarray, locs: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        raw = z * scales[None, :] + locs[None, :]
-        if self.spec.transform == "log1p":
-            return np.expm1(np.clip(raw, 0.0, 30.0))
-        return raw
+        return inverse_transform(z, locs[None, :], scales[None, :], self.spec.transform)

@@ -1,0 +1,29 @@
+"""Peers evaluated on the same split and days as the Bayesian LSTM."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline_lib.data.validate import Panel
+
+
+def seasonal_naive_samples(panel: Panel, days: dict[int, np.ndarray], fit_end: dict[int, int],
+                           period: int = 7, num_samples: int = 1000, non_negative: bool = True) -> np.ndarray:
+    """Seasonal naive with empirical residual quantiles: ``y(t - period) + r``, where ``r``
+    follows the series' in-sample seasonal differences before ``fit_end[k]``.
+
+    Returns samples ``(num_samples, N)`` for the days of ``days`` in order, drawn at the
+    evenly spaced levels ``(j + 0.5) / num_samples`` of the residual distribution (a
+    deterministic, smooth stand-in for bootstrapping the residuals).
+    """
+    levels = (np.arange(num_samples) + 0.5) / num_samples
+    columns = []
+    for k, day_index in days.items():
+        y = panel.series[k].target
+        history = y[: fit_end[k]]
+        residuals = history[period:] - history[:-period] if len(history) > period else np.zeros(1)
+        spread = np.quantile(residuals, levels)[:, None]  # (K, 1)
+        point = y[np.asarray(day_index) - period][None, :]  # actuals one season back
+        samples = point + spread
+        columns.append(np.maximum(samples, 0.0) if non_negative else samples)
+    return np.concatenate(columns, axis=1)
