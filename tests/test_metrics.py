@@ -89,3 +89,20 @@ def test_contract_quantile_grid():
     assert list(QUANTILE_LEVELS) == sorted(QUANTILE_LEVELS)
     assert interval_columns(0.9) == ("q0.05", "q0.95")
     assert interval_columns(0.99) == ("q0.005", "q0.995")
+
+
+def test_coverage_by_horizon_by_hand():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    lower, upper = np.zeros(4), np.array([2.0, 1.0, 5.0, 5.0])
+    assert m.coverage_by_horizon(y, lower, upper, np.array([1, 1, 2, 2])) == {1: 0.5, 2: 1.0}
+
+
+def test_spl_is_scaled_pinball_at_the_m5_levels():
+    from pipeline_lib.evaluation.report import M5_LEVELS
+
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=40)
+    samples = rng.normal(size=(500, 40))
+    result = evaluate_samples(y, samples, np.zeros(40, int), np.array([2.0]))
+    by_hand = m.pinball_loss(y, np.quantile(samples, M5_LEVELS, axis=0), M5_LEVELS).mean() / 2.0
+    assert np.isclose(result["spl_scaled"], by_hand)

@@ -28,9 +28,16 @@ def test_gate_decision_rules():
 @pytest.mark.model
 def test_miscalibrated_challenger_stays_challenger_and_good_one_is_promoted(small_config, tmp_path):
     path = tmp_path / "many.csv"
-    synthetic_demand(n_series=16, n_days=110, seed=4).to_csv(path, index=False)
-    config = small_config.updated(data={"path": path}, window={"test_days": 28},
-                                  evaluation={"recalibrate": False, "num_samples": 40})
+    frame = synthetic_demand(n_series=16, n_days=110, seed=4)
+    # Continuous demand (no ties at zero), so a calibrated forecast's coverage is not
+    # blurred by discreteness and the oracle below is calibrated by construction.
+    frame["units"] = frame["units"] + np.random.default_rng(5).uniform(0.01, 1.0, len(frame))
+    frame.to_csv(path, index=False)
+    # non_negative=False: no log1p and no clipping at zero, so predictive samples have no ties.
+    config = small_config.updated(data={"path": path, "non_negative": False}, window={"test_days": 28},
+                                  evaluation={"recalibrate": False, "num_samples": 40,
+                                              # the oracle below lands within about 1.5 points
+                                              "coverage_tolerance": 0.03})
     panel = load_panel(config.data, config.window)
     trained = pipeline.train(config, panel, progress=False)
 
@@ -40,7 +47,12 @@ def test_miscalibrated_challenger_stays_challenger_and_good_one_is_promoted(smal
         gate = pipeline.promotion_gate(config, panel, evaluation)
         return pipeline.register(config, panel, candidate, evaluation, [], gate), evaluation
 
-    first, _ = register(trained.model)  # no champion yet: promoted to start forecasting
+    # Intervals widened (quantile levels pushed to the tails): over-covers, poor CRPS. With
+    # no champion yet it is promoted anyway, so forecasting can start.
+    grid = np.linspace(0, 1, 101)
+    widened = replace(trained.model, calibration=PitRecalibration(
+        tuple(0.5 + np.sign(grid - 0.5) * 0.5 * np.abs(2 * grid - 1) ** (1 / 3)), 0))
+    first, _ = register(widened)
     assert "champion" in first.aliases
 
     # Intervals shrunk to a third (quantile levels pulled towards the median).
@@ -57,7 +69,7 @@ def test_miscalibrated_challenger_stays_challenger_and_good_one_is_promoted(smal
     actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
     oracle = replace(trained.model, calibration=PitRecalibration.fit(m.probability_integral_transform(actuals, raw.samples)))
     third, good_eval = register(oracle)
-    assert abs(good_eval.metrics["picp_95"] - 0.95) <= 0.02
+    assert abs(good_eval.metrics["picp_95"] - 0.95) <= 0.03
     assert third.aliases == ("challenger", "champion"), third.gate
     assert registry.alias_version(config.registry.model_name, "champion") == third.version
     tags = registry.client().get_model_version(config.registry.model_name, second.version).tags

@@ -65,6 +65,13 @@ def crps_from_quantiles(y: np.ndarray, quantiles: np.ndarray, levels) -> np.ndar
     return 2.0 * pinball_loss(y, quantiles, levels).mean(axis=0)
 
 
+def coverage_by_horizon(y: np.ndarray, lower: np.ndarray, upper: np.ndarray, horizon: np.ndarray) -> dict[int, float]:
+    """PICP per forecast horizon (days ahead): ``{h: coverage}`` for each distinct ``h``."""
+    inside = (np.asarray(y, dtype=float) >= lower) & (np.asarray(y, dtype=float) <= upper)
+    horizon = np.asarray(horizon)
+    return {int(h): float(inside[horizon == h].mean()) for h in np.unique(horizon)}
+
+
 def seasonal_naive_scale(history: np.ndarray, period: int = 7) -> float:
     """In-sample mean absolute seasonal difference of one series (MASE/SPL denominator).
 

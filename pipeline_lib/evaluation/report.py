@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline_lib.contract import CRPS_LEVELS
+
+# M5 uncertainty competition: the median and the 50/67/95/99% central intervals.
+M5_LEVELS = (0.005, 0.025, 0.165, 0.25, 0.5, 0.75, 0.835, 0.975, 0.995)
 from pipeline_lib.evaluation import metrics as m
 
 
@@ -46,6 +49,9 @@ def evaluate_samples(
     result["crps_quantile"] = float(per_target_crps_q.mean())
     result["crps_scaled"] = float(_mean_over_series(per_target_crps_q / scales, series_index))
     result["mase"] = float(_mean_over_series(per_target_abs / scales, series_index))
+    # M5's SPL, with the scale of this project (seasonal naive instead of naive, no weights).
+    spl = m.pinball_loss(y, np.quantile(samples, M5_LEVELS, axis=0), M5_LEVELS).mean(axis=0)
+    result["spl_scaled"] = float(_mean_over_series(spl / scales, series_index))
     result["mae"] = m.mae(y, median)
     result["rmse"] = m.rmse(y, mean)
     nominal, observed = m.calibration_curve(y, samples)
