@@ -37,10 +37,16 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
     assert {"plots/fan_chart.png", "plots/calibration_curve.png", "plots/pit_histogram.png"} <= plots
     assert registry.alias_version(config.registry.model_name, "champion") == "1"
 
+    # The second version meets the promotion gate: champion moves only if it passed, and the
+    # verdict is recorded on the version either way.
     second = training_pipeline(config, progress=False)
-    assert second.version == "2" and second.aliases == ("challenger",)
-    assert registry.alias_version(config.registry.model_name, "champion") == "1"
+    assert second.version == "2" and "challenger" in second.aliases
+    promoted = second.gate.startswith("promoted")
+    assert ("champion" in second.aliases) == promoted
+    assert registry.alias_version(config.registry.model_name, "champion") == ("2" if promoted else "1")
     assert registry.alias_version(config.registry.model_name, "challenger") == "2"
+    tags = mlflow_client.get_model_version(config.registry.model_name, "2").tags
+    assert tags["gate.promote"] == str(promoted) and tags["gate.champion_version"] == "1"
 
     # The champion loads from the registry (rebuilt from code) and forecasts the contract.
     forecaster = registry.load_forecaster(registry.champion_uri(config.registry.model_name))
