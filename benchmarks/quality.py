@@ -24,7 +24,6 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 
 KEYS = {"picp80": "picp_80", "picp90": "picp_90", "picp95": "picp_95", "mpiw90_scaled": "mpiw_90_scaled",
         "crps_scaled": "crps_scaled", "mase": "mase"}
@@ -43,7 +42,8 @@ def main() -> None:
 
     from pipeline_lib import pipeline
     from pipeline_lib.config import PipelineConfig
-    from pipeline_lib.data.features import split_points
+    from pipeline_lib.data.features import actuals_for, part_days, split_points
+    from pipeline_lib.data.validate import load_panel
     from pipeline_lib.evaluation.baselines import seasonal_naive_samples
     from pipeline_lib.evaluation.report import evaluate_samples
 
@@ -52,10 +52,9 @@ def main() -> None:
         window={"test_days": 28},
         train={"epochs": args.epochs, "seed": args.seed},
     )
-    panel = pipeline.load_panel(config)
-    days = pipeline.test_days(panel, config)
-    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
-    series_index = np.concatenate([np.full(len(d), k) for k, d in days.items()])
+    panel = load_panel(config.data, config.window)
+    days = part_days(panel, config.window, "test")
+    actuals, series_index = actuals_for(panel, days)
     scales = pipeline.seasonal_scales(panel, config)
 
     def score(samples):

@@ -59,7 +59,7 @@ class DataConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataConfig":
+    def _one_source(self) -> DataConfig:
         if (self.sql_url is None) != (self.sql_query is None):
             raise ValueError("sql_url and sql_query must be given together")
         if self.sql_url is not None and self.path is not None:
@@ -159,7 +159,7 @@ class PipelineConfig(_Strict):
     def reports_dir(self) -> Path:
         return self.workdir / "reports"
 
-    def updated(self, **sections: dict) -> "PipelineConfig":
+    def updated(self, **sections: dict) -> PipelineConfig:
         """A copy with some fields of some sections replaced, validated again."""
         merged = self.model_dump()
         for section, values in sections.items():

@@ -1,6 +1,7 @@
 """The stages of the training pipeline as plain functions; ``flows/`` wraps them in Prefect.
 
-ingest -> validate -> train -> evaluate (Monte Carlo, on the test split) -> register
+ingest -> validate -> train -> evaluate (Monte Carlo, on the test split) -> promotion gate
+-> register
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,17 @@ import pandas as pd
 
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
-from pipeline_lib.data.features import build_windows, fit_scalers, split_points
+from pipeline_lib.data.features import (
+    actuals_for,
+    build_windows,
+    fit_scalers,
+    part_days,
+    split_points,
+)
 from pipeline_lib.data.ingest import read_table
 from pipeline_lib.data.validate import Panel, Series, minimum_series_days, validate_table
-from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.evaluation.gate import GateDecision, promotion_decision
 from pipeline_lib.evaluation.plots import calibration_plot, fan_chart, pit_histogram
@@ -42,10 +49,6 @@ def validate(config: PipelineConfig, raw: pd.DataFrame) -> Panel:
     return validate_table(raw, config.data, minimum_series_days(config.window))
 
 
-def load_panel(config: PipelineConfig) -> Panel:
-    return validate(config, ingest(config))
-
-
 def data_fingerprint(panel: Panel) -> dict:
     """What the model was trained on, to tell datasets apart in MLflow."""
     frame = panel.to_frame()
@@ -53,7 +56,7 @@ def data_fingerprint(panel: Panel) -> dict:
     return {
         "source": panel.source,
         "sha256": digest,
-        "rows": int(len(frame)),
+        "rows": len(frame),
         "series": len(panel.series),
         "first_date": str(frame["date"].min().date()),
         "last_date": str(frame["date"].max().date()),
@@ -85,11 +88,10 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
 
 def fit_recalibration(config: PipelineConfig, model: ForecastModel, panel: Panel) -> PitRecalibration:
     """PIT recalibration from one-day-ahead forecasts of the validation days (never the test days)."""
-    days = {k: np.arange(split_points(s, config.window).validation_start, split_points(s, config.window).test_start)
-            for k, s in enumerate(panel.series)}
+    days = part_days(panel, config.window, "validation")
     sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
                              calibrated=False)
-    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
+    actuals, _ = actuals_for(panel, days)
     return PitRecalibration.fit(m.probability_integral_transform(actuals, sampled.samples))
 
 
@@ -112,20 +114,15 @@ def seasonal_scales(panel: Panel, config: PipelineConfig) -> np.ndarray:
     ])
 
 
-def test_days(panel: Panel, config: PipelineConfig) -> dict[int, np.ndarray]:
-    return {k: np.arange(split_points(s, config.window).test_start, len(s)) for k, s in enumerate(panel.series)}
-
-
 def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel) -> Evaluation:
     """Rolling one-day-ahead forecasts for every test day (actuals up to the day before).
 
     Metrics without prefix describe what users are served (recalibrated when the model has
     a calibration); ``uncalibrated_*`` describe the raw predictive distribution, side by side.
     """
-    days = test_days(panel, config)
+    days = part_days(panel, config.window, "test")
     raw = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed, calibrated=False)
-    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
-    series_index = np.concatenate([np.full(len(d), k) for k, d in days.items()])
+    actuals, series_index = actuals_for(panel, days)
     scales = seasonal_scales(panel, config)
 
     def score(samples):
@@ -214,7 +211,7 @@ def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalua
     """
     registry.configure(config.tracking_uri)
     experiment_id = registry.ensure_experiment(config.registry.experiment_name, config.artifact_root)
-    run_name = f"train-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    run_name = f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     with registry.training_run(experiment_id, run_name, tags={"pipeline": "training"}) as run:
         registry.log_params(_flatten(config.model_dump(mode="json", exclude={"workdir"})))
         registry.log_params({"train.epochs_run": trained.training.epochs_run,
@@ -289,7 +286,7 @@ def backtest_forecasts(config: PipelineConfig, model: ForecastModel, panel: Pane
     ``horizon=test_days`` forecasts all test days from one origin."""
     n_test = config.window.test_days
     if horizon == 1:
-        sampled = model.one_step(panel, test_days(panel, config), config.evaluation.num_samples,
+        sampled = model.one_step(panel, part_days(panel, config.window, "test"), config.evaluation.num_samples,
                                  seed=config.evaluation.seed)
         return sampled.to_frame(CANDIDATE_VERSION)
     frames = []

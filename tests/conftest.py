@@ -13,7 +13,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from pipeline_lib.config import PipelineConfig  # noqa: E402
+from pipeline_lib.config import PipelineConfig
 
 
 def synthetic_demand(n_series: int = 4, n_days: int = 120, seed: int = 0, start: str = "2023-01-02",

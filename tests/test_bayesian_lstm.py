@@ -105,7 +105,7 @@ def _regression_data(n, seed):
 
 @pytest.mark.model
 def test_training_lowers_loss_and_learns_heteroscedastic_noise():
-    train, true_std = _regression_data(2000, 0)
+    train, _ = _regression_data(2000, 0)
     validation, _ = _regression_data(300, 1)
     model = BayesianForecaster(2, ModelConfig(lstm_units=(16, 8))).build_for(6)
     result = train_model(model, train, validation,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline_lib import pipeline, registry
+from pipeline_lib.data.features import actuals_for, part_days
 from pipeline_lib.data.validate import load_panel
 from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.calibration import PitRecalibration
@@ -63,10 +64,10 @@ def test_miscalibrated_challenger_stays_challenger_and_good_one_is_promoted(smal
     assert registry.alias_version(config.registry.model_name, "champion") == first.version
 
     # Calibrated on the holdout itself (an oracle, standing in for a good model).
-    days = pipeline.test_days(panel, config)
+    days = part_days(panel, config.window, "test")
     raw = trained.model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed,
                                  calibrated=False)
-    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
+    actuals, _ = actuals_for(panel, days)
     oracle = replace(trained.model, calibration=PitRecalibration.fit(m.probability_integral_transform(actuals, raw.samples)))
     third, good_eval = register(oracle)
     assert abs(good_eval.metrics["picp_95"] - 0.95) <= 0.03

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline_lib import registry
 from pipeline_lib.contract import check_forecast_frame
+from pipeline_lib.data.features import part_days
 from pipeline_lib.data.validate import load_panel
 
 pytestmark = pytest.mark.flows
@@ -74,7 +75,7 @@ def test_save_load_round_trip_reproduces_distribution(small_config, synthetic_cs
     panel = load_panel(config.data, config.window)
     trained = pipeline.train(config, panel, progress=False)
     restored = ForecastModel.load(trained.model.save(tmp_path / "model"))
-    days = pipeline.test_days(panel, config)
+    days = part_days(panel, config.window, "test")
     before = trained.model.one_step(panel, days, num_samples=25, seed=11).samples
     after = restored.one_step(panel, days, num_samples=25, seed=11).samples
     np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)

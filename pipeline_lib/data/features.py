@@ -85,7 +85,7 @@ class FeatureSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "FeatureSpec":
+    def from_dict(cls, raw: dict) -> FeatureSpec:
         return cls(**{**raw, "covariate_names": tuple(raw["covariate_names"])})
 
 
@@ -183,6 +183,30 @@ def windows_for_days(rows: np.ndarray, days: np.ndarray, context_length: int) ->
     return np.ascontiguousarray(view[np.asarray(days) + 1].transpose(0, 2, 1))
 
 
+def part_days(panel: Panel, window: WindowConfig, part: str) -> dict[int, np.ndarray]:
+    """Day indices of ``part`` (``train``, ``validation``, ``test`` or ``fit`` = train +
+    validation) for each series, keyed by its position in ``panel.series``. Training days
+    start at 1, because day 0 has no observed lag."""
+    days = {}
+    for k, s in enumerate(panel.series):
+        points = split_points(s, window)
+        bounds = {
+            "train": (1, points.validation_start),
+            "validation": (points.validation_start, points.test_start),
+            "test": (points.test_start, len(s)),
+            "fit": (1, points.test_start),
+        }[part]
+        days[k] = np.arange(*bounds)
+    return days
+
+
+def actuals_for(panel: Panel, days: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Targets ``(N,)`` of ``days`` in their order, and the series position of each ``(N,)``."""
+    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
+    series_index = np.concatenate([np.full(len(d), k) for k, d in days.items()])
+    return actuals, series_index
+
+
 @dataclass(frozen=True)
 class WindowSet:
     """Model-ready arrays for one part of the split.
@@ -213,15 +237,8 @@ def build_windows(
     day 1, because day 0 has no observed lag.
     """
     inputs, targets, series_index, day_index = [], [], [], []
-    for k, s in enumerate(panel.series):
-        points = split_points(s, window)
-        bounds = {
-            "train": (1, points.validation_start),
-            "validation": (points.validation_start, points.test_start),
-            "test": (points.test_start, len(s)),
-            "fit": (1, points.test_start),
-        }[part]
-        days = np.arange(*bounds)
+    for k, days in part_days(panel, window, part).items():
+        s = panel.series[k]
         if len(days) == 0:
             continue
         scaler = scalers[s.series_id]

@@ -27,7 +27,7 @@ class PitRecalibration:
     n_calibration: int
 
     @classmethod
-    def fit(cls, pit_values: np.ndarray, grid_size: int = 201) -> "PitRecalibration":
+    def fit(cls, pit_values: np.ndarray, grid_size: int = 201) -> PitRecalibration:
         pit = np.asarray(pit_values, dtype=float)
         pit = pit[np.isfinite(pit)]
         if len(pit) < 20:
@@ -35,10 +35,10 @@ class PitRecalibration:
         grid = np.linspace(0.0, 1.0, grid_size)
         levels = np.quantile(pit, grid)
         levels[0], levels[-1] = 0.0, 1.0
-        return cls(levels=tuple(np.maximum.accumulate(levels).tolist()), n_calibration=int(len(pit)))
+        return cls(levels=tuple(np.maximum.accumulate(levels).tolist()), n_calibration=len(pit))
 
     @classmethod
-    def identity(cls) -> "PitRecalibration":
+    def identity(cls) -> PitRecalibration:
         return cls(levels=(0.0, 1.0), n_calibration=0)
 
     def level(self, tau: np.ndarray) -> np.ndarray:

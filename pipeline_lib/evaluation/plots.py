@@ -10,11 +10,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from pipeline_lib.contract import interval_columns  # noqa: E402
+from pipeline_lib.contract import interval_columns
 
 _BANDS = ((0.95, 0.18), (0.8, 0.3), (0.5, 0.45))
 

@@ -82,7 +82,7 @@ class ForecastModel:
     calibration: PitRecalibration | None = None
 
     @classmethod
-    def create(cls, spec: FeatureSpec, scalers: dict[str, SeriesScaler], model_config: ModelConfig) -> "ForecastModel":
+    def create(cls, spec: FeatureSpec, scalers: dict[str, SeriesScaler], model_config: ModelConfig) -> ForecastModel:
         network = BayesianForecaster(spec.num_features, model_config).build_for(spec.context_length)
         return cls(network, spec, scalers, model_config)
 
@@ -101,7 +101,7 @@ class ForecastModel:
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> "ForecastModel":
+    def load(cls, directory: Path) -> ForecastModel:
         directory = Path(directory)
         try:
             meta = json.loads((directory / CONFIG_FILE).read_text())

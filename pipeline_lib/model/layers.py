@@ -20,11 +20,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from pipeline_lib.model.priors import kl_divergence, make_prior
-
 # tf_keras's CPU LSTM kernel (a while-loop over a TensorArray). Private API, pinned with
 # tf-keras==2.21.*; the equivalence test against tf_keras.layers.LSTM guards it.
-from tf_keras.src.layers.rnn.lstm import standard_lstm as _keras_standard_lstm  # noqa: E402
+from tf_keras.src.layers.rnn.lstm import standard_lstm as _keras_standard_lstm
+
+from pipeline_lib.model.priors import kl_divergence, make_prior
 
 TILED = "tiled"
 FLIPOUT = "flipout"

@@ -38,7 +38,7 @@ class BayesianForecaster(tf_keras.Model):
         ]
         self.output_layer = BayesianDense(self.head.num_params, name="head", **common)
 
-    def build_for(self, steps: int) -> "BayesianForecaster":
+    def build_for(self, steps: int) -> BayesianForecaster:
         self(tf.zeros([1, steps, self.num_features]))
         return self
 

@@ -16,7 +16,7 @@ from pipeline_lib.contract import QUANTILE_LEVELS
 from pipeline_lib.model.layers import TILED
 from pipeline_lib.model.network import BayesianForecaster, choose_strategy
 
-_COMPILED: "weakref.WeakKeyDictionary[BayesianForecaster, dict]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[BayesianForecaster, dict] = weakref.WeakKeyDictionary()
 
 
 def _compiled(model: BayesianForecaster, key: tuple, build):
