@@ -2,6 +2,9 @@
 
     python benchmarks/quality.py [--data PATH --id-col C --time-col C --target-col C] [--epochs N] [--json]
 
+Models: seasonal naive (period 7) with empirical residual quantiles; the Bayesian LSTM
+(served = recalibrated, and raw); an MC-dropout LSTM with an inherent-noise term (Uber 2017).
+
 Protocol (same split and days for every model): the last 28 days of each series are the
 test period; each test day is forecast one day ahead with the actuals up to the day before
 (no refit). Metrics per model: PICP 80/90/95, MPIW90 scaled by the mean absolute actual,
@@ -24,6 +27,8 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
+
 
 KEYS = {"picp80": "picp_80", "picp90": "picp_90", "picp95": "picp_95", "mpiw90_scaled": "mpiw_90_scaled",
         "crps_scaled": "crps_scaled", "mase": "mase"}
@@ -37,13 +42,17 @@ def main() -> None:
     parser.add_argument("--target-col", default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--plots", type=Path, default=None, help="write calibration and sharpness PNGs here")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     from pipeline_lib import pipeline
     from pipeline_lib.config import PipelineConfig
-    from pipeline_lib.data.features import actuals_for, part_days, split_points
+    from pipeline_lib.data.features import actuals_for, build_windows, inverse_transform, part_days, split_points
     from pipeline_lib.data.validate import load_panel
+    from pipeline_lib.evaluation.metrics import calibration_curve
+    from pipeline_lib.evaluation.plots import calibration_plot, sharpness_calibration_scatter
+    from pipeline_lib.model.mc_dropout import McDropoutLSTM
     from pipeline_lib.evaluation.baselines import seasonal_naive_samples
     from pipeline_lib.evaluation.report import evaluate_samples
 
@@ -64,8 +73,8 @@ def main() -> None:
     results, seconds = {}, {}
     start = time.perf_counter()
     fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(panel.series)}
-    results["seasonal_naive"] = score(seasonal_naive_samples(panel, days, fit_end,
-                                                             non_negative=config.data.non_negative))
+    naive_samples = seasonal_naive_samples(panel, days, fit_end, non_negative=config.data.non_negative)
+    results["seasonal_naive"] = score(naive_samples)
     seconds["seasonal_naive"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -73,9 +82,32 @@ def main() -> None:
     evaluation = pipeline.evaluate(config, trained.model, panel)
     seconds["bayesian_lstm"] = time.perf_counter() - start
     results["bayesian_lstm"] = score(evaluation.sampled.samples)
+    samples = {"seasonal_naive": naive_samples, "bayesian_lstm": evaluation.sampled.samples}
     if evaluation.raw_samples is not None:
         results["bayesian_lstm_uncalibrated"] = score(evaluation.raw_samples)
         seconds["bayesian_lstm_uncalibrated"] = seconds["bayesian_lstm"]
+        samples["bayesian_lstm_uncalibrated"] = evaluation.raw_samples
+
+    # MC-dropout LSTM (Uber 2017) on the same windows, scalers and days.
+    start = time.perf_counter()
+    model = trained.model
+    windows = {part: build_windows(panel, model.scalers, model.spec, config.window, part)
+               for part in ("train", "validation", "test")}
+    dropout = McDropoutLSTM(model.spec.num_features, seed=config.train.seed).fit(windows["train"], windows["validation"])
+    z = dropout.sample(windows["test"].inputs, config.evaluation.num_samples, seed=config.evaluation.seed)
+    ids = [panel.series[k].series_id for k in windows["test"].series_index]
+    locs = np.array([model.scalers[i].loc for i in ids])
+    scale = np.array([model.scalers[i].scale for i in ids])
+    samples["mc_dropout_lstm"] = inverse_transform(z, locs[None], scale[None], model.spec.transform)
+    results["mc_dropout_lstm"] = score(samples["mc_dropout_lstm"])
+    seconds["mc_dropout_lstm"] = time.perf_counter() - start
+
+    if args.plots:
+        args.plots.mkdir(parents=True, exist_ok=True)
+        calibration_plot({name: calibration_curve(actuals, s) for name, s in samples.items()},
+                         args.plots / "quality_calibration.png")
+        sharpness_calibration_scatter({name: (row["picp90"], row["mpiw90_scaled"]) for name, row in results.items()},
+                                      args.plots / "quality_sharpness_calibration.png")
 
     header = f"{'model':28s} " + " ".join(f"{k:>13s}" for k in KEYS) + f" {'seconds':>8s}"
     print(header)

@@ -93,6 +93,7 @@ def _publish(outcome: pipeline.TrainingOutcome) -> None:
             f"* MLflow run: {outcome.run_url}\n"
             f"* PICP95 {outcome.metrics['picp_95']:.3f} | PICP90 {outcome.metrics['picp_90']:.3f} | "
             f"CRPS (scaled) {outcome.metrics['crps_scaled']:.3f} | MASE {outcome.metrics['mase']:.3f}\n"
+            + "".join(f"* plot: [{uri.rsplit('/', 1)[-1]}]({uri})\n" for uri in outcome.plot_uris)
         ),
         description="Where to find the run and the registered version",
     )

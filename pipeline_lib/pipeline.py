@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +200,7 @@ class TrainingOutcome:
     aliases: tuple[str, ...]
     metrics: dict
     gate: str = ""
+    plot_uris: tuple[str, ...] = ()
 
 
 def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
@@ -220,8 +221,7 @@ def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalua
             registry.log_metrics({f"train_{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
         registry.log_metrics({**evaluation.metrics, "validation_nll": trained.training.best_validation_nll,
                               "training_seconds": trained.training.seconds})
-        for path in plots:
-            registry.log_artifact(path, "plots")
+        plot_uris = tuple(registry.log_artifact(path, "plots") for path in plots)
         registry.log_dict(config.model_dump(mode="json"), "config.json")
         registry.log_dict(data_fingerprint(panel), "data_fingerprint.json")
         model_uri = registry.log_forecaster(trained.model, _input_example(panel))
@@ -243,7 +243,7 @@ def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalua
             aliases.append(registry.CHAMPION)
         url = registry.run_url(run)
     return TrainingOutcome(run.info.run_id, url, config.registry.model_name, version, tuple(aliases),
-                           evaluation.metrics, gate.decision.summary())
+                           evaluation.metrics, gate.decision.summary(), plot_uris)
 
 
 def _describe(metrics: dict) -> str:

@@ -89,8 +89,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def log_artifact(path: Path, folder: str | None = None) -> None:
-    _mlflow().log_artifact(str(path), artifact_path=folder)
+def log_artifact(path: Path, folder: str | None = None) -> str:
+    """Log a file to the active run; returns its artifact URI (a link or a local path)."""
+    mlflow = _mlflow()
+    mlflow.log_artifact(str(path), artifact_path=folder)
+    name = Path(path).name
+    return mlflow.get_artifact_uri(f"{folder}/{name}" if folder else name)
 
 
 def set_tags(tags: dict[str, str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +38,11 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
     assert 0.0 <= run.data.metrics["picp_95"] <= 1.0
     plots = {a.path for a in mlflow_client.list_artifacts(first.run_id, "plots")}
     assert {"plots/fan_chart.png", "plots/calibration_curve.png", "plots/pit_histogram.png"} <= plots
+    # The Prefect artifact links to the logged pictures (local artifact store: file URIs).
+    from urllib.parse import urlparse
+
+    fan = [u for u in first.plot_uris if u.endswith("plots/fan_chart.png")]
+    assert len(fan) == 1 and Path(urlparse(fan[0]).path).is_file()
     assert registry.alias_version(config.registry.model_name, "champion") == "1"
 
     # The second version meets the promotion gate: champion moves only if it passed, and the

@@ -78,3 +78,23 @@ def pit_histogram(pit: np.ndarray, path: Path, bins: int = 10) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def sharpness_calibration_scatter(points: dict[str, tuple[float, float]], path: Path, nominal: float = 0.9) -> Path:
+    """One dot per model: observed coverage of the nominal interval (x) vs its scaled width (y).
+
+    The best models sit on the vertical line at the nominal level and as low as possible.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.axvline(nominal, color="grey", ls="--", label=f"nominal {nominal:.0%}")
+    for name, (coverage, width) in points.items():
+        ax.scatter([coverage], [width], s=50)
+        ax.annotate(name, (coverage, width), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel(f"observed coverage of the {nominal:.0%} interval (calibration)")
+    ax.set_ylabel("interval width / mean |actual| (sharpness)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
