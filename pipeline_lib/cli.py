@@ -140,6 +140,7 @@ def backtest(
     test_days: int = typer.Option(..., "--test-days", min=1, help="last N days of each series are the test period"),
     horizon: int = typer.Option(1, "--horizon", min=1, help="1 = rolling one-day-ahead; N = all days from one origin"),
     out: Path = typer.Option(..., "--out", help="CSV file to write"),
+    folds: int = typer.Option(1, "--folds", min=1, help="rolling-origin folds of N test days, one model each"),
     data: Optional[Path] = DataOpt,
     id_col: Optional[str] = IdOpt,
     time_col: Optional[str] = TimeOpt,
@@ -147,19 +148,22 @@ def backtest(
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
-    """Train once before the last N days of each series, then forecast those days."""
+    """Train once before the last N days of each series, then forecast those days
+    (with --folds K: K consecutive N-day windows, each with its own model)."""
     cfg = _build_config(config, workdir, data, id_col, time_col, target_col, test_days=test_days)
     if horizon > test_days:
         raise typer.BadParameter(f"--horizon {horizon} exceeds --test-days {test_days}")
-    _say(f"[1/3] validating {cfg.data.source_name()}")
+    _say(f"[1/2] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
     from pipeline_lib import pipeline
 
-    _say(f"[2/3] training on {len(panel.series)} series (test period excluded)")
-    trained = pipeline.train(cfg, panel)
-    _say(f"[3/3] forecasting the last {test_days} days, horizon {horizon}")
-    frame = pipeline.backtest_forecasts(cfg, trained.model, panel, horizon)
+    _say(f"[2/2] {folds} fold(s): train on {len(panel.series)} series before each test window, "
+         f"forecast its {test_days} days with horizon {horizon}")
+    frame, scores = pipeline.rolling_origin_backtest(cfg, panel, folds, horizon)
     _write_csv(frame, out)
+    for score in scores:
+        _say(f"fold {score['fold']}: PICP80 {score['picp_80']:.3f}  PICP90 {score['picp_90']:.3f}  "
+             f"PICP95 {score['picp_95']:.3f}  CRPS(scaled) {score['crps_scaled']:.3f}  MASE {score['mase']:.3f}")
     typer.echo(f"wrote {len(frame)} rows to {out}")
 
 

@@ -26,12 +26,12 @@ from pipeline_lib.data.features import (
 )
 from pipeline_lib.data.ingest import read_table
 from pipeline_lib.data.validate import Panel, Series, minimum_series_days, validate_table
-from pipeline_lib.errors import PipelineError
+from pipeline_lib.errors import DataValidationError, PipelineError
 from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.evaluation.gate import GateDecision, promotion_decision
 from pipeline_lib.evaluation.plots import calibration_plot, fan_chart, pit_histogram
-from pipeline_lib.evaluation.report import evaluate_samples
+from pipeline_lib.evaluation.report import evaluate_samples, score_forecast_table
 from pipeline_lib.model.forecast import ForecastModel, SampledForecast
 from pipeline_lib.model.training import TrainingResult, train_model
 
@@ -297,3 +297,32 @@ def backtest_forecasts(config: PipelineConfig, model: ForecastModel, panel: Pane
                                  seed=config.evaluation.seed + offset)
         frames.append(sampled.to_frame(CANDIDATE_VERSION))
     return pd.concat(frames, ignore_index=True).sort_values(["series_id", "date"], ignore_index=True)
+
+
+def rolling_origin_backtest(config: PipelineConfig, panel: Panel, folds: int, horizon: int,
+                            progress: bool = True) -> tuple[pd.DataFrame, list[dict]]:
+    """Backtest on ``folds`` consecutive test windows of ``config.window.test_days`` days.
+
+    Fold 0 holds out the last ``test_days`` of each series, fold 1 the ``test_days`` before
+    those, and so on; each fold trains its own model on everything before its test days
+    (so no fold sees its own future) and forecasts them as :func:`backtest_forecasts`.
+    Returns the forecast table (with a ``fold`` column when ``folds > 1``) and per-fold
+    metrics computed from the table's quantiles.
+    """
+    n_test = config.window.test_days
+    shortest = min(len(s) for s in panel.series)
+    needed = minimum_series_days(config.window) + (folds - 1) * n_test
+    if shortest < needed:
+        raise DataValidationError(
+            f"{panel.source}: {folds} folds of {n_test} test days need series of at least {needed} days; "
+            f"the shortest has {shortest}"
+        )
+    history = panel.to_frame()
+    frames, scores = [], []
+    for fold in range(folds):
+        fold_panel = truncate(panel, {k: len(s) - fold * n_test for k, s in enumerate(panel.series)})
+        trained = train(config, fold_panel, progress=progress)
+        frame = backtest_forecasts(config, trained.model, fold_panel, horizon)
+        scores.append({"fold": fold, **score_forecast_table(frame, history)})
+        frames.append(frame.assign(fold=fold) if folds > 1 else frame)
+    return pd.concat(frames, ignore_index=True), scores

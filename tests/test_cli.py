@@ -61,3 +61,21 @@ def test_forecast_without_a_model_is_a_clear_error(tmp_path, synthetic_csv):
     assert result.exit_code == 2
     assert "no version of model" in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "f.csv").exists()
+
+
+def test_backtest_with_rolling_origin_folds(foreign_data, tmp_path):
+    path, config = foreign_data
+    out = tmp_path / "folds.csv"
+    result = CliRunner().invoke(app, [
+        "backtest", "--data", str(path), "--id-col", "sku", "--time-col", "day", "--target-col", "kg",
+        "--test-days", "7", "--folds", "2", "--out", str(out), "--config", str(config),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "fold 1: PICP80" in result.stderr
+    frame = pd.read_csv(out, parse_dates=["date"], dtype={"series_id": str})
+    check_forecast_frame(frame)
+    assert len(frame) == 3 * 7 * 2 and not frame.duplicated(["series_id", "date"]).any()
+    latest, earlier = frame[frame["fold"] == 0], frame[frame["fold"] == 1]
+    # Fold 1 is the week right before fold 0, forecast by a model that never saw fold 0.
+    assert earlier["date"].max() == latest["date"].min() - pd.Timedelta(days=1)
+    assert latest["date"].max() == pd.Timestamp("2023-04-01")

@@ -106,3 +106,24 @@ def test_spl_is_scaled_pinball_at_the_m5_levels():
     result = evaluate_samples(y, samples, np.zeros(40, int), np.array([2.0]))
     by_hand = m.pinball_loss(y, np.quantile(samples, M5_LEVELS, axis=0), M5_LEVELS).mean() / 2.0
     assert np.isclose(result["spl_scaled"], by_hand)
+
+
+def test_scoring_a_forecast_table_matches_scoring_its_samples():
+    import pandas as pd
+
+    from pipeline_lib.evaluation.report import score_forecast_table
+    from pipeline_lib.model.forecast import forecast_table
+
+    rng = np.random.default_rng(6)
+    dates = pd.date_range("2024-01-01", periods=40, freq="D")
+    history = pd.concat([pd.DataFrame({"series_id": sid, "date": dates, "target": rng.poisson(lam, 40).astype(float)})
+                         for sid, lam in (("a", 5.0), ("b", 50.0))], ignore_index=True)
+    test = history[history["date"] >= dates[30]]
+    samples = rng.poisson(test["target"].to_numpy() + 1.0, size=(300, len(test))).astype(float)
+    table = forecast_table(samples, test["series_id"], test["date"], "1")
+    scales = np.array([m.seasonal_naive_scale(history.loc[(history.series_id == s) & (history.date < dates[30]), "target"])
+                       for s in ("a", "b")])
+    expected = evaluate_samples(test["target"].to_numpy(), samples, np.repeat([0, 1], 10), scales)
+    got = score_forecast_table(table, history)
+    for key in ("picp_80", "picp_90", "picp_95", "crps_scaled", "mase"):
+        assert np.isclose(got[key], expected[key]), key

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-from pipeline_lib.contract import CRPS_LEVELS
+from pipeline_lib.contract import CRPS_LEVELS, interval_columns, quantile_column
 
 # M5 uncertainty competition: the median and the 50/67/95/99% central intervals.
 M5_LEVELS = (0.005, 0.025, 0.165, 0.25, 0.5, 0.75, 0.835, 0.975, 0.995)
@@ -64,3 +65,32 @@ def _mean_over_series(values: np.ndarray, series_index: np.ndarray) -> float:
     counts = np.bincount(series_index)
     present = counts > 0
     return float(np.mean(sums[present] / counts[present]))
+
+
+def score_forecast_table(forecasts: pd.DataFrame, history: pd.DataFrame,
+                         coverage_levels=(0.8, 0.9, 0.95)) -> dict[str, float]:
+    """Metrics of a forecast table (output contract) against actuals.
+
+    ``history``: ``series_id, date, target`` including the forecast days. Each series is
+    scaled by its mean absolute seasonal-naive(7) error before its first forecast day.
+    Works from the quantile columns alone, so it scores any model's table.
+    """
+    merged = forecasts.merge(history[["series_id", "date", "target"]], on=["series_id", "date"], how="inner")
+    if merged.empty:
+        raise ValueError("no forecast row has an actual")
+    y = merged["target"].to_numpy(dtype=float)
+    result: dict[str, float] = {"n": float(len(merged))}
+    for level in coverage_levels:
+        lo, hi = interval_columns(level)
+        result[f"picp_{level_key(level)}"] = m.prediction_interval_coverage(y, merged[lo].to_numpy(), merged[hi].to_numpy())
+    quantiles = merged[[quantile_column(q) for q in CRPS_LEVELS]].to_numpy(dtype=float).T
+    first_day = merged.groupby("series_id")["date"].min()
+    scales = {
+        sid: m.seasonal_naive_scale(group.loc[group["date"] < first_day[sid], "target"].to_numpy())
+        for sid, group in history[history["series_id"].isin(first_day.index)].groupby("series_id")
+    }
+    per_series = merged["series_id"].map(scales).to_numpy(dtype=float)
+    codes = pd.factorize(merged["series_id"])[0]
+    result["crps_scaled"] = _mean_over_series(m.crps_from_quantiles(y, quantiles, CRPS_LEVELS) / per_series, codes)
+    result["mase"] = _mean_over_series(np.abs(y - merged["q0.5"].to_numpy()) / per_series, codes)
+    return result
