@@ -78,7 +78,8 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
 
 def _publish(outcome: pipeline.TrainingOutcome) -> None:
     keys = ["picp_80", "picp_90", "picp_95", "mpiw_95", "crps", "crps_scaled", "mae", "mase", "epistemic_share",
-            "uncalibrated_picp_90", "uncalibrated_picp_95", "uncalibrated_crps_scaled"]
+            "uncalibrated_picp_90", "uncalibrated_picp_95", "uncalibrated_crps_scaled",
+            "peer_seasonal_naive_picp_90", "peer_seasonal_naive_picp_95", "peer_seasonal_naive_crps_scaled"]
     create_table_artifact(
         key="training-metrics",
         table=[{"metric": k, "value": round(outcome.metrics[k], 4)} for k in keys if k in outcome.metrics],

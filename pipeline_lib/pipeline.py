@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from pipeline_lib.data.ingest import read_table
 from pipeline_lib.data.validate import Panel, Series, minimum_series_days, validate_table
 from pipeline_lib.errors import DataValidationError, PipelineError
 from pipeline_lib.evaluation import metrics as m
+from pipeline_lib.evaluation.baselines import seasonal_naive_samples
 from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.evaluation.gate import GateDecision, promotion_decision
 from pipeline_lib.evaluation.plots import calibration_plot, fan_chart, pit_histogram
@@ -105,6 +106,7 @@ class Evaluation:
     actuals: np.ndarray  # (N,) aligned with ``forecasts``
     sampled: SampledForecast  # what users are served
     raw_samples: np.ndarray | None = None  # (K, N) before recalibration, when there is one
+    peer_samples: dict[str, np.ndarray] = field(default_factory=dict)  # (K', N) per peer model
 
 
 def seasonal_scales(panel: Panel, config: PipelineConfig) -> np.ndarray:
@@ -134,8 +136,12 @@ def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel) -> Eval
         served = replace(raw, samples=model.calibration.apply(raw.samples))
         metrics.update({f"uncalibrated_{k}": v for k, v in score(raw.samples).items()})
     metrics.update(score(served.samples))
+    # The simplest honest peer, on the same days, logged side by side.
+    fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(panel.series)}
+    naive = seasonal_naive_samples(panel, days, fit_end, non_negative=config.data.non_negative)
+    metrics.update({f"peer_seasonal_naive_{k}": v for k, v in score(naive).items()})
     return Evaluation(metrics=metrics, forecasts=served.to_frame(CANDIDATE_VERSION), actuals=actuals, sampled=served,
-                      raw_samples=raw.samples if served is not raw else None)
+                      raw_samples=raw.samples if served is not raw else None, peer_samples={"seasonal naive": naive})
 
 
 def write_plots(config: PipelineConfig, panel: Panel, evaluation: Evaluation, out_dir: Path) -> list[Path]:
@@ -151,6 +157,8 @@ def write_plots(config: PipelineConfig, panel: Panel, evaluation: Evaluation, ou
     if evaluation.raw_samples is not None:
         curves = {"Bayesian LSTM, raw": m.calibration_curve(evaluation.actuals, evaluation.raw_samples),
                   "Bayesian LSTM, recalibrated": curves["Bayesian LSTM"]}
+    for name, samples in evaluation.peer_samples.items():
+        curves[name] = m.calibration_curve(evaluation.actuals, samples)
     paths.append(calibration_plot(curves, out_dir / "calibration_curve.png"))
     pit = m.probability_integral_transform(evaluation.actuals, evaluation.sampled.samples)
     paths.append(pit_histogram(pit, out_dir / "pit_histogram.png"))

@@ -40,3 +40,30 @@ def test_mc_dropout_samples_vary_and_include_inherent_noise():
     samples = model.sample(x[:5], num_samples=50, samples_per_draw=4)
     assert samples.shape == (200, 5)
     assert samples.std(axis=0).mean() > means.std(axis=0).mean()  # noise term adds spread
+
+
+def test_auto_ets_one_step_samples_match_its_own_intervals_and_cover():
+    import pandas as pd
+    from statsforecast.models import AutoETS
+
+    from pipeline_lib.evaluation.baselines import auto_ets_samples
+    from pipeline_lib.evaluation.metrics import interval_from_samples, prediction_interval_coverage
+
+    rng = np.random.default_rng(1)
+    n = 160
+    dates = pd.date_range("2024-01-01", periods=n, freq="D").strftime("%Y-%m-%d")
+    weekly = 20 + 5 * np.sin(2 * np.pi * np.arange(n) / 7)
+    frame = pd.concat([pd.DataFrame({"series_id": sid, "date": dates, "units": weekly + rng.normal(0, 1, n)})
+                       for sid in ("a", "b")], ignore_index=True)
+    panel = validate_table(frame, DataConfig(), 1)
+    days = {0: np.arange(130, 160), 1: np.arange(130, 160)}
+    samples = auto_ets_samples(panel, days, {0: 130, 1: 130}, num_samples=2000)
+    assert samples.shape == (2000, 60)
+    # Its 95% interval is the one statsforecast reports for the same origin.
+    direct = AutoETS(season_length=7).fit(panel.series[0].target[:130]).forward(
+        y=panel.series[0].target[:140], h=1, level=[95])
+    lower, upper = interval_from_samples(samples, 0.95)
+    assert np.isclose(upper[10], direct["hi-95"][0], rtol=1e-3) and np.isclose(lower[10], direct["lo-95"][0], rtol=1e-3)
+    actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
+    lower90, upper90 = interval_from_samples(samples, 0.9)
+    assert 0.75 <= prediction_interval_coverage(actuals, lower90, upper90) <= 1.0

@@ -33,7 +33,8 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
 
     mlflow_client = registry.client()
     run = mlflow_client.get_run(first.run_id)
-    for key in ("picp_80", "picp_90", "picp_95", "mpiw_95", "crps", "crps_scaled", "mae", "epistemic_share"):
+    for key in ("picp_80", "picp_90", "picp_95", "mpiw_95", "crps", "crps_scaled", "mae", "epistemic_share",
+                "peer_seasonal_naive_crps_scaled", "peer_seasonal_naive_picp_95"):
         assert np.isfinite(run.data.metrics[key]), key
     assert 0.0 <= run.data.metrics["picp_95"] <= 1.0
     plots = {a.path for a in mlflow_client.list_artifacts(first.run_id, "plots")}
