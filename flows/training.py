@@ -50,6 +50,11 @@ def mc_evaluate(config: PipelineConfig, trained, panel, plot_dir: Path):
     return evaluation, plots
 
 
+@task(name="rolling_origin_backtest", **_task)
+def rolling_origin_backtest(config: PipelineConfig, panel) -> dict:
+    return pipeline.backtest_summary(config, panel)
+
+
 @task(name="promotion_gate", **_task)
 def promotion_gate(config: PipelineConfig, panel, evaluation):
     gate = pipeline.promotion_gate(config, panel, evaluation)
@@ -70,6 +75,8 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
     trained = train(config, panel, progress)
     with tempfile.TemporaryDirectory() as tmp:
         evaluation, plots = mc_evaluate(config, trained, panel, Path(tmp))
+        if config.evaluation.backtest_folds > 1:
+            evaluation.metrics.update(rolling_origin_backtest(config, panel))
         gate = promotion_gate(config, panel, evaluation)
         outcome = register(config, panel, trained, evaluation, plots, gate)
     _publish(outcome)

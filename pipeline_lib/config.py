@@ -114,6 +114,8 @@ class EvaluationConfig(_Strict):
     nominal_level: float = Field(0.95, gt=0, lt=1)
     coverage_tolerance: float = Field(0.02, ge=0, lt=1, description="promotion gate: |PICP - nominal| bound")
     fan_chart_series: int = Field(4, ge=1)
+    backtest_folds: int = Field(1, ge=1, description="training flow: extra rolling-origin folds of "
+                                "test_days each (one model per fold; 1 = the test split only)")
     recalibrate: bool = Field(True, description="fit a PIT recalibration on the validation days "
                               "and serve calibrated quantiles (raw metrics are logged too)")
     seed: int = 7

@@ -31,8 +31,9 @@ from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.baselines import seasonal_naive_samples
 from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.evaluation.gate import GateDecision, promotion_decision
-from pipeline_lib.evaluation.plots import calibration_plot, fan_chart, pit_histogram
-from pipeline_lib.evaluation.report import evaluate_samples, score_forecast_table
+from pipeline_lib.contract import interval_columns
+from pipeline_lib.evaluation.plots import calibration_plot, coverage_by_horizon_plot, fan_chart, pit_histogram
+from pipeline_lib.evaluation.report import evaluate_samples, level_key, score_forecast_table
 from pipeline_lib.model.forecast import ForecastModel, SampledForecast
 from pipeline_lib.model.training import TrainingResult, train_model
 
@@ -107,6 +108,7 @@ class Evaluation:
     sampled: SampledForecast  # what users are served
     raw_samples: np.ndarray | None = None  # (K, N) before recalibration, when there is one
     peer_samples: dict[str, np.ndarray] = field(default_factory=dict)  # (K', N) per peer model
+    coverage_by_horizon: dict[int, float] = field(default_factory=dict)  # days ahead -> PICP
 
 
 def seasonal_scales(panel: Panel, config: PipelineConfig) -> np.ndarray:
@@ -140,8 +142,23 @@ def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel) -> Eval
     fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(panel.series)}
     naive = seasonal_naive_samples(panel, days, fit_end, non_negative=config.data.non_negative)
     metrics.update({f"peer_seasonal_naive_{k}": v for k, v in score(naive).items()})
+    by_horizon = horizon_coverage(config, model, panel)
+    metrics.update({f"picp_{level_key(config.evaluation.nominal_level)}_h{h:02d}": v for h, v in by_horizon.items()})
     return Evaluation(metrics=metrics, forecasts=served.to_frame(CANDIDATE_VERSION), actuals=actuals, sampled=served,
-                      raw_samples=raw.samples if served is not raw else None, peer_samples={"seasonal naive": naive})
+                      raw_samples=raw.samples if served is not raw else None, peer_samples={"seasonal naive": naive},
+                      coverage_by_horizon=by_horizon)
+
+
+def horizon_coverage(config: PipelineConfig, model: ForecastModel, panel: Panel) -> dict[int, float]:
+    """Coverage of the nominal interval by days ahead, forecasting every test day from the
+    single origin before the test split (joint sample paths, no actuals fed back)."""
+    frame = backtest_forecasts(config, model, panel, horizon=config.window.test_days)
+    merged = frame.merge(panel.to_frame()[["series_id", "date", "target"]], on=["series_id", "date"])
+    first = merged.groupby("series_id")["date"].transform("min")
+    days_ahead = ((merged["date"] - first).dt.days + 1).to_numpy()
+    lower, upper = interval_columns(config.evaluation.nominal_level)
+    return m.coverage_by_horizon(merged["target"].to_numpy(), merged[lower].to_numpy(),
+                                 merged[upper].to_numpy(), days_ahead)
 
 
 def write_plots(config: PipelineConfig, panel: Panel, evaluation: Evaluation, out_dir: Path) -> list[Path]:
@@ -160,6 +177,9 @@ def write_plots(config: PipelineConfig, panel: Panel, evaluation: Evaluation, ou
     for name, samples in evaluation.peer_samples.items():
         curves[name] = m.calibration_curve(evaluation.actuals, samples)
     paths.append(calibration_plot(curves, out_dir / "calibration_curve.png"))
+    if evaluation.coverage_by_horizon:
+        paths.append(coverage_by_horizon_plot({"Bayesian LSTM": evaluation.coverage_by_horizon},
+                                              out_dir / "coverage_by_horizon.png", config.evaluation.nominal_level))
     pit = m.probability_integral_transform(evaluation.actuals, evaluation.sampled.samples)
     paths.append(pit_histogram(pit, out_dir / "pit_histogram.png"))
     return paths
@@ -334,3 +354,13 @@ def rolling_origin_backtest(config: PipelineConfig, panel: Panel, folds: int, ho
         scores.append({"fold": fold, **score_forecast_table(frame, history)})
         frames.append(frame.assign(fold=fold) if folds > 1 else frame)
     return pd.concat(frames, ignore_index=True), scores
+
+
+def backtest_summary(config: PipelineConfig, panel: Panel, progress: bool = False) -> dict[str, float]:
+    """Rolling-origin metrics of ``config.evaluation.backtest_folds`` one-day-ahead folds:
+    ``backtest_<metric>`` (mean over folds) and ``backtest_fold<i>_crps_scaled``."""
+    _, scores = rolling_origin_backtest(config, panel, config.evaluation.backtest_folds, horizon=1, progress=progress)
+    summary = {f"backtest_{key}": float(np.mean([s[key] for s in scores]))
+               for key in scores[0] if key not in ("fold", "n")}
+    summary.update({f"backtest_fold{s['fold']}_crps_scaled": s["crps_scaled"] for s in scores})
+    return summary

@@ -79,3 +79,22 @@ def test_backtest_with_rolling_origin_folds(foreign_data, tmp_path):
     # Fold 1 is the week right before fold 0, forecast by a model that never saw fold 0.
     assert earlier["date"].max() == latest["date"].min() - pd.Timedelta(days=1)
     assert latest["date"].max() == pd.Timestamp("2023-04-01")
+
+
+def test_backtest_summary_averages_the_folds(tmp_path):
+    from pipeline_lib import pipeline
+    from pipeline_lib.config import PipelineConfig
+    from pipeline_lib.data.validate import load_panel
+
+    path = tmp_path / "d.csv"
+    synthetic_demand(n_series=3, n_days=100).to_csv(path, index=False)
+    config = PipelineConfig(
+        data={"path": path},
+        window={"context_length": 14, "validation_days": 14, "test_days": 7, "min_train_days": 14},
+        model={"lstm_units": (8, 4)}, train={"epochs": 1, "batch_size": 64},
+        evaluation={"num_samples": 20, "backtest_folds": 2},
+    )
+    summary = pipeline.backtest_summary(config, load_panel(config.data, config.window))
+    folds = [summary["backtest_fold0_crps_scaled"], summary["backtest_fold1_crps_scaled"]]
+    assert np.isclose(summary["backtest_crps_scaled"], np.mean(folds))
+    assert 0 <= summary["backtest_picp_95"] <= 1 and folds[0] != folds[1]

@@ -98,3 +98,21 @@ def sharpness_calibration_scatter(points: dict[str, tuple[float, float]], path: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def coverage_by_horizon_plot(coverage: dict[str, dict[int, float]], path: Path, nominal: float = 0.95) -> Path:
+    """Observed coverage of the nominal interval by days ahead, one line per model."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.axhline(nominal, color="grey", ls="--", label=f"nominal {nominal:.0%}")
+    for name, by_horizon in coverage.items():
+        horizons = sorted(by_horizon)
+        ax.plot(horizons, [by_horizon[h] for h in horizons], marker="o", ms=3, label=name)
+    ax.set_xlabel("days ahead")
+    ax.set_ylabel("observed coverage")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
