@@ -30,7 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-
 KEYS = {"picp80": "picp_80", "picp90": "picp_90", "picp95": "picp_95", "mpiw90_scaled": "mpiw_90_scaled",
         "crps_scaled": "crps_scaled", "mase": "mase"}
 
@@ -49,12 +48,18 @@ def main() -> None:
 
     from pipeline_lib import pipeline
     from pipeline_lib.config import PipelineConfig
-    from pipeline_lib.data.features import actuals_for, build_windows, inverse_transform, part_days, split_points
+    from pipeline_lib.data.features import (
+        actuals_for,
+        build_windows,
+        inverse_transform,
+        part_days,
+        split_points,
+    )
     from pipeline_lib.data.validate import load_panel
     from pipeline_lib.evaluation.metrics import calibration_curve
     from pipeline_lib.evaluation.plots import calibration_plot, sharpness_calibration_scatter
-    from pipeline_lib.model.mc_dropout import McDropoutLSTM
     from pipeline_lib.evaluation.report import evaluate_samples
+    from pipeline_lib.model.mc_dropout import McDropoutLSTM
 
     config = PipelineConfig().updated(
         data={"path": args.data, "id_col": args.id_col, "time_col": args.time_col, "target_col": args.target_col},

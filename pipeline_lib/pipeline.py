@@ -17,6 +17,7 @@ import pandas as pd
 
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
+from pipeline_lib.contract import interval_columns
 from pipeline_lib.data.features import (
     actuals_for,
     build_windows,
@@ -31,8 +32,12 @@ from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.baselines import seasonal_naive_samples
 from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.evaluation.gate import GateDecision, promotion_decision
-from pipeline_lib.contract import interval_columns
-from pipeline_lib.evaluation.plots import calibration_plot, coverage_by_horizon_plot, fan_chart, pit_histogram
+from pipeline_lib.evaluation.plots import (
+    calibration_plot,
+    coverage_by_horizon_plot,
+    fan_chart,
+    pit_histogram,
+)
 from pipeline_lib.evaluation.report import evaluate_samples, level_key, score_forecast_table
 from pipeline_lib.model.forecast import ForecastModel, SampledForecast
 from pipeline_lib.model.training import TrainingResult, train_model
