@@ -37,6 +37,7 @@ from pipeline_lib.evaluation.plots import (
     coverage_by_horizon_plot,
     fan_chart,
     pit_histogram,
+    sharpness_calibration_scatter,
 )
 from pipeline_lib.evaluation.report import evaluate_samples, level_key, score_forecast_table
 from pipeline_lib.model.forecast import ForecastModel, SampledForecast
@@ -182,6 +183,14 @@ def write_plots(config: PipelineConfig, panel: Panel, evaluation: Evaluation, ou
     for name, samples in evaluation.peer_samples.items():
         curves[name] = m.calibration_curve(evaluation.actuals, samples)
     paths.append(calibration_plot(curves, out_dir / "calibration_curve.png"))
+    points = {
+        name: (evaluation.metrics[f"{prefix}picp_90"], evaluation.metrics[f"{prefix}mpiw_90_scaled"])
+        for prefix, name in (("", "Bayesian LSTM"), ("uncalibrated_", "Bayesian LSTM, raw"),
+                             ("peer_seasonal_naive_", "seasonal naive"))
+        if f"{prefix}picp_90" in evaluation.metrics  # needs 0.9 among evaluation.coverage_levels
+    }
+    if points:
+        paths.append(sharpness_calibration_scatter(points, out_dir / "sharpness_vs_calibration.png"))
     if evaluation.coverage_by_horizon:
         paths.append(coverage_by_horizon_plot({"Bayesian LSTM": evaluation.coverage_by_horizon},
                                               out_dir / "coverage_by_horizon.png", config.evaluation.nominal_level))
