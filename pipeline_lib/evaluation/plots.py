@@ -19,6 +19,13 @@ from pipeline_lib.contract import interval_columns
 _BANDS = ((0.95, 0.18), (0.8, 0.3), (0.5, 0.45))
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def fan_chart(forecasts: pd.DataFrame, history: pd.DataFrame, series_ids: list[str], path: Path,
               title: str = "Forecast intervals", history_days: int = 56) -> Path:
     """Fan chart per series: 50/80/95% bands, median, actuals.
@@ -42,10 +49,7 @@ def fan_chart(forecasts: pd.DataFrame, history: pd.DataFrame, series_ids: list[s
         ax.grid(alpha=0.3)
     axes[0, 0].legend(loc="upper left", fontsize=8, ncol=5)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def calibration_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
@@ -60,10 +64,7 @@ def calibration_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def pit_histogram(pit: np.ndarray, path: Path, bins: int = 10) -> Path:
@@ -74,10 +75,7 @@ def pit_histogram(pit: np.ndarray, path: Path, bins: int = 10) -> Path:
     ax.set_xlabel("PIT")
     ax.set_ylabel("density")
     ax.set_title("PIT histogram (flat = calibrated)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def sharpness_calibration_scatter(points: dict[str, tuple[float, float]], path: Path, nominal: float = 0.9) -> Path:
@@ -94,10 +92,7 @@ def sharpness_calibration_scatter(points: dict[str, tuple[float, float]], path: 
     ax.set_ylabel("interval width / mean |actual| (sharpness)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def coverage_by_horizon_plot(coverage: dict[str, dict[int, float]], path: Path, nominal: float = 0.95) -> Path:
@@ -112,7 +107,4 @@ def coverage_by_horizon_plot(coverage: dict[str, dict[int, float]], path: Path, 
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
