@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 KEYS = {"picp80": "picp_80", "picp90": "picp_90", "picp95": "picp_95", "mpiw90_scaled": "mpiw_90_scaled",
         "crps_scaled": "crps_scaled", "mase": "mase"}
@@ -112,6 +112,7 @@ def main() -> None:
                for part in ("train", "validation", "test")}
     dropout = McDropoutLSTM(model.spec.num_features, seed=config.train.seed).fit(windows["train"], windows["validation"])
     z = dropout.sample(windows["test"].inputs, config.evaluation.num_samples, seed=config.evaluation.seed)
+    z = z + windows["test"].levels[None]
     ids = [panel.series[k].series_id for k in windows["test"].series_index]
     locs = np.array([model.scalers[i].loc for i in ids])
     scale = np.array([model.scalers[i].scale for i in ids])

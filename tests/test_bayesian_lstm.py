@@ -47,6 +47,19 @@ def test_zero_posterior_variance_equals_keras_lstm(return_sequences, path):
     assert np.abs(got - expected).max() < 1e-5
 
 
+def test_stepping_from_a_carried_state_equals_the_extended_sequence():
+    """What multi-day sample paths rely on: a window, then one day at a time from the
+    carried state, gives the same outputs as the whole longer sequence at once."""
+    network = BayesianForecaster(3, ModelConfig(lstm_units=(8, 4), posterior_init_std=0.05)).build_for(10)
+    draws = network.draw(5, X.shape[0], TILED, tf.constant([3, 4]))
+    x = tf.constant(np.stack([X] * 5))  # (S, B, T, F)
+    expected = network.forward(x, draws).numpy()
+    params, states = network.forward_with_state(tf.unstack(x[:, :, :7], axis=2), draws)
+    for t in range(7, 10):
+        params, states = network.forward_with_state([x[:, :, t]], draws, states)
+    assert np.abs(params.numpy() - expected).max() < 1e-5
+
+
 def test_analytic_kl_matches_monte_carlo():
     loc = tf.constant(RNG.normal(scale=0.3, size=500).astype("float32"))
     scale = tf.constant(RNG.uniform(0.05, 0.5, size=500).astype("float32"))
@@ -100,7 +113,7 @@ def _regression_data(n, seed):
     x = rng.normal(size=(n, 6, 2)).astype("float32")
     true_std = np.where(x[:, -1, 0] > 0, 1.0, 0.2).astype("float32")
     y = (0.8 * x[:, -1, 1] + true_std * rng.normal(size=n)).astype("float32")
-    return WindowSet(x, y, np.zeros(n, int), np.arange(n)), true_std
+    return WindowSet(x, y, np.zeros(n, int), np.arange(n), np.zeros(n, np.float32)), true_std
 
 
 @pytest.mark.model

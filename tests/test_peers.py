@@ -32,7 +32,7 @@ def test_mc_dropout_samples_vary_and_include_inherent_noise():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 6, 3)).astype("float32")
     y = (x[:, -1, 0] + 0.5 * rng.normal(size=600)).astype("float32")
-    data = WindowSet(x, y, np.zeros(600, int), np.arange(600))
+    data = WindowSet(x, y, np.zeros(600, int), np.arange(600), np.zeros(600, np.float32))
     model = McDropoutLSTM(3, units=(8, 4), dropout=0.2).fit(data, data, epochs=3)
     means = model.sample_means(x[:5], num_samples=50)
     assert means.shape == (50, 5) and means.std(axis=0).min() > 0  # dropout stays on

@@ -13,6 +13,12 @@ closures). Days before a series starts are zero rows with ``observed = 0``, so s
 still produce full-length windows.
 
 The model predicts ``z(d)``; :meth:`SeriesScaler.inverse` maps samples back to units.
+
+With ``level_days > 0`` (:func:`center_windows`) each window is also centred on its recent
+level: the mean of its last ``level_days`` observed lags is subtracted from the lags and
+from the target (and added back to every sample). The network then forecasts demand
+*relative to the last week*, so a lasting level shift (the 1,000 -> 1,800 story) reaches
+the forecasts within days instead of waiting for a retrain to refit the scalers.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class FeatureSpec:
     transform: str
     magnitude_loc: float
     magnitude_scale: float
+    level_days: int = 0  # 0: no window centring (models saved before it existed)
 
     @property
     def num_features(self) -> int:
@@ -125,7 +132,7 @@ def fit_scaler(series: Series, fit_end: int, transform: str) -> SeriesScaler:
 
 
 def fit_scalers(
-    panel: Panel, window: WindowConfig, transform: str
+    panel: Panel, window: WindowConfig, transform: str, level_days: int = 0
 ) -> tuple[dict[str, SeriesScaler], FeatureSpec]:
     """Fit every series' scaler on its training part and the cross-series magnitude feature."""
     scalers = {
@@ -138,6 +145,7 @@ def fit_scalers(
         transform=transform,
         magnitude_loc=float(magnitudes.mean()),
         magnitude_scale=float(max(magnitudes.std(), 1e-3)),
+        level_days=level_days,
     )
     return scalers, spec
 
@@ -183,6 +191,23 @@ def windows_for_days(rows: np.ndarray, days: np.ndarray, context_length: int) ->
     return np.ascontiguousarray(view[np.asarray(days) + 1].transpose(0, 2, 1))
 
 
+def center_windows(inputs: np.ndarray, level_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract each window's recent level from its lagged target (column 0).
+
+    ``inputs``: ``(N, L, F)``; the level of a window is the mean of column 0 over its last
+    ``level_days`` rows that are observed (column 1), 0 when none is. Returns the centred
+    copy and the levels ``(N,)``, which the caller subtracts from targets and adds to samples.
+    """
+    if level_days <= 0:
+        return inputs, np.zeros(len(inputs), dtype=np.float32)
+    recent = inputs[:, -level_days:, :]
+    observed = recent[:, :, 1]
+    level = (recent[:, :, 0] * observed).sum(axis=1) / np.maximum(observed.sum(axis=1), 1.0)
+    centred = inputs.copy()
+    centred[:, :, 0] -= level[:, None] * inputs[:, :, 1]  # padding rows stay zero
+    return centred, level.astype(np.float32)
+
+
 def part_days(panel: Panel, window: WindowConfig, part: str) -> dict[int, np.ndarray]:
     """Day indices of ``part`` (``train``, ``validation``, ``test`` or ``fit`` = train +
     validation) for each series, keyed by its position in ``panel.series``. Training days
@@ -211,7 +236,8 @@ def actuals_for(panel: Panel, days: dict[int, np.ndarray]) -> tuple[np.ndarray, 
 class WindowSet:
     """Model-ready arrays for one part of the split.
 
-    ``inputs``: ``(N, L, F)`` float32; ``targets``: ``(N,)`` float32 in model space;
+    ``inputs``: ``(N, L, F)`` float32; ``targets``: ``(N,)`` float32 in model space, both
+    centred on each window's recent level (``levels``, ``(N,)``; zeros without centring);
     ``series_index``/``day_index``: which series and which day of it each window predicts.
     """
 
@@ -219,6 +245,7 @@ class WindowSet:
     targets: np.ndarray
     series_index: np.ndarray
     day_index: np.ndarray
+    levels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -247,9 +274,11 @@ def build_windows(
         targets.append(scaler.forward(s.target[days]).astype(np.float32))
         series_index.append(np.full(len(days), k))
         day_index.append(days)
+    centred, levels = center_windows(np.concatenate(inputs).astype(np.float32), spec.level_days)
     return WindowSet(
-        inputs=np.concatenate(inputs).astype(np.float32),
-        targets=np.concatenate(targets),
+        inputs=centred,
+        targets=np.concatenate(targets) - levels,
         series_index=np.concatenate(series_index),
         day_index=np.concatenate(day_index),
+        levels=levels,
     )

@@ -16,6 +16,7 @@ from pipeline_lib.contract import FORECAST_COLUMNS, QUANTILE_COLUMNS, QUANTILE_L
 from pipeline_lib.data.features import (
     FeatureSpec,
     SeriesScaler,
+    center_windows,
     feature_rows,
     fit_scaler,
     inverse_transform,
@@ -155,11 +156,12 @@ class ForecastModel:
             scales.append(np.full(len(day_index), scaler.scale))
             ids.append(np.full(len(day_index), series.series_id, dtype=object))
             dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
-        draws = sample_one_step(self.network, np.concatenate(inputs), num_samples, samples_per_draw, seed)
+        centred, levels = center_windows(np.concatenate(inputs), self.spec.level_days)
+        draws = sample_one_step(self.network, centred, num_samples, samples_per_draw, seed)
         total = draws.epistemic_variance + draws.aleatoric_variance
+        z = draws.samples + levels[None, :]
         return SampledForecast(
-            samples=self._calibrate(self._to_units(draws.samples, np.concatenate(locs), np.concatenate(scales)),
-                                    calibrated),
+            samples=self._calibrate(self._to_units(z, np.concatenate(locs), np.concatenate(scales)), calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate([np.asarray(d) for d in dates]),
             epistemic_share=draws.epistemic_variance / np.maximum(total, 1e-12),
@@ -188,7 +190,11 @@ class ForecastModel:
             scales.append(np.full(horizon, scaler.scale))
             ids.append(np.full(horizon, series.series_id, dtype=object))
             dates.append(np.asarray(series.dates[-1] + pd.to_timedelta(np.arange(1, horizon + 1), unit="D")))
-        paths = sample_paths(self.network, np.stack(inputs), np.stack(future, axis=1), num_samples, seed)
+        # Paths run in the centred space of their origin window (one level per series, kept
+        # for every day of the path, so fed-back samples stay comparable with the lags).
+        centred, levels = center_windows(np.stack(inputs), self.spec.level_days)
+        paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed)
+        paths = paths + levels[None, :, None]
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         return SampledForecast(
             samples=self._calibrate(self._to_units(flat, np.concatenate(locs), np.concatenate(scales)), calibrated),

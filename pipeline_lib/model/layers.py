@@ -189,17 +189,22 @@ class BayesianLSTM(VariationalLayer):
         out = self.forward_steps(tf.unstack(inputs, num=inputs.shape[2], axis=2), draw)
         return tf.stack(out, axis=2) if self.return_sequences else out
 
-    def forward_steps(self, inputs: list[tf.Tensor], draw: dict):
+    def forward_steps(self, inputs: list[tf.Tensor], draw: dict, state=None, return_state: bool = False):
         """Tiled draws on a list of ``T`` tensors ``(S, B, F)``; returns a list of ``T``
         tensors ``(S, B, U)`` if ``return_sequences`` else the last one. Stacked layers pass
-        these lists to each other, which saves a stack/unstack copy per layer."""
+        these lists to each other, which saves a stack/unstack copy per layer.
+
+        ``state``: ``(h, c)`` to continue from (zeros if None); with ``return_state`` the
+        final ``(h, c)`` is returned too, so a sequence can be extended step by step.
+        """
         shape = tf.shape(inputs[0])
         # One batched matmul per step on [x_t, h] @ [W; U]: projecting all steps up front
         # would hold an (S, B, T, 4U) tensor, gigabytes for S=100 x 256 windows.
         stacked = tf.concat([draw["kernel"], draw["recurrent"]], axis=1)  # (S, F + U, 4U)
         bias = draw["bias"][:, None, :]
+        h0, c0 = state if state is not None else (tf.zeros([shape[0], shape[1], self.units]), None)
         return self._unroll(lambda t, h: tf.matmul(tf.concat([inputs[t], h], axis=-1), stacked) + bias,
-                            tf.zeros([shape[0], shape[1], self.units]), len(inputs), as_list=True)
+                            h0, len(inputs), as_list=True, c0=c0, return_state=return_state)
 
     def _forward_flipout(self, inputs: tf.Tensor, draw: dict) -> tf.Tensor:
         shape = tf.shape(inputs)
@@ -225,8 +230,9 @@ class BayesianLSTM(VariationalLayer):
             return tf.reshape(out, [samples, batch, steps, self.units])
         return tf.reshape(out, [samples, batch, self.units])
 
-    def _unroll(self, gates_at, h0: tf.Tensor, steps: int, as_list: bool = False):
-        h, c = h0, tf.zeros_like(h0)
+    def _unroll(self, gates_at, h0: tf.Tensor, steps: int, as_list: bool = False, c0: tf.Tensor | None = None,
+                return_state: bool = False):
+        h, c = h0, (tf.zeros_like(h0) if c0 is None else c0)
         outputs = []
         for t in range(steps):
             i, f, g, o = tf.split(gates_at(t, h), 4, axis=-1)
@@ -235,8 +241,10 @@ class BayesianLSTM(VariationalLayer):
             if self.return_sequences:
                 outputs.append(h)
         if not self.return_sequences:
-            return h
-        return outputs if as_list else tf.stack(outputs, axis=-2)
+            result = h
+        else:
+            result = outputs if as_list else tf.stack(outputs, axis=-2)
+        return (result, (h, c)) if return_state else result
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units, "return_sequences": self.return_sequences}

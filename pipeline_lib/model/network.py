@@ -69,6 +69,17 @@ class BayesianForecaster(tf_keras.Model):
                 h = layer.forward_steps(h, draw)
         return self.output_layer.forward(h, draws[-1])
 
+    def forward_with_state(self, steps: list[tf.Tensor], draws: list[dict], states=None):
+        """Tiled draws on ``T`` steps ``(S, B, F)`` continuing from ``states`` (one ``(h, c)``
+        per recurrent layer; zeros if None). Returns ``(S, B, P)`` after the last step and
+        the new states: a window, then one day at a time, equals running the whole
+        extended sequence (tests/test_bayesian_lstm.py checks it)."""
+        h, new_states = steps, []
+        for i, (layer, draw) in enumerate(zip(self.recurrent_layers, draws)):
+            h, state = layer.forward_steps(h, draw, None if states is None else states[i], return_state=True)
+            new_states.append(state)
+        return self.output_layer.forward(h, draws[-1]), new_states
+
     def kl_divergence(self, seed: tf.Tensor | None = None) -> tf.Tensor:
         return tf.add_n([
             layer.kl_divergence(None if seed is None else tf.random.experimental.stateless_fold_in(seed, i))

@@ -128,12 +128,18 @@ def predict_distribution(
     )
 
 
-def _path_step(model: BayesianForecaster):
+def _path_steps(model: BayesianForecaster):
     @tf.function(reduce_retracing=True)
-    def step(x, draws, seed):
-        return model.distribution(model.forward(x, draws)).sample(seed=seed)
+    def context(x, draws, seed):
+        params, states = model.forward_with_state(tf.unstack(x, axis=2), draws)
+        return model.distribution(params).sample(seed=seed), states
 
-    return step
+    @tf.function(reduce_retracing=True)
+    def next_day(row, draws, states, seed):
+        params, states = model.forward_with_state([row], draws, states)
+        return model.distribution(params).sample(seed=seed), states
+
+    return context, next_day
 
 
 def sample_paths(
@@ -150,21 +156,24 @@ def sample_paths(
     the feature rows of days 2..H+1 after the window (column 0, the lagged target, is
     replaced by the sampled value; only rows ``0..H-2`` are used).
 
+    The window runs once; each further day is one more recurrent step from the carried
+    state (``T + H - 1`` steps instead of ``H`` reruns of ``T``-step windows), so day ``h``
+    is conditioned on the window plus the ``h - 1`` sampled days.
+
     Returns ``(num_samples, B, H)`` samples in model space.
     """
     horizon = future_rows.shape[0]
     batch = inputs.shape[0]
     base_seed = tf.constant([seed, 7], tf.int32)
     draws = model.draw(num_samples, batch, TILED, base_seed)
-    step = _compiled(model, ("path",), lambda: _path_step(model))
+    context, next_day = _compiled(model, ("path",), lambda: _path_steps(model))
     x = tf.tile(tf.constant(inputs)[None], [num_samples, 1, 1, 1])
     known = tf.constant(future_rows)
-    paths = []
-    for h in range(horizon):
-        y = step(x, draws, tf.random.experimental.stateless_fold_in(base_seed, h))
+    y, states = context(x, draws, tf.random.experimental.stateless_fold_in(base_seed, 0))
+    paths = [y]
+    for h in range(1, horizon):
+        rest = tf.broadcast_to(known[h - 1][None, :, 1:], [num_samples, batch, known.shape[-1] - 1])
+        row = tf.concat([tf.clip_by_value(y, -50.0, 50.0)[..., None], rest], axis=-1)
+        y, states = next_day(row, draws, states, tf.random.experimental.stateless_fold_in(base_seed, h))
         paths.append(y)
-        if h + 1 < horizon:
-            rest = tf.broadcast_to(known[h][None, :, 1:], [num_samples, batch, known.shape[-1] - 1])
-            row = tf.concat([tf.clip_by_value(y, -50.0, 50.0)[..., None], rest], axis=-1)
-            x = tf.concat([x[:, :, 1:], row[:, :, None, :]], axis=2)
     return tf.stack(paths, axis=-1).numpy()
