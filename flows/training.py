@@ -18,15 +18,15 @@ from pipeline_lib.config import PipelineConfig
 
 # Inputs are data frames and models: hashing them for Prefect's cache would cost more
 # than the tasks and would never hit.
-_task = dict(cache_policy=NO_CACHE, persist_result=False)
+NO_CACHE_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5, **_task)
+@task(name="ingest", retries=2, retry_delay_seconds=5, **NO_CACHE_TASK)
 def ingest(config: PipelineConfig):
     return pipeline.ingest(config)
 
 
-@task(name="validate", **_task)
+@task(name="validate", **NO_CACHE_TASK)
 def validate(config: PipelineConfig, raw):
     panel = pipeline.validate(config, raw)
     get_run_logger().info("validated %d series from %s%s", len(panel.series), panel.source,
@@ -34,7 +34,7 @@ def validate(config: PipelineConfig, raw):
     return panel
 
 
-@task(name="train", **_task)
+@task(name="train", **NO_CACHE_TASK)
 def train(config: PipelineConfig, panel, progress: bool = True):
     trained = pipeline.train(config, panel, progress=progress)
     get_run_logger().info("trained %d epochs (best %d, validation NLL %.4f) in %.0f s",
@@ -43,33 +43,38 @@ def train(config: PipelineConfig, panel, progress: bool = True):
     return trained
 
 
-@task(name="mc_evaluate", **_task)
+@task(name="mc_evaluate", **NO_CACHE_TASK)
 def mc_evaluate(config: PipelineConfig, trained, panel, plot_dir: Path):
     evaluation = pipeline.evaluate(config, trained.model, panel)
     plots = pipeline.write_plots(config, panel, evaluation, plot_dir)
     return evaluation, plots
 
 
-@task(name="rolling_origin_backtest", **_task)
+@task(name="rolling_origin_backtest", **NO_CACHE_TASK)
 def rolling_origin_backtest(config: PipelineConfig, panel) -> dict:
     return pipeline.backtest_summary(config, panel)
 
 
-@task(name="promotion_gate", **_task)
-def promotion_gate(config: PipelineConfig, panel, evaluation):
-    gate = pipeline.promotion_gate(config, panel, evaluation)
+@task(name="promotion_gate", **NO_CACHE_TASK)
+def promotion_gate(config: PipelineConfig, panel, evaluation, champion_failing: bool = False):
+    gate = pipeline.promotion_gate(config, panel, evaluation, champion_failing)
     get_run_logger().info("promotion gate: %s", gate.decision.summary())
     return gate
 
 
-@task(name="register", **_task)
+@task(name="register", **NO_CACHE_TASK)
 def register(config: PipelineConfig, panel, trained, evaluation, plots, gate):
     return pipeline.register(config, panel, trained, evaluation, plots, gate)
 
 
 @flow(name="training_pipeline", log_prints=True)
-def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool = True) -> pipeline.TrainingOutcome:
-    """Train, evaluate, gate and register a Bayesian LSTM (champion only through the gate)."""
+def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool = True,
+                      champion_failing: bool = False) -> pipeline.TrainingOutcome:
+    """Train, evaluate, gate and register a Bayesian LSTM (champion only through the gate).
+
+    ``champion_failing``: set by the monitoring when the champion breached its coverage
+    threshold; the gate then judges the challenger relative to the champion.
+    """
     raw = ingest(config)
     panel = validate(config, raw)
     trained = train(config, panel, progress)
@@ -77,7 +82,7 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
         evaluation, plots = mc_evaluate(config, trained, panel, Path(tmp))
         if config.evaluation.backtest_folds > 1:
             evaluation.metrics.update(rolling_origin_backtest(config, panel))
-        gate = promotion_gate(config, panel, evaluation)
+        gate = promotion_gate(config, panel, evaluation, champion_failing)
         outcome = register(config, panel, trained, evaluation, plots, gate)
     _publish(outcome)
     return outcome

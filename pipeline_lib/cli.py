@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -73,13 +72,13 @@ def _fail_cleanly(func):
 @app.command()
 @_fail_cleanly
 def train(
-    data: Optional[Path] = DataOpt,
-    id_col: Optional[str] = IdOpt,
-    time_col: Optional[str] = TimeOpt,
-    target_col: Optional[str] = TargetOpt,
-    config: Optional[Path] = ConfigOpt,
-    workdir: Optional[Path] = WorkdirOpt,
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="override train.epochs"),
+    data: Path | None = DataOpt,
+    id_col: str | None = IdOpt,
+    time_col: str | None = TimeOpt,
+    target_col: str | None = TargetOpt,
+    config: Path | None = ConfigOpt,
+    workdir: Path | None = WorkdirOpt,
+    epochs: int | None = typer.Option(None, "--epochs", help="override train.epochs"),
 ) -> None:
     """Run the training flow: ingest, validate, train, evaluate, register."""
     cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
@@ -108,14 +107,14 @@ def train(
 def forecast(
     horizon: int = typer.Option(..., "--horizon", min=1, help="days to forecast after each series' last day"),
     out: Path = typer.Option(..., "--out", help="CSV file to write"),
-    model: Optional[str] = typer.Option(None, "--model", help="model URI (default: models:/<name>@champion)"),
-    data: Optional[Path] = DataOpt,
-    id_col: Optional[str] = IdOpt,
-    time_col: Optional[str] = TimeOpt,
-    target_col: Optional[str] = TargetOpt,
-    config: Optional[Path] = ConfigOpt,
-    workdir: Optional[Path] = WorkdirOpt,
-    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Monte Carlo sample paths"),
+    model: str | None = typer.Option(None, "--model", help="model URI (default: models:/<name>@champion)"),
+    data: Path | None = DataOpt,
+    id_col: str | None = IdOpt,
+    time_col: str | None = TimeOpt,
+    target_col: str | None = TargetOpt,
+    config: Path | None = ConfigOpt,
+    workdir: Path | None = WorkdirOpt,
+    num_samples: int | None = typer.Option(None, "--num-samples", help="Monte Carlo sample paths"),
 ) -> None:
     """Write forecasts for the next H days of every series (output contract CSV)."""
     cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
@@ -141,12 +140,12 @@ def backtest(
     horizon: int = typer.Option(1, "--horizon", min=1, help="1 = rolling one-day-ahead; N = all days from one origin"),
     out: Path = typer.Option(..., "--out", help="CSV file to write"),
     folds: int = typer.Option(1, "--folds", min=1, help="rolling-origin folds of N test days, one model each"),
-    data: Optional[Path] = DataOpt,
-    id_col: Optional[str] = IdOpt,
-    time_col: Optional[str] = TimeOpt,
-    target_col: Optional[str] = TargetOpt,
-    config: Optional[Path] = ConfigOpt,
-    workdir: Optional[Path] = WorkdirOpt,
+    data: Path | None = DataOpt,
+    id_col: str | None = IdOpt,
+    time_col: str | None = TimeOpt,
+    target_col: str | None = TargetOpt,
+    config: Path | None = ConfigOpt,
+    workdir: Path | None = WorkdirOpt,
 ) -> None:
     """Train once before the last N days of each series, then forecast those days
     (with --folds K: K consecutive N-day windows, each with its own model)."""
@@ -165,6 +164,56 @@ def backtest(
         _say(f"fold {score['fold']}: PICP80 {score['picp_80']:.3f}  PICP90 {score['picp_90']:.3f}  "
              f"PICP95 {score['picp_95']:.3f}  CRPS(scaled) {score['crps_scaled']:.3f}  MASE {score['mase']:.3f}")
     typer.echo(f"wrote {len(frame)} rows to {out}")
+
+
+@app.command()
+@_fail_cleanly
+def replay(
+    days: int = typer.Option(21, "--days", min=1, help="days to replay"),
+    start: str | None = typer.Option(None, "--start", help="first replayed day, YYYY-MM-DD "
+                                        "(default: the last DAYS days of the data)"),
+    shift_day: str | None = typer.Option(None, "--shift-day", help="plant a demand shift from this day "
+                                            "(default with --shift-factor: the 8th replayed day)"),
+    shift_factor: float = typer.Option(1.0, "--shift-factor", help="multiply actuals by F from --shift-day on"),
+    data: Path | None = DataOpt,
+    id_col: str | None = IdOpt,
+    time_col: str | None = TimeOpt,
+    target_col: str | None = TargetOpt,
+    config: Path | None = ConfigOpt,
+    workdir: Path | None = WorkdirOpt,
+) -> None:
+    """Walk the data day by day: forecast, then monitor with that day's actuals (alerts,
+    retrains), optionally with a planted demand shift; print a timeline and chart it."""
+    import datetime as dt
+
+    from pipeline_lib.monitoring.replay import ReplaySpec, default_spec
+
+    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    _say(f"[1/3] validating {cfg.data.source_name()}")
+    panel = load_panel(cfg.data, cfg.window)
+    first_day = min(s.dates[0] for s in panel.series).date()
+    last_day = max(s.dates[-1] for s in panel.series).date()
+    shifted = shift_factor != 1.0
+    spec = default_spec(last_day, days, 7 if shifted else None, shift_factor)
+    try:
+        if start is not None:
+            begin = dt.date.fromisoformat(start)
+            spec = ReplaySpec(begin, days, begin + dt.timedelta(days=7) if shifted else None, shift_factor)
+        if shift_day is not None:
+            spec = ReplaySpec(spec.start, days, dt.date.fromisoformat(shift_day), shift_factor)
+    except ValueError as exc:
+        raise typer.BadParameter(f"dates must be YYYY-MM-DD ({exc})") from None
+    spec.check(first_day, last_day, panel.source)
+    shift_text = f", demand x{shift_factor:g} from {spec.shift_day}" if spec.shift_day else ""
+    _say(f"[2/3] replaying {spec.start} .. {spec.end}{shift_text} (state in {cfg.workdir})")
+    _prepare_environment(cfg)
+    from flows.replay import replay_flow
+
+    result = replay_flow(cfg, spec, progress=_say)
+    _say("[3/3] done")
+    typer.echo(result.text)
+    typer.echo(f"chart: {result.chart}")
+    typer.echo(f"store: {cfg.store_url}   reports: {cfg.reports_dir}")
 
 
 def _write_csv(frame, out: Path) -> None:

@@ -8,6 +8,8 @@ Environment variables:
 - ``BAYES_PIPELINE_WORKDIR``: default work directory (else ``./.bayes-pipeline``).
 - ``MLFLOW_TRACKING_URI``: overrides the SQLite tracking store in the work directory.
 - ``BAYES_PIPELINE_STORE_URL``: overrides the SQLite forecast store in the work directory.
+- ``BAYES_PIPELINE_ALERT_WEBHOOKS``: comma-separated URLs that receive alerts as JSON POSTs.
+- ``BAYES_PIPELINE_APPRISE_URLS``: comma-separated Apprise URLs (Slack, e-mail, Teams, ...).
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class ModelConfig(_Strict):
     posterior_init_std: float = Field(1e-3, gt=0, description="initial posterior std of every weight")
     head: Literal["normal"] = "normal"
     min_scale: float = Field(1e-3, gt=0, description="floor of the predicted std (scaled units)")
+    level_days: int = Field(7, ge=0, description="centre each window on the mean of its last N observed "
+                            "days (forecasts follow level shifts); 0 = off")
 
 
 class TrainConfig(_Strict):
@@ -128,6 +132,33 @@ class EvaluationConfig(_Strict):
         return levels
 
 
+class MonitoringConfig(_Strict):
+    """Daily forecasting and coverage monitoring (see pipeline_lib/monitoring)."""
+
+    horizon: int = Field(7, ge=1, description="days the daily forecast covers")
+    pic_threshold: float = Field(0.90, gt=0, le=1, description="daily PIC below this is a breach")
+    consecutive_days: int = Field(3, ge=1, description="breach days in a row that trigger one retrain")
+    lookback_days: int = Field(7, ge=0, description="earlier days re-checked on every run: missed days "
+                               "are backfilled, days with late actuals re-evaluated")
+    segment_edges: tuple[float, ...] = Field((10.0, 50.0), description="forecast-mean edges (units/day) "
+                                             "of the slow / medium / fast segments")
+    retrain: Literal["auto", "subflow", "deployment", "off"] = Field(
+        "auto", description="auto = the training deployment when a Prefect server has one, else a subflow")
+    training_deployment: str = "training_pipeline/training-pipeline"
+    failing_crps_tolerance: float = Field(0.05, ge=0, description="gate of a breach-triggered retrain: "
+                                          "challenger CRPS may exceed the failing champion's by this share")
+    drift_threshold: float = Field(0.1, gt=0, description="Evidently normed Wasserstein distance that counts as drift")
+    drift_reference_days: int = Field(56, ge=7, description="last days of the training data used as reference")
+    seed: int = 11
+
+    @field_validator("segment_edges")
+    @classmethod
+    def _increasing(cls, edges: tuple[float, ...]) -> tuple[float, ...]:
+        if list(edges) != sorted(set(edges)):
+            raise ValueError("segment edges must be strictly increasing")
+        return edges
+
+
 class RegistryConfig(_Strict):
     experiment_name: str = "bayes-demand-forecasting"
     model_name: str = "bayes-lstm-demand"
@@ -143,6 +174,7 @@ class PipelineConfig(_Strict):
     train: TrainConfig = TrainConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     # Derived locations. All state of a run lives under ``workdir``.
     @property

@@ -83,7 +83,7 @@ class TrainedModel:
 def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
     """Fit scalers on each series' training part, then the Bayesian LSTM (ELBO, early stop)."""
     transform = "log1p" if config.data.non_negative else "none"
-    scalers, spec = fit_scalers(panel, config.window, transform)
+    scalers, spec = fit_scalers(panel, config.window, transform, config.model.level_days)
     train_windows = build_windows(panel, scalers, spec, config.window, "train")
     validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
     log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
@@ -207,8 +207,12 @@ class GateOutcome:
     champion_metrics: dict | None
 
 
-def promotion_gate(config: PipelineConfig, panel: Panel, evaluation: Evaluation) -> GateOutcome:
+def promotion_gate(config: PipelineConfig, panel: Panel, evaluation: Evaluation,
+                   champion_failing: bool = False) -> GateOutcome:
     """Evaluate the current champion on the challenger's holdout and decide.
+
+    ``champion_failing``: the monitoring retrains because the champion breached its
+    coverage threshold (see :func:`promotion_decision`).
 
     With no champion yet the first version is promoted whatever the gate says (forecasting
     needs a champion); the gate's verdict is still recorded on the version.
@@ -226,7 +230,8 @@ def promotion_gate(config: PipelineConfig, panel: Panel, evaluation: Evaluation)
                                             f"holdout ({exc}); promote by hand in the MLflow UI",))
             return GateOutcome(decision, champion_version, None)
     decision = promotion_decision(evaluation.metrics, champion_metrics, config.evaluation.nominal_level,
-                                  config.evaluation.coverage_tolerance)
+                                  config.evaluation.coverage_tolerance, champion_failing,
+                                  config.monitoring.failing_crps_tolerance)
     if champion_version is None and not decision.promote:
         decision = GateDecision(True, decision.reasons + ("first version: promoted so forecasting can start",))
     return GateOutcome(decision, champion_version, champion_metrics)
@@ -265,7 +270,8 @@ def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalua
                               "training_seconds": trained.training.seconds})
         plot_uris = tuple(registry.log_artifact(path, "plots") for path in plots)
         registry.log_dict(config.model_dump(mode="json"), "config.json")
-        registry.log_dict(data_fingerprint(panel), "data_fingerprint.json")
+        fingerprint = data_fingerprint(panel)
+        registry.log_dict(fingerprint, "data_fingerprint.json")
         model_uri = registry.log_forecaster(trained.model, _input_example(panel))
         if gate.champion_metrics is not None:
             registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
@@ -275,7 +281,9 @@ def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalua
         tags = {f"metric.{k}": f"{v:.4f}" for k, v in evaluation.metrics.items()
                 if k in ("picp_95", "picp_90", "crps_scaled", "mase")}
         tags.update({"gate.promote": str(gate.decision.promote), "gate.reasons": " | ".join(gate.decision.reasons),
-                     "gate.champion_version": str(gate.champion_version)})
+                     "gate.champion_version": str(gate.champion_version),
+                     # The monitoring's drift reference ends here.
+                     "data.last_date": fingerprint["last_date"]})
         registry.tag_version(config.registry.model_name, version, tags)
         registry.set_tags({"gate.promote": str(gate.decision.promote)})
         aliases = [registry.CHALLENGER]

@@ -227,3 +227,23 @@ def load_forecaster(model_uri: str):
     except (MlflowException, OSError) as exc:
         raise ModelLoadError(f"cannot load model {model_uri}: {str(exc).splitlines()[0]}") from None
     return pyfunc.unwrap_python_model().model
+
+
+def version_tags(model_name: str, version: str) -> dict[str, str]:
+    return dict(client().get_model_version(model_name, version).tags)
+
+
+def log_monitoring_day(experiment_name: str, artifact_root: Path, day: str, metrics: dict[str, float],
+                       files: list[Path]) -> str:
+    """Log one monitored day as a run of ``<experiment>-monitoring`` (a rerun of the day
+    reuses its run, so metrics are overwritten rather than duplicated); returns its link."""
+    mlflow = _mlflow()
+    experiment_id = ensure_experiment(f"{experiment_name}-monitoring", artifact_root)
+    found = client().search_runs([experiment_id], filter_string=f"tags.monitoring_day = '{day}'", max_results=1)
+    run_id = found[0].info.run_id if found else None
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=f"monitor-{day}",
+                          tags=None if run_id else {"monitoring_day": day, "pipeline": "monitoring"}) as run:
+        log_metrics({k: v for k, v in metrics.items() if v is not None})
+        for path in files:
+            log_artifact(path, "reports")
+        return run_url(run)

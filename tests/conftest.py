@@ -50,3 +50,18 @@ def synthetic_csv(tmp_path: Path) -> Path:
     path = tmp_path / "demand.csv"
     synthetic_demand().to_csv(path, index=False)
     return path
+
+
+def level_following_demand(n_series: int = 30, n_days: int = 160, seed: int = 0,
+                           start: str = "2023-01-02") -> pd.DataFrame:
+    """Poisson demand around slowly wandering levels with a weekly pattern (no covariates):
+    the kind of series whose forecasts should follow a lasting level shift."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range(start, periods=n_days, freq="D")
+    rows = []
+    for k in range(n_series):
+        log_level = np.log(20 + 5 * k) + np.cumsum(rng.normal(0, 0.03, n_days))
+        weekly = 1 + 0.3 * np.sin(2 * np.pi * np.arange(n_days) / 7)
+        rows.append(pd.DataFrame({"series_id": f"S{k:02d}", "date": dates.strftime("%Y-%m-%d"),
+                                  "units": rng.poisson(np.exp(log_level) * weekly)}))
+    return pd.concat(rows, ignore_index=True)

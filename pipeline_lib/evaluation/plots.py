@@ -108,3 +108,33 @@ def coverage_by_horizon_plot(coverage: dict[str, dict[int, float]], path: Path, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def coverage_timeline_plot(timeline: pd.DataFrame, threshold: float, nominal_level: float, path: Path,
+                           shift_day=None, title: str = "Daily prediction-interval coverage") -> Path:
+    """Daily PIC against the threshold: breach days in red, alerts and retrains marked.
+
+    ``timeline``: ``day, pic, breach, alerts, retrain`` (see monitoring.replay.timeline).
+    """
+    frame = timeline.assign(day=pd.to_datetime(timeline["day"]), pic=pd.to_numeric(timeline["pic"]))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(frame["day"], frame["pic"], color="tab:blue", marker="o", lw=1.5, label="daily PIC")
+    breach = frame[frame["breach"]]
+    ax.scatter(breach["day"], breach["pic"], color="tab:red", zorder=3, s=60, label="breach day")
+    ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.0%}")
+    ax.axhline(nominal_level, color="grey", ls=":", lw=1, label=f"nominal {nominal_level:.0%}")
+    alerted = frame[frame["alerts"].str.len() > 0]
+    ax.scatter(alerted["day"], np.full(len(alerted), 0.04), marker="^", color="tab:orange", s=50,
+               label="alert sent", transform=ax.get_xaxis_transform())
+    for k, (_, row) in enumerate(frame[frame["retrain"].str.len() > 0].iterrows()):
+        ax.axvline(row["day"], color="tab:green", lw=2, alpha=0.7, label="retrain" if k == 0 else None)
+        ax.annotate(f"retrain -> {row['retrain']}", (row["day"], 0.06), xycoords=("data", "axes fraction"),
+                    rotation=90, fontsize=8, color="tab:green", ha="right")
+    if shift_day is not None:
+        ax.axvline(pd.Timestamp(shift_day), color="tab:purple", ls="-.", lw=1, label="planted demand shift")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(f"share of series inside the {nominal_level:.0%} interval")
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8, ncol=3)
+    fig.autofmt_xdate()
+    return _save(fig, path)

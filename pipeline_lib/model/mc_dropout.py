@@ -29,7 +29,7 @@ class McDropoutLSTM:
         self.noise_std = 1.0
 
     def fit(self, train: WindowSet, validation: WindowSet, epochs: int = 15, batch_size: int = 256,
-            learning_rate: float = 3e-3) -> "McDropoutLSTM":
+            learning_rate: float = 3e-3) -> McDropoutLSTM:
         self.network.compile(optimizer=tf_keras.optimizers.Adam(learning_rate, clipnorm=5.0), loss="mse")
         stop = tf_keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True)
         self.network.fit(train.inputs, train.targets, validation_data=(validation.inputs, validation.targets),

@@ -1,0 +1,171 @@
+"""Daily monitoring flow: coverage of yesterday's intervals, the retrain policy, alerts, drift.
+
+Scheduled at 07:00 by ``infra/prefect.yaml`` (after the 06:00 forecast). For day ``D``:
+store the actuals, compute PIC (overall, by horizon, by segment) for ``D`` and for any
+missed / pending / late-actual day of the look-back window, write an Evidently report,
+alert on every breach day, and retrain once per breach streak of
+``monitoring.consecutive_days`` days: the training deployment when a Prefect server has
+it, else the training flow as a subflow (local mode).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+
+from flows.training import NO_CACHE_TASK, ingest, training_pipeline
+from pipeline_lib import registry
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.data.validate import validate_table
+from pipeline_lib.monitoring import daily
+from pipeline_lib.monitoring.alerts import Alert, notify
+from pipeline_lib.monitoring.store import ForecastStore
+
+
+@task(name="champion_version", retries=2, retry_delay_seconds=5, **NO_CACHE_TASK)
+def champion_version(config: PipelineConfig) -> tuple[str, dt.date | None]:
+    """The champion's version and the last day of its training data (drift reference)."""
+    registry.configure(config.tracking_uri)
+    name = config.registry.model_name
+    version = registry.resolve_version(registry.champion_uri(name))
+    last = registry.version_tags(name, version).get("data.last_date")
+    return version, (dt.date.fromisoformat(last) if last else None)
+
+
+@task(name="evaluate_coverage", retries=2, retry_delay_seconds=10, **NO_CACHE_TASK)
+def evaluate_coverage(config: PipelineConfig, panel, day: dt.date, version: str,
+                      reference_end: dt.date | None) -> daily.MonitoringRun:
+    store = ForecastStore(config.store_url).create()
+    try:
+        return daily.monitor_day(config, store, panel, day, version, config.reports_dir, reference_end)
+    finally:
+        store.dispose()
+
+
+@task(name="send_alert", retries=1, **NO_CACHE_TASK)
+def send_alert(alert: Alert) -> list[str]:
+    """A Prefect event (for automations) and the configured notifications."""
+    emit_event(event=f"bayes-pipeline.alert.{alert.kind}",
+               resource={"prefect.resource.id": f"bayes-pipeline.monitoring.{alert.day}",
+                         "prefect.resource.name": f"coverage {alert.day}"},
+               payload=alert.payload())
+    failed = notify(alert)
+    if failed:
+        get_run_logger().warning("alert for %s not delivered to %s", alert.day, ", ".join(failed))
+    return failed
+
+
+@task(name="log_monitoring", retries=2, retry_delay_seconds=5, **NO_CACHE_TASK)
+def log_monitoring(config: PipelineConfig, run: daily.MonitoringRun) -> str | None:
+    row = run.headline
+    if row is None:
+        return None
+    registry.configure(config.tracking_uri)
+    metrics = {"pic": row["picp"], "mpiw": row["mpiw"], "n": row["n"], "breach": float(bool(row["breach"]))}
+    files = []
+    if run.drift is not None:
+        metrics.update({"target_drift": run.drift.target_drift, "drifted_columns": run.drift.drifted_columns})
+        files.append(run.drift.report_path)
+    return registry.log_monitoring_day(config.registry.experiment_name, config.artifact_root, str(run.day),
+                                       metrics, files)
+
+
+def _deployment_available(name: str) -> bool:
+    """True when a Prefect server is configured and has the training deployment."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return False
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(name)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+def retrain(config: PipelineConfig, request: daily.RetrainRequest) -> tuple[str, str | None, bool | None]:
+    """Start the retrain; returns (what happened, new version, promoted)."""
+    mode = config.monitoring.retrain
+    if mode in ("auto", "deployment") and (mode == "deployment"
+                                           or _deployment_available(config.monitoring.training_deployment)):
+        from prefect.deployments import run_deployment
+
+        flow_run = run_deployment(config.monitoring.training_deployment,
+                                  parameters={"config": config.model_dump(mode="json"), "champion_failing": True},
+                                  timeout=0, idempotency_key=f"retrain-{request.streak_start}")
+        return f"started deployment {config.monitoring.training_deployment} (flow run {flow_run.id})", None, None
+    outcome = training_pipeline(config, progress=False, champion_failing=True)
+    promoted = "champion" in outcome.aliases
+    return (f"trained version {outcome.version}: {outcome.gate}", outcome.version, promoted)
+
+
+def _retrain_and_record(config: PipelineConfig, request: daily.RetrainRequest) -> Alert:
+    """Retrain, record the outcome on the claimed retrain event and send the retrain alert;
+    a failed retrain is recorded and alerted too, then fails the flow."""
+    store = ForecastStore(config.store_url).create()
+    failure = None
+    try:
+        text, new_version, promoted = retrain(config, request)
+        store.finish_retrain(request.streak_start, "completed" if new_version else "started",
+                             new_version, promoted, text)
+    except Exception as exc:  # noqa: BLE001 - recorded and alerted, then re-raised
+        failure = exc
+        text = f"retraining failed ({exc.__class__.__name__}: {exc}); the champion is unchanged"
+        store.finish_retrain(request.streak_start, "failed", detail=text)
+    alert = daily.retrain_alert(request, text, config.monitoring.consecutive_days)
+    if store.add_alert(alert.day, alert.kind, alert.model_version, alert.message):
+        send_alert(alert)
+    store.dispose()
+    if failure is not None:
+        raise failure
+    return alert
+
+
+@flow(name="daily_monitoring", log_prints=True)
+def daily_monitoring_flow(config: PipelineConfig = PipelineConfig(), day: dt.date | None = None) -> daily.MonitoringRun:
+    """Monitor ``day`` (default: yesterday)."""
+    logger = get_run_logger()
+    day = day or dt.date.today() - dt.timedelta(days=1)
+    panel = validate_table(ingest(config), config.data, min_days=1)
+    version, reference_end = champion_version(config)
+    run = evaluate_coverage(config, panel, day, version, reference_end)
+    logger.info(run.describe())
+    for decision in run.decisions:
+        logger.info(decision.describe(config.monitoring.consecutive_days))
+    if run.drift is not None:
+        logger.info("drift: %s (%s)", run.drift.describe(), run.drift.report_path)
+    for alert in run.alerts:
+        send_alert(alert)
+    if run.retrain is not None:
+        logger.info(_retrain_and_record(config, run.retrain).message)
+    link = log_monitoring(config, run)
+    _publish(config, run, link)
+    return run
+
+
+def _publish(config: PipelineConfig, run: daily.MonitoringRun, link: str | None) -> None:
+    create_table_artifact(
+        key="daily-coverage",
+        table=[{"day": str(d), "status": r["status"], "PIC": None if r["picp"] is None else round(r["picp"], 3),
+                "MPIW": None if r["mpiw"] is None else round(r["mpiw"], 2), "n": r["n"], "breach": r["breach"],
+                "model": r["model_version"]} for d, r in sorted(run.coverage.items())],
+        description=f"Coverage of the {config.evaluation.nominal_level:.0%} interval "
+                    f"(threshold {config.monitoring.pic_threshold:.0%})",
+    )
+    lines = [f"## Monitoring {run.day}", "", f"* {run.describe()}"]
+    lines += [f"* alert: {a.message}" for a in run.alerts]
+    if run.retrain is not None:
+        lines.append(f"* retrain triggered (streak since {run.retrain.streak_start})")
+    if run.drift is not None:
+        lines.append(f"* drift: {run.drift.describe()}; report: [{run.drift.report_path.name}]"
+                     f"({run.drift.report_path.resolve().as_uri()})")
+    if link:
+        lines.append(f"* MLflow: {link}")
+    create_markdown_artifact(key="daily-monitoring", markdown="\n".join(lines),
+                             description="Coverage, alerts, retrain and drift of the day")

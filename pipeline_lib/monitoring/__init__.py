@@ -1,0 +1,1 @@
+"""Daily forecasting and coverage monitoring: store, PIC, retrain policy, alerts, drift."""

@@ -1,0 +1,95 @@
+"""Alert messages and notifications (webhooks and Apprise). No Prefect here: the flow
+emits the Prefect event for each alert this module returns.
+
+Destinations come from the environment, never from config files (they carry tokens):
+
+- ``BAYES_PIPELINE_ALERT_WEBHOOKS``: comma-separated URLs; each receives the alert as a
+  JSON POST (``{"kind", "day", "message", "model_version", "report", ...}``).
+- ``BAYES_PIPELINE_APPRISE_URLS``: comma-separated Apprise URLs (``slack://...``,
+  ``mailto://...``, ``msteams://...``); sent with Apprise (installed with Prefect).
+
+A failing destination is logged and reported back, never raised: an alert that cannot be
+delivered must not stop the monitoring that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
+
+WEBHOOKS_ENV = "BAYES_PIPELINE_ALERT_WEBHOOKS"
+APPRISE_ENV = "BAYES_PIPELINE_APPRISE_URLS"
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str  # breach | retrain | error
+    day: dt.date
+    model_version: str
+    message: str
+    report: str | None = None
+    details: dict = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return f"bayes-pipeline {self.kind}: {self.day}"
+
+    def payload(self) -> dict:
+        return {**asdict(self), "day": str(self.day), "title": self.title}
+
+
+def breach_message(day: dt.date, picp: float, level: float, threshold: float, streak: int,
+                   consecutive_days: int, model_version: str, report: str | None) -> str:
+    return (f"{day}: prediction-interval coverage {picp:.1%} of the {level:.0%} interval is below "
+            f"the {threshold:.0%} threshold (breach day {streak} of {consecutive_days} before a retrain); "
+            f"model version {model_version}; report: {report or 'n/a'}")
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def destinations() -> tuple[list[str], list[str]]:
+    """(webhook URLs, Apprise URLs) configured in the environment."""
+    return _split(os.environ.get(WEBHOOKS_ENV)), _split(os.environ.get(APPRISE_ENV))
+
+
+def notify(alert: Alert, timeout: float = 10.0) -> list[str]:
+    """Send ``alert`` everywhere configured; returns the destinations that failed."""
+    webhooks, apprise_urls = destinations()
+    failed = []
+    body = json.dumps(alert.payload()).encode()
+    for url in webhooks:
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"},
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            log.warning("alert webhook %s failed: %s", _host(url), exc)
+            failed.append(_host(url))
+    if apprise_urls:
+        import apprise
+
+        sender = apprise.Apprise()
+        for url in apprise_urls:
+            sender.add(url)
+        if not sender.notify(title=alert.title, body=alert.message):
+            log.warning("an Apprise notification failed")
+            failed.append("apprise")
+    return failed
+
+
+def _host(url: str) -> str:
+    """A URL without path and query (they may hold tokens), for logs."""
+    from urllib.parse import urlparse
+
+    parts = urlparse(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.port else f"{parts.scheme}://{parts.hostname}"

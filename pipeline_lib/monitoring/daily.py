@@ -1,0 +1,249 @@
+"""The daily forecast and monitoring steps as plain functions (``flows/`` wraps them).
+
+Forecast day ``D``: from each series' history up to ``D - 1``, forecast ``D .. D + H - 1``
+with the champion and store the rows (``run_date = D``).
+
+Monitor day ``D``: load actuals of ``D`` and of the ``lookback_days`` before it from the
+source, re-evaluate every day of that window that is new, missed, still pending/partial
+or has new (late) actuals, in date order, apply the retrain policy to each, and return
+the alerts to send and at most one retrain to start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.contract import interval_columns
+from pipeline_lib.data.validate import Panel, Series
+from pipeline_lib.errors import DataValidationError
+from pipeline_lib.model.forecast import ForecastModel, forecast_table
+from pipeline_lib.monitoring.alerts import Alert, breach_message
+from pipeline_lib.monitoring.coverage import OVERALL, PENDING, daily_coverage
+from pipeline_lib.monitoring.drift import TARGET, DriftSummary, drift_report
+from pipeline_lib.monitoring.policy import PolicyDecision, retrain_decision
+from pipeline_lib.monitoring.store import ForecastStore
+
+log = logging.getLogger(__name__)
+
+ONE_DAY = dt.timedelta(days=1)
+CURRENT_WINDOW_DAYS = 7  # drift report: the last week against the training reference
+
+
+def as_day(value) -> dt.date:
+    return pd.Timestamp(value).date()
+
+
+def history_until(panel: Panel, last_day: dt.date) -> Panel:
+    """Each series cut to its days up to and including ``last_day`` (empty series dropped)."""
+    end = pd.Timestamp(last_day)
+    kept = []
+    for s in panel.series:
+        n = int(np.searchsorted(s.dates.values, end.to_datetime64(), side="right"))
+        if n:
+            kept.append(Series(s.series_id, s.dates[:n], s.target[:n], s.covariates[:n]))
+    return Panel(tuple(kept), panel.covariate_names, panel.source, panel.filled_days, panel.target_name, panel.notes)
+
+
+# --- forecast ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ForecastRun:
+    run_date: dt.date
+    model_version: str
+    horizon: int
+    series: int
+    rows: int
+    skipped: tuple[str, ...]  # series without an actual on the day before ``run_date``
+    frame: pd.DataFrame  # the stored rows (output contract)
+
+    def summary_rows(self, level: float) -> list[dict]:
+        """A few lines per forecast day for the Prefect table artifact."""
+        lower, upper = interval_columns(level)
+        grouped = self.frame.groupby("date")
+        return [{"date": str(day.date()), "series": len(g), "total mean": round(float(g["mean"].sum()), 1),
+                 f"mean {level:.0%} width": round(float((g[upper] - g[lower]).mean()), 2)}
+                for day, g in grouped]
+
+
+def forecast_in_chunks(model: ForecastModel, panel: Panel, horizon: int, num_samples: int, seed: int,
+                       chunk_series: int) -> pd.DataFrame:
+    """Forecast table for every series, ``chunk_series`` series at a time (bounded memory).
+
+    Chunk ``k`` uses seed ``seed + k``, so the result depends only on the chunking, not on
+    which worker or runner computes a chunk.
+    """
+    frames = []
+    for k, start in enumerate(range(0, len(panel.series), chunk_series)):
+        chunk = Panel(panel.series[start:start + chunk_series], panel.covariate_names, panel.source)
+        sampled = model.forecast(chunk, horizon, num_samples, seed=seed + k)
+        frames.append(forecast_table(sampled.samples, sampled.series_ids, sampled.dates, "pending"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def daily_forecast(config: PipelineConfig, store: ForecastStore, panel: Panel, run_date, model: ForecastModel,
+                   model_version: str, chunk_series: int = 512) -> ForecastRun:
+    """Forecast ``run_date .. run_date + H - 1`` for every series with an actual on the day
+    before ``run_date`` and store the rows in one transaction (a rerun replaces them)."""
+    run_date = as_day(run_date)
+    origin = run_date - ONE_DAY
+    history = history_until(panel, origin)
+    current = tuple(s for s in history.series if s.dates[-1].date() == origin)
+    skipped = tuple(s.series_id for s in history.series if s.dates[-1].date() != origin)
+    if not current:
+        raise DataValidationError(f"{panel.source}: no series has an actual on {origin}, the day before "
+                                  f"forecast day {run_date}; is the source up to date?")
+    if skipped:
+        log.warning("%d series have no actual on %s and are not forecast: %s", len(skipped), origin,
+                    ", ".join(skipped[:5]))
+    horizon = config.monitoring.horizon
+    frame = forecast_in_chunks(model, Panel(current, history.covariate_names, history.source), horizon,
+                               config.evaluation.num_samples, config.monitoring.seed, chunk_series)
+    frame["model_version"] = str(model_version)
+    rows = store.replace_forecasts(run_date, frame)
+    return ForecastRun(run_date, str(model_version), horizon, len(current), rows, skipped, frame)
+
+
+# --- monitor ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetrainRequest:
+    streak_start: dt.date
+    day: dt.date
+    champion_version: str
+
+
+@dataclass
+class MonitoringRun:
+    day: dt.date
+    evaluated: list[dt.date]
+    coverage: dict[dt.date, dict]  # day -> its overall coverage row
+    decisions: list[PolicyDecision]
+    alerts: list[Alert] = field(default_factory=list)  # new alerts (not sent before)
+    retrain: RetrainRequest | None = None
+    drift: DriftSummary | None = None
+
+    @property
+    def headline(self) -> dict | None:
+        return self.coverage.get(self.day)
+
+    def describe(self) -> str:
+        row = self.headline
+        if row is None:
+            return f"{self.day}: no forecasts targeted this day"
+        if row["status"] == PENDING:
+            return f"{self.day}: pending (no actuals yet for {row['expected']} forecasts)"
+        text = (f"{self.day}: PIC {row['picp']:.1%} over {row['n']}/{row['expected']} series, "
+                f"mean width {row['mpiw']:.1f}, model {row['model_version']}")
+        return text + (" BREACH" if row["breach"] else "")
+
+
+def actual_rows(panel: Panel, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """``series_id, date, actual`` of the panel between two days (inclusive)."""
+    frame = panel.to_frame()
+    dates = frame["date"].dt.date
+    window = frame[(dates >= first) & (dates <= last)]
+    return window.rename(columns={"target": "actual"})[["series_id", "date", "actual"]]
+
+
+def days_to_evaluate(store: ForecastStore, day: dt.date, lookback_days: int, changed: list[dt.date]) -> list[dt.date]:
+    """``day``, plus window days that were missed, are not final, or got new actuals."""
+    first = day - dt.timedelta(days=lookback_days)
+    coverage = store.coverage(OVERALL)
+    final = set()
+    if not coverage.empty:
+        ok = coverage[coverage["status"] == "ok"]
+        final = {as_day(d) for d in ok["day"]}
+    window = [first + dt.timedelta(days=k) for k in range(lookback_days)]
+    with_forecasts = [d for d in window if d not in final and not store.forecasts_for(d).empty]
+    return sorted({day, *with_forecasts, *(d for d in changed if first <= d <= day)})
+
+
+def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day, champion_version: str,
+                report_dir: Path, reference_end: dt.date | None = None) -> MonitoringRun:
+    """Evaluate ``day`` (and the window days that need it), apply the policy, collect alerts.
+
+    ``panel``: the source data (actuals up to at least ``day`` when they have arrived);
+    ``reference_end``: last day of the champion's training data (drift reference).
+    Writes coverage rows, alert rows and at most one claimed retrain event.
+    """
+    day = as_day(day)
+    mon = config.monitoring
+    level = config.evaluation.nominal_level
+    changed = store.upsert_actuals(actual_rows(panel, day - dt.timedelta(days=mon.lookback_days), day))
+    evaluated = days_to_evaluate(store, day, mon.lookback_days, changed)
+    coverage = {}
+    for d in evaluated:
+        rows = daily_coverage(store.forecasts_for(d), store.actuals_on(d), level, mon.pic_threshold,
+                              mon.segment_edges)
+        store.replace_coverage(d, rows)
+        for row in rows:
+            if row["scope"] == OVERALL:
+                coverage[d] = row
+
+    drift = _drift(config, store, panel, day, reference_end, report_dir)
+    report = str(drift.report_path) if drift else None
+    history = store.coverage(OVERALL)
+    breaches = {as_day(d): b for d, b in zip(history["day"], history["breach"])}
+    run = MonitoringRun(day, evaluated, coverage, decisions=[], drift=drift)
+    for d in evaluated:
+        decision = retrain_decision(breaches, d, mon.consecutive_days, store.retrained_streaks())
+        run.decisions.append(decision)
+        if not decision.breach:
+            continue
+        row = coverage[d]
+        message = breach_message(d, row["picp"], level, mon.pic_threshold, decision.streak_length,
+                                 mon.consecutive_days, row["model_version"], report if d == day else None)
+        if store.add_alert(d, "breach", row["model_version"], message, report if d == day else None):
+            run.alerts.append(Alert("breach", d, row["model_version"], message, report if d == day else None,
+                                    {"picp": row["picp"], "threshold": mon.pic_threshold,
+                                     "streak": decision.streak_length}))
+        wants_retrain = decision.retrain and run.retrain is None and mon.retrain != "off"
+        if wants_retrain and store.claim_retrain(decision.streak_start, d, mon.retrain, champion_version):
+            run.retrain = RetrainRequest(decision.streak_start, d, champion_version)
+    return run
+
+
+def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.date,
+           reference_end: dt.date | None, report_dir: Path) -> DriftSummary | None:
+    """Evidently report of the last week up to ``day`` against the training reference."""
+    first = day - dt.timedelta(days=CURRENT_WINDOW_DAYS - 1)
+    end = min(reference_end or first - ONE_DAY, first - ONE_DAY)  # never overlap the window
+    start = end - dt.timedelta(days=config.monitoring.drift_reference_days - 1)
+    frame = panel.to_frame()
+    dates = frame["date"].dt.date
+    current = frame[(dates >= first) & (dates <= day)]
+    reference = frame[(dates >= start) & (dates <= end)]
+    if current.empty or reference.empty:
+        log.info("no drift report for %s: %s window is empty", day, "current" if current.empty else "reference")
+        return None
+    covered = []
+    lower, upper = interval_columns(config.evaluation.nominal_level)
+    for d in sorted(set(current["date"].dt.date)):
+        forecasts = store.forecasts_for(d)
+        if forecasts.empty:
+            continue
+        latest = forecasts.sort_values("horizon").drop_duplicates("series_id")[["series_id", lower, upper]]
+        covered.append(latest.assign(date=pd.Timestamp(d)))
+    current = current.rename(columns={"target": TARGET})
+    if covered:
+        bounds = pd.concat(covered, ignore_index=True)
+        current = current.merge(bounds, on=["series_id", "date"], how="left")
+        inside = (current[TARGET] >= current[lower]) & (current[TARGET] <= current[upper])
+        current["covered"] = np.where(current[lower].isna(), np.nan, inside.astype(float))
+    else:
+        current["covered"] = np.nan
+    return drift_report(reference, current, tuple(panel.covariate_names), config.monitoring.drift_threshold,
+                        Path(report_dir) / f"monitoring-{day}.html", title=f"Demand drift and coverage, {day}")
+
+
+def retrain_alert(request: RetrainRequest, outcome_text: str, consecutive_days: int) -> Alert:
+    message = (f"{request.day}: coverage breached on {consecutive_days} consecutive days since "
+               f"{request.streak_start}; retraining (champion was version {request.champion_version}): "
+               f"{outcome_text}")
+    return Alert("retrain", request.day, request.champion_version, message, None,
+                 {"streak_start": str(request.streak_start)})

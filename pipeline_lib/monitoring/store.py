@@ -1,0 +1,268 @@
+"""The forecast store: forecasts, actuals, daily coverage, alerts and retrain events in SQL.
+
+SQLAlchemy Core on any URL (a SQLite file in the work directory by default, Postgres in
+the compose stack). The code creates the tables and records its schema version. Every
+write of a day is one transaction, and unique keys make reruns replace or ignore rows
+instead of duplicating them:
+
+- ``forecasts``: the output contract plus ``run_date`` (first forecast day) and
+  ``horizon`` (days ahead, 1 = the day after the last actual). Key: run date, series, date.
+- ``actuals``: one observed value per series and day. Key: series, date.
+- ``coverage_daily``: PIC and MPIW of one day, per scope (``overall``, ``h01``..,
+  ``segment:<name>``). Key: day, scope, level.
+- ``alerts``: at most one alert per day and kind.
+- ``retrain_events``: at most one retrain per breach streak (keyed by its first day). A
+  monitoring run claims the streak by inserting the row *before* it retrains, so two
+  runs of the same day at once cannot both retrain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from pipeline_lib.contract import FORECAST_COLUMNS, QUANTILE_COLUMNS
+from pipeline_lib.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "schema_info", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+)
+
+forecasts = sa.Table(
+    "forecasts", metadata,
+    sa.Column("run_date", sa.Date, primary_key=True),
+    sa.Column("series_id", sa.String(200), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("horizon", sa.Integer, nullable=False),
+    sa.Column("model_version", sa.String(50), nullable=False),
+    sa.Column("mean", sa.Float, nullable=False),
+    sa.Column("std", sa.Float, nullable=False),
+    *(sa.Column(name, sa.Float, nullable=False) for name in QUANTILE_COLUMNS),
+    sa.Index("ix_forecasts_date", "date"),
+)
+
+actuals = sa.Table(
+    "actuals", metadata,
+    sa.Column("series_id", sa.String(200), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("actual", sa.Float, nullable=False),
+)
+
+coverage_daily = sa.Table(
+    "coverage_daily", metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("scope", sa.String(100), primary_key=True),
+    sa.Column("level", sa.Float, primary_key=True),
+    sa.Column("model_version", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # ok | partial | pending
+    sa.Column("picp", sa.Float),  # NULL while pending
+    sa.Column("mpiw", sa.Float),
+    sa.Column("n", sa.Integer, nullable=False),  # forecasts with an actual
+    sa.Column("expected", sa.Integer, nullable=False),  # forecasts that targeted the day
+    sa.Column("breach", sa.Boolean),
+)
+
+alerts = sa.Table(
+    "alerts", metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("kind", sa.String(30), primary_key=True),  # breach | retrain | error
+    sa.Column("model_version", sa.String(50), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("report", sa.Text),
+)
+
+retrain_events = sa.Table(
+    "retrain_events", metadata,
+    sa.Column("streak_start", sa.Date, primary_key=True),
+    sa.Column("triggered_on", sa.Date, nullable=False),
+    sa.Column("mode", sa.String(20), nullable=False),
+    sa.Column("champion_before", sa.String(50), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # started | completed | failed
+    sa.Column("new_version", sa.String(50)),
+    sa.Column("promoted", sa.Boolean),
+    sa.Column("detail", sa.Text),
+)
+
+TABLES = ("forecasts", "actuals", "coverage_daily", "alerts", "retrain_events")
+
+
+def _day(value) -> dt.date:
+    return pd.Timestamp(value).date()
+
+
+class ForecastStore:
+    """All reads and writes of the monitoring tables. ``url`` is any SQLAlchemy URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+        try:
+            self.engine = sa.create_engine(url, connect_args=connect_args)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise PipelineError(f"forecast store URL {_redact(url)} is not usable: {exc}") from None
+
+    def create(self) -> ForecastStore:
+        """Create missing tables and check the schema version (idempotent)."""
+        database = self.engine.url.database
+        if self.engine.url.get_backend_name() == "sqlite" and database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                found = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar()
+                if found is None:
+                    conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+                elif found > SCHEMA_VERSION:
+                    raise PipelineError(f"forecast store {_redact(self.url)} has schema version {found}; "
+                                        f"this code knows up to {SCHEMA_VERSION}: upgrade bayes-pipeline")
+        except OperationalError as exc:
+            raise PipelineError(f"forecast store {_redact(self.url)} unavailable: {exc.orig}") from None
+        except IntegrityError:
+            pass  # another process created it at the same moment
+        return self
+
+    # --- forecasts ---------------------------------------------------------------------
+    def replace_forecasts(self, run_date, frame: pd.DataFrame) -> int:
+        """Store the forecasts issued for ``run_date`` (replacing a previous run of that day).
+
+        ``frame``: the output contract; ``horizon`` is derived from ``date - run_date + 1``.
+        """
+        run_day = _day(run_date)
+        rows = frame[list(FORECAST_COLUMNS)].copy()
+        rows["date"] = pd.to_datetime(rows["date"]).dt.date
+        rows["horizon"] = [(d - run_day).days + 1 for d in rows["date"]]
+        if (rows["horizon"] < 1).any():
+            raise ValueError(f"forecasts for {run_day} include days before it")
+        rows["run_date"] = run_day
+        records = rows.to_dict("records")
+        with self.engine.begin() as conn:
+            conn.execute(forecasts.delete().where(forecasts.c.run_date == run_day))
+            if records:
+                conn.execute(forecasts.insert(), records)
+        return len(records)
+
+    def forecasts_for(self, day) -> pd.DataFrame:
+        """Every stored forecast whose target date is ``day`` (one per issuing run)."""
+        return self._frame(sa.select(forecasts).where(forecasts.c.date == _day(day)))
+
+    # --- actuals -----------------------------------------------------------------------
+    def upsert_actuals(self, frame: pd.DataFrame) -> list[dt.date]:
+        """Insert new and correct changed actuals (``series_id, date, actual``).
+
+        Returns the days whose actuals were new or changed (they need re-evaluation).
+        """
+        if frame.empty:
+            return []
+        incoming = frame[["series_id", "date", "actual"]].copy()
+        incoming["date"] = pd.to_datetime(incoming["date"]).dt.date
+        incoming["series_id"] = incoming["series_id"].astype(str)
+        days = sorted(set(incoming["date"]))
+        with self.engine.begin() as conn:
+            existing = pd.DataFrame(conn.execute(
+                sa.select(actuals).where(actuals.c.date.in_(days))).mappings().all(),
+                columns=["series_id", "date", "actual"])
+            merged = incoming.merge(existing, on=["series_id", "date"], how="left", suffixes=("", "_stored"))
+            stored = merged["actual_stored"].astype(float)
+            changed = merged[stored.isna() | ~np.isclose(merged["actual"].astype(float), stored, rtol=0, atol=1e-9)]
+            if changed.empty:
+                return []
+            keys = list(zip(changed["series_id"], changed["date"]))
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                conn.execute(actuals.delete().where(sa.tuple_(actuals.c.series_id, actuals.c.date).in_(chunk)))
+            conn.execute(actuals.insert(), changed[["series_id", "date", "actual"]].to_dict("records"))
+        return sorted(set(changed["date"]))
+
+    def actuals_on(self, day) -> pd.DataFrame:
+        return self._frame(sa.select(actuals).where(actuals.c.date == _day(day)))
+
+    # --- coverage ----------------------------------------------------------------------
+    def replace_coverage(self, day, rows: list[dict]) -> None:
+        """All coverage rows of ``day`` in one transaction (a rerun replaces them)."""
+        day = _day(day)
+        with self.engine.begin() as conn:
+            conn.execute(coverage_daily.delete().where(coverage_daily.c.day == day))
+            if rows:
+                conn.execute(coverage_daily.insert(), [{**row, "day": day} for row in rows])
+
+    def coverage(self, scope: str | None = "overall") -> pd.DataFrame:
+        query = sa.select(coverage_daily).order_by(coverage_daily.c.day, coverage_daily.c.scope)
+        if scope is not None:
+            query = query.where(coverage_daily.c.scope == scope)
+        return self._frame(query)
+
+    # --- alerts and retrains ---------------------------------------------------------------
+    def add_alert(self, day, kind: str, model_version: str, message: str, report: str | None = None) -> bool:
+        """Record an alert; False if this day already has one of this kind (a rerun)."""
+        return self._insert_once(alerts, day=_day(day), kind=kind, model_version=str(model_version),
+                                 message=message, report=report)
+
+    def claim_retrain(self, streak_start, triggered_on, mode: str, champion_before: str) -> bool:
+        """Claim the retrain of the streak starting ``streak_start``; False if already claimed."""
+        return self._insert_once(retrain_events, streak_start=_day(streak_start), triggered_on=_day(triggered_on),
+                                 mode=mode, champion_before=str(champion_before), status="started")
+
+    def finish_retrain(self, streak_start, status: str, new_version: str | None = None,
+                       promoted: bool | None = None, detail: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(retrain_events.update().where(retrain_events.c.streak_start == _day(streak_start))
+                         .values(status=status, new_version=new_version, promoted=promoted, detail=detail))
+
+    def retrained_streaks(self) -> set[dt.date]:
+        """First days of the breach streaks that triggered a retrain."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(retrain_events.c.streak_start)).scalars())
+
+    def forget_from(self, day) -> None:
+        """Delete every row about ``day`` and later (a replay re-lives those days)."""
+        day = _day(day)
+        with self.engine.begin() as conn:
+            conn.execute(forecasts.delete().where(forecasts.c.run_date >= day))
+            conn.execute(actuals.delete().where(actuals.c.date >= day))
+            conn.execute(coverage_daily.delete().where(coverage_daily.c.day >= day))
+            conn.execute(alerts.delete().where(alerts.c.day >= day))
+            conn.execute(retrain_events.delete().where(retrain_events.c.triggered_on >= day))
+
+    # --- reading whole tables (reports, tests) ---------------------------------------------
+    def table(self, name: str) -> pd.DataFrame:
+        if name not in TABLES:
+            raise ValueError(f"unknown table {name!r}; one of {TABLES}")
+        table = metadata.tables[name]
+        return self._frame(sa.select(table).order_by(*table.primary_key.columns))
+
+    def _frame(self, query) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            result = conn.execute(query)
+            return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
+
+    def _insert_once(self, table: sa.Table, **values) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(table.insert().values(**values))
+        except IntegrityError:
+            return False
+        return True
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable URL>"

@@ -1,0 +1,225 @@
+"""Monitoring without TensorFlow: the store, PIC, the retrain policy, alerts and drift.
+
+Forecasts are written straight into the store here, so every number can be checked by
+hand; the flows and the replay are tested end to end in test_replay.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.contract import QUANTILE_COLUMNS, QUANTILE_LEVELS
+from pipeline_lib.data.validate import validate_table
+from pipeline_lib.monitoring import alerts
+from pipeline_lib.monitoring.coverage import daily_coverage
+from pipeline_lib.monitoring.daily import monitor_day
+from pipeline_lib.monitoring.drift import drift_report
+from pipeline_lib.monitoring.policy import retrain_decision
+from pipeline_lib.monitoring.store import TABLES, ForecastStore
+
+D = dt.date(2024, 3, 1)
+
+
+def day(k: int) -> dt.date:
+    return D + dt.timedelta(days=k)
+
+
+def forecast_rows(run_date: dt.date, series: list[str], horizon: int, center: float = 10.0,
+                  half_width_95: float = 2.0, version: str = "1") -> pd.DataFrame:
+    """Contract rows with Normal-shaped quantiles around ``center``: the 95% interval is
+    ``center +- half_width_95``."""
+    from scipy.stats import norm
+
+    sigma = half_width_95 / norm.ppf(0.975)
+    rows = []
+    for sid in series:
+        for h in range(horizon):
+            q = center + sigma * norm.ppf(np.array(QUANTILE_LEVELS))
+            rows.append({"series_id": sid, "date": pd.Timestamp(run_date + dt.timedelta(days=h)), "mean": center,
+                         "std": sigma, "model_version": version, **dict(zip(QUANTILE_COLUMNS, q))})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def store(tmp_path) -> ForecastStore:
+    s = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    yield s
+    s.dispose()
+
+
+# --- policy -----------------------------------------------------------------------------
+def test_policy_triggers_once_on_the_third_consecutive_breach_day():
+    breaches = {day(0): False, day(1): True, day(2): True, day(3): True, day(4): True, day(5): False,
+                day(6): True}
+    decisions = [retrain_decision(breaches, day(k), 3, set()) for k in range(7)]
+    assert [d.retrain for d in decisions] == [False, False, False, True, True, False, False]
+    assert decisions[3].streak_start == day(1) and decisions[3].streak_length == 3
+    # Once the streak has retrained, neither a rerun nor its later days trigger again.
+    assert not retrain_decision(breaches, day(3), 3, {day(1)}).retrain
+    assert not retrain_decision(breaches, day(4), 3, {day(1)}).retrain
+    # A day back above the threshold ends the streak; a pending day is not a breach.
+    assert retrain_decision({**breaches, day(7): True, day(8): True}, day(8), 3, {day(1)}).retrain
+    assert not retrain_decision({day(0): True, day(1): None, day(2): True, day(3): True}, day(3), 3, set()).retrain
+
+
+# --- coverage ---------------------------------------------------------------------------
+def test_daily_coverage_matches_a_hand_count_by_scope():
+    series = [f"S{k}" for k in range(10)]
+    issued_yesterday = forecast_rows(day(0), series, 1).assign(horizon=1)
+    issued_earlier = forecast_rows(day(0), series, 1, center=100.0).assign(horizon=2)  # misses everything
+    forecasts = pd.concat([issued_yesterday, issued_earlier])
+    actual = np.array([10.0] * 7 + [13.0, 7.5, 10.0])  # 95% interval is [8, 12]: 13 and 7.5 are out
+    actuals = pd.DataFrame({"series_id": series, "actual": actual})
+    rows = {r["scope"]: r for r in daily_coverage(forecasts, actuals, 0.95, 0.9, (10.0, 50.0))}
+    assert rows["overall"]["picp"] == pytest.approx(0.8) and rows["overall"]["breach"]
+    assert rows["overall"]["mpiw"] == pytest.approx(4.0, abs=1e-6)
+    assert rows["h01"]["picp"] == pytest.approx(0.8) and rows["h02"]["picp"] == 0.0
+    assert rows["segment:medium"]["n"] == 10 and "segment:slow" not in rows  # mean 10 is 'medium'
+    # Missing actuals: partial; none: pending (PIC unknown, not 0%).
+    partial = daily_coverage(issued_yesterday, actuals.iloc[:4], 0.95, 0.9, (10.0, 50.0))[0]
+    assert (partial["status"], partial["n"], partial["expected"], partial["picp"]) == ("partial", 4, 10, 1.0)
+    pending = daily_coverage(issued_yesterday, actuals.iloc[:0], 0.95, 0.9, (10.0, 50.0))[0]
+    assert pending["status"] == "pending" and pending["picp"] is None and pending["breach"] is None
+
+
+# --- store ------------------------------------------------------------------------------
+def test_store_reruns_replace_or_ignore_instead_of_duplicating(store):
+    frame = forecast_rows(day(0), ["A", "B"], 3)
+    assert store.replace_forecasts(day(0), frame) == 6
+    assert store.replace_forecasts(day(0), frame.assign(mean=11.0)) == 6
+    stored = store.table("forecasts")
+    assert len(stored) == 6 and (stored["mean"] == 11.0).all()
+    assert sorted(stored["horizon"].unique()) == [1, 2, 3]
+
+    actuals = pd.DataFrame({"series_id": ["A", "B"], "date": [day(0), day(0)], "actual": [1.0, 2.0]})
+    assert store.upsert_actuals(actuals) == [day(0)]
+    assert store.upsert_actuals(actuals) == []  # nothing new
+    late = pd.DataFrame({"series_id": ["A", "B"], "date": [day(0), day(1)], "actual": [1.5, 3.0]})
+    assert store.upsert_actuals(late) == [day(0), day(1)]  # a correction and a new day
+    assert len(store.table("actuals")) == 3
+
+    assert store.add_alert(day(0), "breach", "1", "message")
+    assert not store.add_alert(day(0), "breach", "1", "message again")
+    assert store.claim_retrain(day(0), day(2), "subflow", "1")
+    assert not store.claim_retrain(day(0), day(2), "subflow", "1")
+
+
+def test_concurrent_claims_of_one_streak_retrain_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    ForecastStore(url).create()
+    results = []
+
+    def claim():
+        s = ForecastStore(url)
+        results.append(s.claim_retrain(day(0), day(2), "subflow", "1"))
+        s.dispose()
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+
+
+# --- monitoring a day -------------------------------------------------------------------
+def _panel(actual_days: int, series=("A", "B", "C", "D"), value: float = 10.0):
+    dates = pd.date_range(day(-20), day(actual_days - 1), freq="D")
+    frame = pd.DataFrame([(sid, d.strftime("%Y-%m-%d"), value) for sid in series for d in dates],
+                         columns=["series_id", "date", "units"])
+    return validate_table(frame, PipelineConfig().data, min_days=1)
+
+
+def test_pending_day_backfill_and_late_actuals(store, tmp_path):
+    config = PipelineConfig(workdir=tmp_path, monitoring={"lookback_days": 3})
+    for k in range(3):
+        store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B", "C", "D"], 1))
+    # Day 0 without its actuals yet: pending, no breach, no alert.
+    run = monitor_day(config, store, _panel(actual_days=0), day(0), "1", tmp_path / "reports")
+    assert run.headline["status"] == "pending" and not run.alerts and not run.retrain
+    # Day 2 is monitored next (day 1's run was missed): days 0 and 1 are evaluated first, in order.
+    run = monitor_day(config, store, _panel(actual_days=3), day(2), "1", tmp_path / "reports")
+    assert run.evaluated == [day(0), day(1), day(2)]
+    coverage = store.coverage("overall")
+    assert list(coverage["status"]) == ["ok"] * 3 and list(coverage["picp"]) == [1.0] * 3
+    # A late correction of day 1 (demand far outside the interval) re-evaluates day 1 only.
+    corrected = _panel(actual_days=3).to_frame()
+    corrected.loc[corrected["date"] == pd.Timestamp(day(1)), "target"] = 50.0
+    panel = validate_table(corrected.rename(columns={"target": "units"}), PipelineConfig().data, min_days=1)
+    run = monitor_day(config, store, panel, day(2), "1", tmp_path / "reports")
+    assert run.evaluated == [day(1), day(2)]
+    assert list(store.coverage("overall")["picp"]) == [1.0, 0.0, 1.0]
+    assert [a.day for a in run.alerts] == [day(1)] and run.alerts[0].kind == "breach"
+
+
+def test_monitoring_a_day_twice_leaves_identical_tables(store, tmp_path):
+    config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 2})
+    for k in range(3):
+        store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B", "C", "D"], 2))
+    panel = _panel(actual_days=3, value=30.0)  # every day breaches
+    runs = [monitor_day(config, store, panel, day(k), "1", tmp_path / "reports") for k in range(3)]
+    assert [r.retrain is not None for r in runs] == [False, True, False]
+    before = {name: store.table(name) for name in TABLES}
+    rerun = monitor_day(config, store, panel, day(1), "1", tmp_path / "reports")
+    assert rerun.retrain is None and not rerun.alerts
+    for name in TABLES:
+        pd.testing.assert_frame_equal(store.table(name), before[name], obj=name)
+    assert len(before["retrain_events"]) == 1 and len(before["alerts"]) == 3
+
+
+# --- alerts -----------------------------------------------------------------------------
+def test_alert_reaches_a_local_webhook(monkeypatch):
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        monkeypatch.setenv(alerts.WEBHOOKS_ENV, f"{url}, http://127.0.0.1:9/unreachable")
+        alert = alerts.Alert("breach", day(3), "4", alerts.breach_message(day(3), 0.62, 0.95, 0.9, 2, 3, "4", "r.html"))
+        failed = alerts.notify(alert, timeout=2)
+    finally:
+        server.shutdown()
+    assert failed == ["http://127.0.0.1:9"]  # the dead destination is reported, not raised
+    assert len(received) == 1
+    body = received[0]
+    assert body["kind"] == "breach" and body["day"] == str(day(3)) and body["model_version"] == "4"
+    for words in ("62.0%", "95%", "90%", "breach day 2 of 3", "model version 4", "r.html"):
+        assert words in body["message"]
+
+
+# --- drift ------------------------------------------------------------------------------
+@pytest.mark.parametrize("factor, drifted", [(1.0, False), (1.8, True)])
+def test_evidently_sees_target_drift_only_after_a_shift(tmp_path, factor, drifted):
+    rng = np.random.default_rng(3)
+    levels = rng.uniform(5, 80, size=50)
+
+    def frame(days, scale):
+        target = rng.poisson(np.repeat(levels * scale, days)).astype(float)
+        return pd.DataFrame({"target": target, "price": rng.normal(2.0, 0.1, size=target.size)})
+
+    reference = frame(56, 1.0)
+    current = frame(7, factor).assign(covered=1.0)
+    summary = drift_report(reference, current, ("price",), 0.1, tmp_path / "report.html")
+    assert summary.target_drifted is drifted
+    assert summary.drifted_columns == int(drifted)  # the price did not move
+    assert summary.coverage == 1.0
+    assert summary.report_path.stat().st_size > 10_000 and "<html" in summary.report_path.read_text()[:2000].lower()

@@ -1,0 +1,157 @@
+"""The daily loop end to end: replay with a planted demand shift through the real flows.
+
+breach -> alert (store row, webhook) -> exactly one retrain -> new champion through the
+gate -> recovery; and without a shift, no retrain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pandas as pd
+import pytest
+from conftest import level_following_demand
+
+from pipeline_lib import registry
+from pipeline_lib.monitoring.alerts import WEBHOOKS_ENV
+from pipeline_lib.monitoring.replay import ReplaySpec
+from pipeline_lib.monitoring.store import TABLES, ForecastStore
+
+pytestmark = pytest.mark.flows
+
+START = dt.date(2023, 5, 12)  # day 131 of 160
+SHIFT_DAY = dt.date(2023, 5, 16)
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", received
+    server.shutdown()
+
+
+def replay_config(tmp_path, name: str, data):
+    from pipeline_lib.config import PipelineConfig
+
+    path = tmp_path / f"{name}.csv"
+    data.to_csv(path, index=False)
+    return PipelineConfig(
+        workdir=tmp_path / name,
+        data={"path": path},
+        window={"context_length": 14, "validation_days": 14, "test_days": 7, "min_train_days": 14},
+        model={"lstm_units": (16, 8)},
+        train={"epochs": 8, "batch_size": 64, "patience": 3, "kl_ramp_epochs": 2},
+        # A 7-day holdout of 40 series is a small sample: a wider coverage tolerance.
+        evaluation={"num_samples": 50, "fan_chart_series": 2, "coverage_tolerance": 0.1},
+        registry={"experiment_name": f"replay-{name}", "model_name": f"replay-{name}"},
+    )
+
+
+@pytest.fixture(scope="module")
+def shifted_replay(prefect_harness, webhook, tmp_path_factory):
+    from flows.replay import replay_flow
+
+    url, received = webhook
+    tmp_path = tmp_path_factory.mktemp("shifted")
+    config = replay_config(tmp_path, "shifted", level_following_demand(n_series=40))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(WEBHOOKS_ENV, url)
+        result = replay_flow(config, ReplaySpec(START, 18, SHIFT_DAY, 1.8), progress=lambda _: None)
+    return config, result, received
+
+
+def test_shift_breaches_retrains_once_and_recovers(shifted_replay):
+    config, result, received = shifted_replay
+    frame = result.timeline.set_index("day")
+    threshold = config.monitoring.pic_threshold
+    # The shift takes coverage below the threshold on its first days.
+    assert frame.loc[SHIFT_DAY:SHIFT_DAY + dt.timedelta(days=2), "breach"].all()
+    assert frame.loc[SHIFT_DAY, "pic"] < 0.5
+
+    store = ForecastStore(config.store_url)
+    events = store.table("retrain_events")
+    alerts = store.table("alerts")
+    store.dispose()
+    # Exactly one retrain, on the third consecutive breach day of its streak.
+    assert len(events) == 1
+    event = events.iloc[0]
+    streak = [event["streak_start"] + dt.timedelta(days=k) for k in range(3)]
+    assert event["triggered_on"] == streak[-1] and frame.loc[streak, "breach"].all()
+    assert SHIFT_DAY <= event["triggered_on"] <= SHIFT_DAY + dt.timedelta(days=2)
+    # The retrained version passed the gate and the next forecasts use it.
+    assert event["status"] == "completed" and event["new_version"] == "2" and bool(event["promoted"])
+    registry.configure(config.tracking_uri)
+    assert registry.alias_version(config.registry.model_name, "champion") == "2"
+    after = frame.loc[event["triggered_on"] + dt.timedelta(days=1):]
+    assert set(after["model"]) == {"2"}
+    # Coverage recovers to the threshold while the shift lasts.
+    assert after["pic"].max() >= threshold
+
+    # Alerts: one per breach day and one for the retrain, in the table and at the webhook.
+    breach_days = set(frame.index[frame["breach"]])
+    assert set(alerts.loc[alerts["kind"] == "breach", "day"]) == breach_days
+    assert list(alerts.loc[alerts["kind"] == "retrain", "day"]) == [event["triggered_on"]]
+    assert sorted((a["kind"], a["day"]) for a in received) == sorted(
+        (k, str(d)) for k, d in zip(alerts["kind"], alerts["day"]))
+    retrain_message = alerts.loc[alerts["kind"] == "retrain", "message"].iloc[0]
+    assert "trained version 2" in retrain_message and "promoted to champion" in retrain_message
+    assert result.chart.stat().st_size > 0
+    assert "demand shift starts" in result.text and "retrain -> v2 champion" in result.text
+
+
+def test_rerunning_a_monitored_day_changes_nothing(shifted_replay):
+    from flows.monitoring import daily_monitoring_flow
+    from pipeline_lib.monitoring.replay import OBSERVED_FILE, observed_config
+
+    config, _, _ = shifted_replay
+    store = ForecastStore(config.store_url)
+    before = {name: store.table(name) for name in TABLES}
+    daily_config = observed_config(config, config.workdir / "replay" / OBSERVED_FILE)
+    # The day that triggered the retrain, with every actual known: no second retrain.
+    event_day = before["retrain_events"]["triggered_on"].iloc[0]
+    run = daily_monitoring_flow(daily_config, day=event_day)
+    assert run.retrain is None and not run.alerts
+    for name in TABLES:
+        after = store.table(name)
+        if name == "coverage_daily":  # the rerun re-derives the same numbers
+            after = after.sort_values(["day", "scope"], ignore_index=True)
+            expected = before[name].sort_values(["day", "scope"], ignore_index=True)
+        else:
+            expected = before[name]
+        pd.testing.assert_frame_equal(after, expected, obj=name)
+    store.dispose()
+
+
+def test_without_a_shift_nothing_is_retrained(prefect_harness, tmp_path):
+    from flows.replay import replay_flow
+
+    config = replay_config(tmp_path, "steady", level_following_demand(n_series=40, seed=1))
+    result = replay_flow(config, ReplaySpec(START, 7), progress=lambda _: None)
+    store = ForecastStore(config.store_url)
+    assert store.table("retrain_events").empty
+    assert len(store.table("forecasts")) == 40 * 7 * config.monitoring.horizon
+    store.dispose()
+    assert list(result.timeline["status"]) == ["ok"] * 7 and "retrain" not in result.text
