@@ -224,9 +224,12 @@ def _select_covariates(raw: pd.DataFrame, data: DataConfig, source: str) -> tupl
 
 def _check_daily(frame: pd.DataFrame, source: str) -> None:
     steps = frame.sort_values(["series_id", "date"]).groupby("series_id")["date"].diff().dropna()
-    if len(steps) and steps.median() > pd.Timedelta(days=1):
+    # The most common step, not the median: a short daily series with one gap has steps
+    # [2, 1] (median 1.5 days) and is still daily; weekly or monthly data is not.
+    typical = steps.mode().min() if len(steps) else pd.Timedelta(days=1)
+    if typical > pd.Timedelta(days=1):
         raise DataValidationError(
-            f"{source}: dates are not daily (median step {steps.median().days} days); "
+            f"{source}: dates are not daily (most common step {typical.days} days); "
             "this pipeline forecasts daily series"
         )
 
