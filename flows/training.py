@@ -1,4 +1,5 @@
-"""Training flow: ingest -> validate -> train -> mc_evaluate -> register.
+"""Training flow: ingest -> validate -> train -> mc_evaluate -> [rolling_origin_backtest]
+-> [inventory_backtest] -> promotion_gate -> register.
 
 Each task calls one plain function of :mod:`pipeline_lib.pipeline`; the flow adds
 retries, logging and the Prefect artifacts (metrics table, run link).
@@ -55,6 +56,19 @@ def rolling_origin_backtest(config: PipelineConfig, panel) -> dict:
     return pipeline.backtest_summary(config, panel)
 
 
+@task(name="inventory_backtest", **NO_CACHE_TASK)
+def inventory_backtest(config: PipelineConfig, trained, panel, out_dir: Path):
+    """Order-policy backtest over the test split (metrics and chart go into the run)."""
+    from pipeline_lib.inventory.run import inventory_backtest as run_backtest
+
+    if len({s.dates[-1] for s in panel.series}) != 1:
+        get_run_logger().info("inventory backtest skipped: the series do not end on the same day")
+        return None
+    report = run_backtest(config, trained.model, panel, out_dir)
+    get_run_logger().info("inventory: %s", report.summary())
+    return report
+
+
 @task(name="promotion_gate", **NO_CACHE_TASK)
 def promotion_gate(config: PipelineConfig, panel, evaluation, champion_failing: bool = False):
     gate = pipeline.promotion_gate(config, panel, evaluation, champion_failing)
@@ -82,6 +96,11 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
         evaluation, plots = mc_evaluate(config, trained, panel, Path(tmp))
         if config.evaluation.backtest_folds > 1:
             evaluation.metrics.update(rolling_origin_backtest(config, panel))
+        if config.inventory.in_training_run:
+            report = inventory_backtest(config, trained, panel, Path(tmp) / "inventory")
+            if report is not None:
+                evaluation.metrics.update(report.metrics())
+                plots = [*plots, report.chart]
         gate = promotion_gate(config, panel, evaluation, champion_failing)
         outcome = register(config, panel, trained, evaluation, plots, gate)
     _publish(outcome)

@@ -115,8 +115,15 @@ def forecast(
     config: Path | None = ConfigOpt,
     workdir: Path | None = WorkdirOpt,
     num_samples: int | None = typer.Option(None, "--num-samples", help="Monte Carlo sample paths"),
+    orders: bool = typer.Option(True, "--orders/--no-orders", help="add order_up_to and safety_stock columns "
+                                "(inventory.service_level, lead time + review period from the config)"),
 ) -> None:
-    """Write forecasts for the next H days of every series (output contract CSV)."""
+    """Write forecasts for the next H days of every series (output contract CSV).
+
+    With --orders (default), ``order_up_to`` is the level to order up to on that day (units
+    on hand + on order) for the configured service level, from the sum of each sample path
+    over lead time + review period; ``safety_stock`` is its excess over the mean demand.
+    Days too close to the horizon's end to cover that period get empty cells."""
     cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
     panel = validate_table(read_table(cfg.data), cfg.data, min_days=1)
     from pipeline_lib import registry
@@ -129,6 +136,12 @@ def forecast(
     sampled = forecaster.forecast(panel, horizon, num_samples or cfg.evaluation.num_samples,
                                   seed=cfg.evaluation.seed)
     frame = sampled.to_frame(version)
+    if orders:
+        from pipeline_lib.inventory.policy import order_columns
+
+        inv = cfg.inventory
+        frame = frame.assign(**order_columns(sampled.samples, len(panel.series), horizon, inv.service_level,
+                                             inv.protection_days))
     _write_csv(frame, out)
     typer.echo(f"wrote {len(frame)} rows to {out}")
 
@@ -214,6 +227,46 @@ def replay(
     typer.echo(result.text)
     typer.echo(f"chart: {result.chart}")
     typer.echo(f"store: {cfg.store_url}   reports: {cfg.reports_dir}")
+
+
+@app.command("inventory-backtest")
+@_fail_cleanly
+def inventory_backtest(
+    service_level: float | None = typer.Option(None, "--service-level", min=0.01, max=0.999,
+                                               help="target cycle service level (default 0.95)"),
+    lead_time: int | None = typer.Option(None, "--lead-time", min=0, help="lead time in days (default 2)"),
+    review_period: int | None = typer.Option(None, "--review-period", min=1, help="days between orders (default 1)"),
+    test_days: int | None = typer.Option(None, "--test-days", min=1, help="simulated days at the end (default 28)"),
+    data: Path | None = DataOpt,
+    id_col: str | None = IdOpt,
+    time_col: str | None = TimeOpt,
+    target_col: str | None = TargetOpt,
+    config: Path | None = ConfigOpt,
+    workdir: Path | None = WorkdirOpt,
+) -> None:
+    """Train before the test period, then simulate ordering through it with (a) our sample
+    paths, (b) point forecast + safety factor, (c) seasonal naive; log to MLflow."""
+    cfg = _build_config(config, workdir, data, id_col, time_col, target_col, test_days=test_days)
+    cfg = cfg.updated(inventory={"service_level": service_level, "lead_time_days": lead_time,
+                                 "review_period_days": review_period})
+    if cfg.inventory.protection_days > 7:
+        raise typer.BadParameter("lead time + review period must be at most 7 days (the seasonal-naive rule "
+                                 "needs last week's demand for every protected day)")
+    _say(f"[1/3] validating {cfg.data.source_name()}")
+    panel = load_panel(cfg.data, cfg.window)
+    from pipeline_lib.inventory.run import inventory_backtest as run_backtest
+    from pipeline_lib.pipeline import log_inventory_run, train as train_model
+
+    _say(f"[2/3] training on {len(panel.series)} series before the last {cfg.window.test_days} days")
+    trained = train_model(cfg, panel)
+    _say(f"[3/3] simulating {cfg.window.test_days} days of ordering (lead time {cfg.inventory.lead_time_days} d, "
+         f"review every {cfg.inventory.review_period_days} d, target {cfg.inventory.service_level:.0%})")
+    report = run_backtest(cfg, trained.model, panel, cfg.reports_dir / "inventory")
+    url = log_inventory_run(cfg, panel, report)
+    table = report.backtest.table
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(report.summary())
+    typer.echo(f"chart: {report.chart}\ntable: {report.table_path}\nMLflow: {url}")
 
 
 def _write_csv(frame, out: Path) -> None:

@@ -159,6 +159,21 @@ class MonitoringConfig(_Strict):
         return edges
 
 
+class InventoryConfig(_Strict):
+    """Order-up-to levels from the predictive distribution (see pipeline_lib/inventory)."""
+
+    service_level: float = Field(0.95, gt=0, lt=1, description="target cycle service level "
+                                 "(probability of no stockout before the next order arrives)")
+    lead_time_days: int = Field(2, ge=0, description="days from placing an order to having the goods")
+    review_period_days: int = Field(1, ge=1, description="days between orders")
+    in_training_run: bool = Field(True, description="training flow: backtest the three order policies "
+                                  "over the test split and log them with the run")
+
+    @property
+    def protection_days(self) -> int:
+        return self.lead_time_days + self.review_period_days
+
+
 class RegistryConfig(_Strict):
     experiment_name: str = "bayes-demand-forecasting"
     model_name: str = "bayes-lstm-demand"
@@ -175,6 +190,7 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    inventory: InventoryConfig = InventoryConfig()
 
     # Derived locations. All state of a run lives under ``workdir``.
     @property

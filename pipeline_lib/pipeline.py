@@ -320,6 +320,20 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def log_inventory_run(config: PipelineConfig, panel: Panel, report) -> str:
+    """A run of its own for ``bayes-pipeline inventory-backtest`` (no model is registered)."""
+    registry.configure(config.tracking_uri)
+    experiment_id = registry.ensure_experiment(config.registry.experiment_name, config.artifact_root)
+    run_name = f"inventory-backtest-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    with registry.training_run(experiment_id, run_name, tags={"pipeline": "inventory-backtest"}) as run:
+        registry.log_params(_flatten(config.model_dump(mode="json", include={"inventory", "window", "model"})))
+        registry.log_metrics(report.metrics())
+        registry.log_artifact(report.chart, "inventory")
+        registry.log_artifact(report.table_path, "inventory")
+        registry.log_dict(data_fingerprint(panel), "data_fingerprint.json")
+        return registry.run_url(run)
+
+
 # --- backtest --------------------------------------------------------------------------
 def truncate(panel: Panel, keep: dict[int, int]) -> Panel:
     """Each series cut to its first ``keep[k]`` days (what was known at a forecast origin)."""

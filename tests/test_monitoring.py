@@ -223,3 +223,25 @@ def test_evidently_sees_target_drift_only_after_a_shift(tmp_path, factor, drifte
     assert summary.drifted_columns == int(drifted)  # the price did not move
     assert summary.coverage == 1.0
     assert summary.report_path.stat().st_size > 10_000 and "<html" in summary.report_path.read_text()[:2000].lower()
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    ForecastStore(url).create().dispose()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # turn it into what version 1 of the code created
+        conn.execute(sa.text("ALTER TABLE forecasts DROP COLUMN order_up_to"))
+        conn.execute(sa.text("ALTER TABLE forecasts DROP COLUMN safety_stock"))
+        conn.execute(sa.text("DELETE FROM schema_info"))
+        conn.execute(sa.text("INSERT INTO schema_info (version) VALUES (1)"))
+    store = ForecastStore(url).create()
+    frame = forecast_rows(day(0), ["A"], 3).assign(order_up_to=[30.0, 25.0, float("nan")], safety_stock=1.0)
+    store.replace_forecasts(day(0), frame)
+    stored = store.table("forecasts")
+    assert stored["order_up_to"].tolist()[:2] == [30.0, 25.0] and pd.isna(stored["order_up_to"].iloc[2])
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text("SELECT version FROM schema_info")).scalars()) == [1, 2]
+    store.dispose()
+    engine.dispose()

@@ -39,7 +39,12 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
     assert 0.0 <= run.data.metrics["picp_95"] <= 1.0
     plots = {a.path for a in mlflow_client.list_artifacts(first.run_id, "plots")}
     assert {"plots/fan_chart.png", "plots/calibration_curve.png", "plots/pit_histogram.png",
-            "plots/coverage_by_horizon.png", "plots/sharpness_vs_calibration.png"} <= plots
+            "plots/coverage_by_horizon.png", "plots/sharpness_vs_calibration.png",
+            "plots/inventory_service_vs_stock.png"} <= plots
+    # The order-policy backtest of the test split is logged with the run.
+    for rule in ("a", "b_textbook", "b_tuned", "c"):
+        assert 0.0 <= run.data.metrics[f"inventory_{rule}_cycle_service_level"] <= 1.0
+        assert run.data.metrics[f"inventory_{rule}_average_inventory"] >= 0.0
     # Coverage by days ahead from the single origin before the test split (7 test days).
     horizon_keys = sorted(k for k in run.data.metrics if k.startswith("picp_95_h"))
     assert horizon_keys == [f"picp_95_h{h:02d}" for h in range(1, 8)]

@@ -138,3 +138,27 @@ def coverage_timeline_plot(timeline: pd.DataFrame, threshold: float, nominal_lev
     ax.legend(loc="lower left", fontsize=8, ncol=3)
     fig.autofmt_xdate()
     return _save(fig, path)
+
+
+def service_inventory_plot(curves: dict[str, pd.DataFrame], points: dict[str, tuple[float, float]],
+                           target: float, path: Path, title: str = "Service level vs inventory") -> Path:
+    """Achieved cycle service level against average stock for each ordering rule.
+
+    ``curves``: rule -> ``cycle_service_level, average_inventory`` over a sweep of targets;
+    ``points``: label -> (service level, inventory) of the rules at the configured target.
+    The better rule is the curve further up and to the left.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curve in curves.items():
+        ax.plot(curve["average_inventory"], curve["cycle_service_level"], marker=".", label=name)
+    for k, (label, (service, stock)) in enumerate(points.items()):
+        ax.scatter([stock], [service], s=70, zorder=3, color="black", marker="x")
+        # Staggered labels: the rules' points often sit close together.
+        ax.annotate(label, (stock, service), textcoords="offset points", xytext=(8, 10 - 12 * k), fontsize=8,
+                    arrowprops={"arrowstyle": "-", "lw": 0.5})
+    ax.axhline(target, color="grey", ls=":", lw=1, label=f"target {target:.0%}")
+    ax.set_xlabel("average units on hand per series and day")
+    ax.set_ylabel("achieved cycle service level")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline_lib.config import PipelineConfig
+from pipeline_lib.config import InventoryConfig, PipelineConfig
 from pipeline_lib.contract import interval_columns
 from pipeline_lib.data.validate import Panel, Series
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.inventory.policy import order_columns
 from pipeline_lib.model.forecast import ForecastModel, forecast_table
 from pipeline_lib.monitoring.alerts import Alert, breach_message
 from pipeline_lib.monitoring.coverage import OVERALL, PENDING, daily_coverage
@@ -72,8 +73,9 @@ class ForecastRun:
 
 
 def forecast_in_chunks(model: ForecastModel, panel: Panel, horizon: int, num_samples: int, seed: int,
-                       chunk_series: int) -> pd.DataFrame:
-    """Forecast table for every series, ``chunk_series`` series at a time (bounded memory).
+                       chunk_series: int, inventory: InventoryConfig | None = None) -> pd.DataFrame:
+    """Forecast table for every series, ``chunk_series`` series at a time (bounded memory),
+    with the order-up-to columns when ``inventory`` is given.
 
     Chunk ``k`` uses seed ``seed + k``, so the result depends only on the chunking, not on
     which worker or runner computes a chunk.
@@ -82,7 +84,11 @@ def forecast_in_chunks(model: ForecastModel, panel: Panel, horizon: int, num_sam
     for k, start in enumerate(range(0, len(panel.series), chunk_series)):
         chunk = Panel(panel.series[start:start + chunk_series], panel.covariate_names, panel.source)
         sampled = model.forecast(chunk, horizon, num_samples, seed=seed + k)
-        frames.append(forecast_table(sampled.samples, sampled.series_ids, sampled.dates, "pending"))
+        frame = forecast_table(sampled.samples, sampled.series_ids, sampled.dates, "pending")
+        if inventory is not None:
+            frame = frame.assign(**order_columns(sampled.samples, len(chunk.series), horizon,
+                                                 inventory.service_level, inventory.protection_days))
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -103,7 +109,8 @@ def daily_forecast(config: PipelineConfig, store: ForecastStore, panel: Panel, r
                     ", ".join(skipped[:5]))
     horizon = config.monitoring.horizon
     frame = forecast_in_chunks(model, Panel(current, history.covariate_names, history.source), horizon,
-                               config.evaluation.num_samples, config.monitoring.seed, chunk_series)
+                               config.evaluation.num_samples, config.monitoring.seed, chunk_series,
+                               config.inventory)
     frame["model_version"] = str(model_version)
     rows = store.replace_forecasts(run_date, frame)
     return ForecastRun(run_date, str(model_version), horizon, len(current), rows, skipped, frame)

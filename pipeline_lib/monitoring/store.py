@@ -32,7 +32,13 @@ from pipeline_lib.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Statements that take a store from version ``v - 1`` to ``v`` (run in order, once).
+MIGRATIONS = {
+    2: ("ALTER TABLE forecasts ADD COLUMN order_up_to FLOAT",
+        "ALTER TABLE forecasts ADD COLUMN safety_stock FLOAT"),
+}
 
 metadata = sa.MetaData()
 
@@ -51,6 +57,9 @@ forecasts = sa.Table(
     sa.Column("mean", sa.Float, nullable=False),
     sa.Column("std", sa.Float, nullable=False),
     *(sa.Column(name, sa.Float, nullable=False) for name in QUANTILE_COLUMNS),
+    # Order-up-to level and safety stock for an order placed that day (schema version 2).
+    sa.Column("order_up_to", sa.Float),
+    sa.Column("safety_stock", sa.Float),
     sa.Index("ix_forecasts_date", "date"),
 )
 
@@ -123,11 +132,17 @@ class ForecastStore:
             metadata.create_all(self.engine)
             with self.engine.begin() as conn:
                 found = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar()
-                if found is None:
-                    conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
-                elif found > SCHEMA_VERSION:
+                if found is None:  # just created, at the current version
+                    found = SCHEMA_VERSION
+                    conn.execute(schema_info.insert().values(version=found))
+                if found > SCHEMA_VERSION:
                     raise PipelineError(f"forecast store {_redact(self.url)} has schema version {found}; "
                                         f"this code knows up to {SCHEMA_VERSION}: upgrade bayes-pipeline")
+                for version in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(sa.text(statement))
+                    conn.execute(schema_info.insert().values(version=version))
+                    log.info("forecast store migrated to schema version %d", version)
         except OperationalError as exc:
             raise PipelineError(f"forecast store {_redact(self.url)} unavailable: {exc.orig}") from None
         except IntegrityError:
@@ -141,13 +156,17 @@ class ForecastStore:
         ``frame``: the output contract; ``horizon`` is derived from ``date - run_date + 1``.
         """
         run_day = _day(run_date)
-        rows = frame[list(FORECAST_COLUMNS)].copy()
+        rows = frame[[*FORECAST_COLUMNS, *(c for c in ("order_up_to", "safety_stock") if c in frame)]].copy()
         rows["date"] = pd.to_datetime(rows["date"]).dt.date
         rows["horizon"] = [(d - run_day).days + 1 for d in rows["date"]]
         if (rows["horizon"] < 1).any():
             raise ValueError(f"forecasts for {run_day} include days before it")
         rows["run_date"] = run_day
         records = rows.to_dict("records")
+        for record in records:  # NaN (no order level for the last days) -> NULL
+            for key in ("order_up_to", "safety_stock"):
+                if key in record and record[key] != record[key]:
+                    record[key] = None
         with self.engine.begin() as conn:
             conn.execute(forecasts.delete().where(forecasts.c.run_date == run_day))
             if records:

@@ -1,0 +1,1 @@
+"""From predictive distributions to order-up-to levels, and their backtest."""
