@@ -14,14 +14,14 @@ import datetime as dt
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.events import emit_event
 
+from flows.alerting import send_alert
 from flows.training import NO_CACHE_TASK, ingest, training_pipeline
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import daily
-from pipeline_lib.monitoring.alerts import Alert, notify
+from pipeline_lib.monitoring.alerts import Alert
 from pipeline_lib.monitoring.store import ForecastStore
 
 
@@ -43,19 +43,6 @@ def evaluate_coverage(config: PipelineConfig, panel, day: dt.date, version: str,
         return daily.monitor_day(config, store, panel, day, version, config.reports_dir, reference_end)
     finally:
         store.dispose()
-
-
-@task(name="send_alert", retries=1, **NO_CACHE_TASK)
-def send_alert(alert: Alert) -> list[str]:
-    """A Prefect event (for automations) and the configured notifications."""
-    emit_event(event=f"bayes-pipeline.alert.{alert.kind}",
-               resource={"prefect.resource.id": f"bayes-pipeline.monitoring.{alert.day}",
-                         "prefect.resource.name": f"coverage {alert.day}"},
-               payload=alert.payload())
-    failed = notify(alert)
-    if failed:
-        get_run_logger().warning("alert for %s not delivered to %s", alert.day, ", ".join(failed))
-    return failed
 
 
 @task(name="log_monitoring", retries=2, retry_delay_seconds=5, **NO_CACHE_TASK)

@@ -22,6 +22,14 @@ from pipeline_lib.config import PipelineConfig
 NO_CACHE_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
+@task(name="check_registry", **NO_CACHE_TASK)
+def check_registry(config: PipelineConfig) -> None:
+    """Fail before training when MLflow does not answer (its client retries with backoff)."""
+    from pipeline_lib import registry
+
+    registry.check_reachable(config.tracking_uri)
+
+
 @task(name="ingest", retries=2, retry_delay_seconds=5, **NO_CACHE_TASK)
 def ingest(config: PipelineConfig):
     return pipeline.ingest(config)
@@ -89,6 +97,7 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
     ``champion_failing``: set by the monitoring when the champion breached its coverage
     threshold; the gate then judges the challenger relative to the champion.
     """
+    check_registry(config)
     raw = ingest(config)
     panel = validate(config, raw)
     trained = train(config, panel, progress)

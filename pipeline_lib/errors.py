@@ -23,3 +23,13 @@ class TrainingDivergedError(PipelineError):
 
 class ModelLoadError(PipelineError):
     """A registered model could not be found or rebuilt."""
+
+
+class RegistryUnavailableError(PipelineError):
+    """The MLflow tracking server / registry could not be reached or failed mid-run; nothing
+    was registered and the aliases are unchanged."""
+
+
+class StoreUnavailableError(PipelineError):
+    """The forecast store stayed locked or unreachable after the retries; the day's write
+    was rolled back."""

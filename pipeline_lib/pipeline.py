@@ -27,7 +27,7 @@ from pipeline_lib.data.features import (
 )
 from pipeline_lib.data.ingest import read_table
 from pipeline_lib.data.validate import Panel, Series, minimum_series_days, validate_table
-from pipeline_lib.errors import DataValidationError, PipelineError
+from pipeline_lib.errors import DataValidationError, PipelineError, RegistryUnavailableError, TrainingDivergedError
 from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.baselines import seasonal_naive_samples
 from pipeline_lib.evaluation.calibration import PitRecalibration
@@ -88,10 +88,21 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
     log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
     model = ForecastModel.create(spec, scalers, config.model)
-    result = train_model(model.network, train_windows, validation_windows, config.train, progress=progress)
+    try:
+        result = train_model(model.network, train_windows, validation_windows, config.train, progress=progress)
+    except TrainingDivergedError as exc:
+        record_failure(config, "train", exc)
+        raise
     if config.evaluation.recalibrate:
         model.calibration = fit_recalibration(config, model, panel)
     return TrainedModel(model=model, training=result)
+
+
+def record_failure(config: PipelineConfig, stage: str, error: BaseException) -> str | None:
+    """Leave a FAILED run in MLflow saying which stage stopped and why (nothing registered)."""
+    registry.configure(config.tracking_uri)
+    return registry.record_failed_run(config.registry.experiment_name, config.artifact_root,
+                                      f"failed-{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}", stage, str(error))
 
 
 def fit_recalibration(config: PipelineConfig, model: ForecastModel, panel: Panel) -> PitRecalibration:
@@ -258,42 +269,78 @@ def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalua
     The decision and its numbers are written on the version (tags and description).
     """
     registry.configure(config.tracking_uri)
+    try:
+        return _register(config, panel, trained, evaluation, plots, gate)
+    except registry.connection_errors() as exc:
+        raise RegistryUnavailableError(
+            f"MLflow failed while registering ({registry.describe_error(exc)}); the run is marked FAILED, "
+            "no model version was kept and the aliases are unchanged") from exc
+
+
+def _register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
+              plots: list[Path], gate: GateOutcome) -> TrainingOutcome:
     experiment_id = registry.ensure_experiment(config.registry.experiment_name, config.artifact_root)
     run_name = f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    versions: list[str] = []
+    # A failure inside the block marks the run FAILED (MLflow's context manager); a version
+    # created before the failure is deleted so no half-described version is left behind.
+    # ``champion`` is moved last, so until then the old champion keeps serving.
     with registry.training_run(experiment_id, run_name, tags={"pipeline": "training"}) as run:
-        registry.log_params(_flatten(config.model_dump(mode="json", exclude={"workdir"})))
-        registry.log_params({"train.epochs_run": trained.training.epochs_run,
-                             "train.best_epoch": trained.training.best_epoch})
-        for record in trained.training.history:
-            registry.log_metrics({f"train_{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-        registry.log_metrics({**evaluation.metrics, "validation_nll": trained.training.best_validation_nll,
-                              "training_seconds": trained.training.seconds})
-        plot_uris = tuple(registry.log_artifact(path, "plots") for path in plots)
-        registry.log_dict(config.model_dump(mode="json"), "config.json")
-        fingerprint = data_fingerprint(panel)
-        registry.log_dict(fingerprint, "data_fingerprint.json")
-        model_uri = registry.log_forecaster(trained.model, _input_example(panel))
-        if gate.champion_metrics is not None:
-            registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
-                                  if k in ("picp_95", "picp_90", "crps_scaled", "mase")})
-        version = registry.register(model_uri, config.registry.model_name, run.info.run_id,
-                                    description=f"{_describe(evaluation.metrics)}. Gate: {gate.decision.summary()}")
-        tags = {f"metric.{k}": f"{v:.4f}" for k, v in evaluation.metrics.items()
-                if k in ("picp_95", "picp_90", "crps_scaled", "mase")}
-        tags.update({"gate.promote": str(gate.decision.promote), "gate.reasons": " | ".join(gate.decision.reasons),
-                     "gate.champion_version": str(gate.champion_version),
-                     # The monitoring's drift reference ends here.
-                     "data.last_date": fingerprint["last_date"]})
-        registry.tag_version(config.registry.model_name, version, tags)
-        registry.set_tags({"gate.promote": str(gate.decision.promote)})
-        aliases = [registry.CHALLENGER]
-        registry.set_alias(config.registry.model_name, registry.CHALLENGER, version)
-        if gate.decision.promote:
-            registry.set_alias(config.registry.model_name, registry.CHAMPION, version)
-            aliases.append(registry.CHAMPION)
+        try:
+            version, aliases, plot_uris = _log_and_register(config, panel, trained, evaluation, plots, gate, run,
+                                                            on_version=versions.append)
+        except BaseException:
+            for created in versions:
+                _delete_quietly(config.registry.model_name, created)
+            raise
         url = registry.run_url(run)
     return TrainingOutcome(run.info.run_id, url, config.registry.model_name, version, tuple(aliases),
                            evaluation.metrics, gate.decision.summary(), plot_uris)
+
+
+def _delete_quietly(model_name: str, version: str) -> None:
+    try:
+        registry.delete_version(model_name, version)
+        log.warning("deleted model version %s of %s after a failure while registering it", version, model_name)
+    except registry.connection_errors() as exc:
+        log.error("could not delete the half-registered version %s of %s: %s", version, model_name, exc)
+
+
+def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
+                      plots: list[Path], gate: GateOutcome, run, on_version) -> tuple[str, list[str], tuple]:
+    registry.log_params(_flatten(config.model_dump(mode="json", exclude={"workdir"})))
+    registry.log_params({"train.epochs_run": trained.training.epochs_run,
+                         "train.best_epoch": trained.training.best_epoch})
+    for record in trained.training.history:
+        registry.log_metrics({f"train_{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    registry.log_metrics({**evaluation.metrics, "validation_nll": trained.training.best_validation_nll,
+                          "training_seconds": trained.training.seconds})
+    plot_uris = tuple(registry.log_artifact(path, "plots") for path in plots)
+    registry.log_dict(config.model_dump(mode="json"), "config.json")
+    fingerprint = data_fingerprint(panel)
+    registry.log_dict(fingerprint, "data_fingerprint.json")
+    model_uri = registry.log_forecaster(trained.model, _input_example(panel))
+    if gate.champion_metrics is not None:
+        registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
+                              if k in ("picp_95", "picp_90", "crps_scaled", "mase")})
+    name = config.registry.model_name
+    version = registry.register(model_uri, name, run.info.run_id,
+                                description=f"{_describe(evaluation.metrics)}. Gate: {gate.decision.summary()}")
+    on_version(version)
+    tags = {f"metric.{k}": f"{v:.4f}" for k, v in evaluation.metrics.items()
+            if k in ("picp_95", "picp_90", "crps_scaled", "mase")}
+    tags.update({"gate.promote": str(gate.decision.promote), "gate.reasons": " | ".join(gate.decision.reasons),
+                 "gate.champion_version": str(gate.champion_version),
+                 # The monitoring's drift reference ends here.
+                 "data.last_date": fingerprint["last_date"]})
+    registry.tag_version(name, version, tags)
+    registry.set_tags({"gate.promote": str(gate.decision.promote)})
+    aliases = [registry.CHALLENGER]
+    registry.set_alias(name, registry.CHALLENGER, version)
+    if gate.decision.promote:
+        registry.set_alias(name, registry.CHAMPION, version)
+        aliases.append(registry.CHAMPION)
+    return version, aliases, plot_uris
 
 
 def _describe(metrics: dict) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_lib.errors import ModelLoadError
+from pipeline_lib.errors import ModelLoadError, RegistryUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,20 @@ def _mlflow():
     return mlflow
 
 
+# MLflow retries HTTP requests itself (urllib3 backoff); its defaults (7 retries, factor 2,
+# 120 s timeout) can hang a run for many minutes when the server is down. Bounded here,
+# unless the environment says otherwise: about 1 + 2 + 4 s of backoff, then a clear error.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
 def configure(tracking_uri: str) -> None:
     """Point the MLflow client at ``tracking_uri`` (registry on the same store)."""
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     mlflow = _mlflow()
     # set_tracking_uri also exports MLFLOW_TRACKING_URI, which would then override the
     # work directory of every later config in this process; keep the user's value instead.
@@ -53,6 +65,61 @@ def configure(tracking_uri: str) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "MLflow is unreachable or failing", not "bug in our code"."""
+    import requests
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.exceptions.RequestException, sqlalchemy.exc.OperationalError, OSError)
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Fail fast (before hours of training) when the tracking store does not answer."""
+    configure(tracking_uri)
+    try:
+        client().search_experiments(max_results=1)
+    except connection_errors() as exc:
+        raise RegistryUnavailableError(
+            f"MLflow tracking at {_redact(tracking_uri)} is unreachable ({describe_error(exc)}); "
+            "nothing was trained or registered") from None
+
+
+def delete_version(model_name: str, version: str) -> None:
+    client().delete_model_version(model_name, version)
+
+
+def record_failed_run(experiment_name: str, artifact_root: Path, run_name: str, stage: str, error: str) -> str | None:
+    """A FAILED run that says where and why a pipeline run stopped (best effort: if MLflow
+    itself is down, the original error is what matters, so this only logs)."""
+    mlflow = _mlflow()
+    try:
+        experiment_id = ensure_experiment(experiment_name, artifact_root)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                               tags={"pipeline": "training", "failure.stage": stage, "failure.error": error[:5000]})
+        mlflow.end_run(status="FAILED")
+        return run.info.run_id
+    except connection_errors() as exc:
+        log.warning("could not record the failed run in MLflow: %s", describe_error(exc))
+        return None
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}"
+
+
+def _redact(uri: str) -> str:
+    """A tracking URI without user:password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password or parts.username:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
 
 
 def ensure_experiment(name: str, artifact_root: Path) -> str:
@@ -218,7 +285,15 @@ def resolve_version(model_uri: str) -> str:
 
 
 def load_forecaster(model_uri: str):
-    """Load a registered model as a :class:`ForecastModel` (rebuilt from code)."""
+    """Load a registered model as a :class:`ForecastModel` (rebuilt from code).
+
+    Only ``models:/`` and ``runs:/`` URIs are accepted: models come from the configured
+    tracking server and registry, never from arbitrary paths or URLs (a pickled model from
+    elsewhere would run its code here).
+    """
+    if not model_uri.startswith(("models:/", "runs:/")):
+        raise ModelLoadError(f"{model_uri}: only models:/<name>@<alias>, models:/<name>/<version> or runs:/ URIs "
+                             "of the configured MLflow registry are loaded")
     mlflow = _mlflow()
     from mlflow.exceptions import MlflowException
 
@@ -237,6 +312,9 @@ def log_monitoring_day(experiment_name: str, artifact_root: Path, day: str, metr
                        files: list[Path]) -> str:
     """Log one monitored day as a run of ``<experiment>-monitoring`` (a rerun of the day
     reuses its run, so metrics are overwritten rather than duplicated); returns its link."""
+    import datetime as dt
+
+    dt.date.fromisoformat(day)  # the filter below takes only a date, never free text
     mlflow = _mlflow()
     experiment_id = ensure_experiment(f"{experiment_name}-monitoring", artifact_root)
     found = client().search_runs([experiment_id], filter_string=f"tags.monitoring_day = '{day}'", max_results=1)

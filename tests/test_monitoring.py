@@ -86,6 +86,7 @@ def test_daily_coverage_matches_a_hand_count_by_scope():
     # Missing actuals: partial; none: pending (PIC unknown, not 0%).
     partial = daily_coverage(issued_yesterday, actuals.iloc[:4], 0.95, 0.9, (10.0, 50.0))[0]
     assert (partial["status"], partial["n"], partial["expected"], partial["picp"]) == ("partial", 4, 10, 1.0)
+    assert partial["breach"] is None  # judged when the rest arrive
     pending = daily_coverage(issued_yesterday, actuals.iloc[:0], 0.95, 0.9, (10.0, 50.0))[0]
     assert pending["status"] == "pending" and pending["picp"] is None and pending["breach"] is None
 

@@ -1,7 +1,14 @@
-"""Read long-format daily data from a file (CSV, CSV.gz, Parquet) or a SQL query."""
+"""Read long-format daily data from a file (CSV, CSV.gz, Parquet) or a SQL query.
+
+When the flows run as a service, ``BAYES_PIPELINE_DATA_ROOTS`` (directories separated by
+``os.pathsep``) limits which files a flow parameter may name: anything outside them (after
+resolving ``..`` and symlinks) is refused before it is opened. The bundled data is always
+allowed.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +27,25 @@ def read_table(data: DataConfig) -> pd.DataFrame:
     return read_file(data.resolved_path(), id_col=data.id_col)
 
 
+DATA_ROOTS_ENV = "BAYES_PIPELINE_DATA_ROOTS"
+
+
+def check_allowed(path: Path) -> None:
+    """Refuse a file outside ``$BAYES_PIPELINE_DATA_ROOTS`` (when that is set)."""
+    roots = [r for r in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if r.strip()]
+    if not roots:
+        return
+    from pipeline_lib.config import bundled_dataset_path
+
+    resolved = Path(path).resolve()
+    allowed = [Path(r).resolve() for r in roots] + [bundled_dataset_path().resolve().parent]
+    if not any(resolved.is_relative_to(root) for root in allowed):
+        raise DataValidationError(f"{path}: outside the allowed data directories ({DATA_ROOTS_ENV})")
+
+
 def read_file(path: Path, id_col: str) -> pd.DataFrame:
     path = Path(path)
+    check_allowed(path)
     if not path.is_file():
         raise DataValidationError(f"{path}: file not found")
     name = path.name.lower()

@@ -37,8 +37,9 @@ def daily_coverage(forecasts: pd.DataFrame, actuals: pd.DataFrame, level: float,
     ``forecasts``: store rows targeting the day (``series_id, horizon, model_version`` and
     the quantile columns); ``actuals``: ``series_id, actual``. Returns one dict per scope
     with ``scope, level, model_version, status, picp, mpiw, n, expected, breach``. A day
-    without any actual is ``pending`` (PIC unknown, not 0); with some missing ``partial``.
-    Only the ``overall`` scope decides breaches; other scopes report ``breach`` for reading.
+    without any actual is ``pending`` (PIC unknown, not 0); with some missing ``partial``
+    (PIC of those present, ``breach`` left open until the rest arrive). Only the
+    ``overall`` scope decides breaches; other scopes report ``breach`` for reading.
     """
     if forecasts.empty:
         return []
@@ -66,6 +67,8 @@ def _scope_row(scope: str, group: pd.DataFrame, lower: str, upper: str, level: f
         inside = (observed["actual"] >= observed[lower]) & (observed["actual"] <= observed[upper])
         picp = float(inside.mean())
         mpiw = float((observed[upper] - observed[lower]).mean())
-        breach = bool(picp < threshold)
+        # A partial day is judged once its actuals are complete (a rerun re-evaluates it):
+        # an alert raised on a third of the series could not be taken back.
+        breach = bool(picp < threshold) if status == OK else None
     return {"scope": scope, "level": float(level), "model_version": versions, "status": status,
             "picp": picp, "mpiw": mpiw, "n": n, "expected": expected, "breach": breach}

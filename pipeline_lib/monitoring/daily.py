@@ -193,26 +193,46 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
                 coverage[d] = row
 
     drift = _drift(config, store, panel, day, reference_end, report_dir)
-    report = str(drift.report_path) if drift else None
     history = store.coverage(OVERALL)
-    breaches = {as_day(d): b for d, b in zip(history["day"], history["breach"])}
+    rows_by_day = {as_day(r["day"]): r for r in history.to_dict("records")}
+    breaches = {d: r["breach"] for d, r in rows_by_day.items()}
+    already_alerted = store.alert_days("breach")
     run = MonitoringRun(day, evaluated, coverage, decisions=[], drift=drift)
-    for d in evaluated:
+    # The policy and the alerts run over the whole window, not only over the days evaluated
+    # now: a run that died after writing a day's coverage left that day's alert and retrain
+    # undone, and this run must finish them exactly as the dead run would have.
+    window = [d for d in sorted(rows_by_day) if day - dt.timedelta(days=mon.lookback_days) <= d <= day]
+    for d in window:
         decision = retrain_decision(breaches, d, mon.consecutive_days, store.retrained_streaks())
-        run.decisions.append(decision)
-        if not decision.breach:
-            continue
-        row = coverage[d]
-        message = breach_message(d, row["picp"], level, mon.pic_threshold, decision.streak_length,
-                                 mon.consecutive_days, row["model_version"], report if d == day else None)
-        if store.add_alert(d, "breach", row["model_version"], message, report if d == day else None):
-            run.alerts.append(Alert("breach", d, row["model_version"], message, report if d == day else None,
-                                    {"picp": row["picp"], "threshold": mon.pic_threshold,
-                                     "streak": decision.streak_length}))
-        wants_retrain = decision.retrain and run.retrain is None and mon.retrain != "off"
-        if wants_retrain and store.claim_retrain(decision.streak_start, d, mon.retrain, champion_version):
-            run.retrain = RetrainRequest(decision.streak_start, d, champion_version)
+        if d in evaluated:
+            run.decisions.append(decision)
+        if decision.breach and d not in already_alerted:
+            row = rows_by_day[d]
+            report = _report_for(config, store, panel, d, day, drift, reference_end, report_dir)
+            message = breach_message(d, row["picp"], level, mon.pic_threshold, decision.streak_length,
+                                     mon.consecutive_days, row["model_version"], report)
+            if store.add_alert(d, "breach", row["model_version"], message, report):
+                run.alerts.append(Alert("breach", d, row["model_version"], message, report,
+                                        {"picp": row["picp"], "threshold": mon.pic_threshold,
+                                         "streak": decision.streak_length}))
+        if decision.retrain and run.retrain is None and mon.retrain != "off":
+            # Keyed by the streak and dated on its N-th day, whichever run gets here first.
+            trigger_day = decision.streak_start + dt.timedelta(days=mon.consecutive_days - 1)
+            if store.claim_retrain(decision.streak_start, trigger_day, mon.retrain, champion_version):
+                run.retrain = RetrainRequest(decision.streak_start, trigger_day, champion_version)
     return run
+
+
+def _report_for(config: PipelineConfig, store: ForecastStore, panel: Panel, d: dt.date, today: dt.date,
+                drift: DriftSummary | None, reference_end: dt.date | None, report_dir: Path) -> str | None:
+    """Path of day ``d``'s drift report, writing it if an earlier run did not."""
+    if d == today:
+        return str(drift.report_path) if drift else None
+    path = Path(report_dir) / f"monitoring-{d}.html"
+    if not path.exists():
+        summary = _drift(config, store, panel, d, reference_end, report_dir)
+        return str(summary.report_path) if summary else None
+    return str(path)
 
 
 def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.date,

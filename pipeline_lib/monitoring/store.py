@@ -19,7 +19,9 @@ instead of duplicating them:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pipeline_lib.contract import FORECAST_COLUMNS, QUANTILE_COLUMNS
-from pipeline_lib.errors import PipelineError
+from pipeline_lib.errors import PipelineError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +114,46 @@ def _day(value) -> dt.date:
     return pd.Timestamp(value).date()
 
 
+def _retried(method):
+    """Retry a one-transaction store operation when the database is locked or unreachable
+    (``OperationalError``), with exponential backoff; then raise a clear error. A failed
+    attempt rolled back its whole transaction, so a retry never writes a day twice."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        for attempt in range(self.attempts):
+            try:
+                return method(self, *args, **kwargs)
+            except OperationalError as exc:
+                if attempt + 1 == self.attempts:
+                    raise StoreUnavailableError(
+                        f"forecast store {_redact(self.url)}: {method.__name__} failed after {self.attempts} "
+                        f"attempts ({str(exc.orig).strip()}); nothing of it was written") from None
+                delay = self.backoff_seconds * 2**attempt
+                log.warning("forecast store busy or unreachable (%s); retrying %s in %.1f s",
+                            str(exc.orig).strip(), method.__name__, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
 class ForecastStore:
     """All reads and writes of the monitoring tables. ``url`` is any SQLAlchemy URL."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, attempts: int = 4, backoff_seconds: float = 0.5, busy_timeout: float = 5.0):
+        """``attempts`` tries per operation, ``backoff_seconds * 2**k`` apart; SQLite waits up
+        to ``busy_timeout`` seconds for a lock on each try."""
         self.url = url
-        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        connect_args = {"timeout": busy_timeout} if url.startswith("sqlite") else {}
         try:
             self.engine = sa.create_engine(url, connect_args=connect_args)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise PipelineError(f"forecast store URL {_redact(url)} is not usable: {exc}") from None
 
+    @_retried
     def create(self) -> ForecastStore:
         """Create missing tables and check the schema version (idempotent)."""
         database = self.engine.url.database
@@ -143,13 +174,12 @@ class ForecastStore:
                         conn.execute(sa.text(statement))
                     conn.execute(schema_info.insert().values(version=version))
                     log.info("forecast store migrated to schema version %d", version)
-        except OperationalError as exc:
-            raise PipelineError(f"forecast store {_redact(self.url)} unavailable: {exc.orig}") from None
         except IntegrityError:
             pass  # another process created it at the same moment
         return self
 
     # --- forecasts ---------------------------------------------------------------------
+    @_retried
     def replace_forecasts(self, run_date, frame: pd.DataFrame) -> int:
         """Store the forecasts issued for ``run_date`` (replacing a previous run of that day).
 
@@ -178,6 +208,7 @@ class ForecastStore:
         return self._frame(sa.select(forecasts).where(forecasts.c.date == _day(day)))
 
     # --- actuals -----------------------------------------------------------------------
+    @_retried
     def upsert_actuals(self, frame: pd.DataFrame) -> list[dt.date]:
         """Insert new and correct changed actuals (``series_id, date, actual``).
 
@@ -209,6 +240,7 @@ class ForecastStore:
         return self._frame(sa.select(actuals).where(actuals.c.date == _day(day)))
 
     # --- coverage ----------------------------------------------------------------------
+    @_retried
     def replace_coverage(self, day, rows: list[dict]) -> None:
         """All coverage rows of ``day`` in one transaction (a rerun replaces them)."""
         day = _day(day)
@@ -229,22 +261,30 @@ class ForecastStore:
         return self._insert_once(alerts, day=_day(day), kind=kind, model_version=str(model_version),
                                  message=message, report=report)
 
+    @_retried
+    def alert_days(self, kind: str) -> set[dt.date]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(alerts.c.day).where(alerts.c.kind == kind)).scalars())
+
     def claim_retrain(self, streak_start, triggered_on, mode: str, champion_before: str) -> bool:
         """Claim the retrain of the streak starting ``streak_start``; False if already claimed."""
         return self._insert_once(retrain_events, streak_start=_day(streak_start), triggered_on=_day(triggered_on),
                                  mode=mode, champion_before=str(champion_before), status="started")
 
+    @_retried
     def finish_retrain(self, streak_start, status: str, new_version: str | None = None,
                        promoted: bool | None = None, detail: str | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(retrain_events.update().where(retrain_events.c.streak_start == _day(streak_start))
                          .values(status=status, new_version=new_version, promoted=promoted, detail=detail))
 
+    @_retried
     def retrained_streaks(self) -> set[dt.date]:
         """First days of the breach streaks that triggered a retrain."""
         with self.engine.connect() as conn:
             return set(conn.execute(sa.select(retrain_events.c.streak_start)).scalars())
 
+    @_retried
     def forget_from(self, day) -> None:
         """Delete every row about ``day`` and later (a replay re-lives those days)."""
         day = _day(day)
@@ -262,11 +302,13 @@ class ForecastStore:
         table = metadata.tables[name]
         return self._frame(sa.select(table).order_by(*table.primary_key.columns))
 
+    @_retried
     def _frame(self, query) -> pd.DataFrame:
         with self.engine.connect() as conn:
             result = conn.execute(query)
             return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
 
+    @_retried
     def _insert_once(self, table: sa.Table, **values) -> bool:
         try:
             with self.engine.begin() as conn:

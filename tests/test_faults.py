@@ -1,0 +1,244 @@
+"""Fault injection: each test breaks one thing and checks the guarantee that must survive.
+
+- MLflow unreachable or failing mid-run: clear error, no version kept, champion unchanged.
+- Training diverges: nothing registered, a FAILED run says why.
+- Forecast store locked: retried; if it stays locked, a clear error and nothing written.
+- A crash in the middle of monitoring: the next run completes the days exactly as if
+  nothing had happened; two runs of one day at once retrain once.
+- A corrupt champion: one clear error and one alert per day, no retry loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_monitoring import _panel, day, forecast_rows
+
+from pipeline_lib import pipeline, registry
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.data.validate import load_panel
+from pipeline_lib.errors import ModelLoadError, RegistryUnavailableError, StoreUnavailableError, TrainingDivergedError
+from pipeline_lib.monitoring import daily
+from pipeline_lib.monitoring.daily import monitor_day
+from pipeline_lib.monitoring.store import TABLES, ForecastStore
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- MLflow -----------------------------------------------------------------------------
+def test_unreachable_mlflow_is_a_clear_error_before_training(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # bounded; the default is 3
+    uri = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(RegistryUnavailableError, match="unreachable.*nothing was trained"):
+        registry.check_reachable(uri)
+
+
+@pytest.fixture
+def registered(small_config, synthetic_csv):
+    """A champion (version 1) and everything needed to register a second version."""
+    config = small_config.updated(data={"path": synthetic_csv}, train={"epochs": 1},
+                                  inventory={"in_training_run": False})
+    panel = load_panel(config.data, config.window)
+    trained = pipeline.train(config, panel, progress=False)
+    evaluation = pipeline.evaluate(config, trained.model, panel)
+    gate = pipeline.promotion_gate(config, panel, evaluation)
+    first = pipeline.register(config, panel, trained, evaluation, [], gate)
+    assert first.version == "1" and "champion" in first.aliases
+    return config, panel, trained, evaluation
+
+
+def _versions(config) -> list[str]:
+    found = registry.client().search_model_versions(f"name = '{config.registry.model_name}'")
+    return sorted(str(v.version) for v in found)
+
+
+@pytest.mark.flows
+def test_mlflow_failing_mid_registration_keeps_no_version_and_the_champion(registered, monkeypatch):
+    import requests
+
+    config, panel, trained, evaluation = registered
+    promote = pipeline.GateOutcome(pipeline.GateDecision(True, ("forced",)), "1", None)
+
+    def connection_lost(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(registry, "tag_version", connection_lost)  # after the version exists
+    with pytest.raises(RegistryUnavailableError, match="no model version was kept"):
+        pipeline.register(config, panel, trained, evaluation, [], promote)
+    assert _versions(config) == ["1"]
+    assert registry.alias_version(config.registry.model_name, "champion") == "1"
+    runs = registry.client().search_runs([registry.client().get_experiment_by_name(
+        config.registry.experiment_name).experiment_id], order_by=["attribute.start_time DESC"])
+    assert runs[0].info.status == "FAILED" and runs[1].info.status == "FINISHED"
+
+
+@pytest.mark.flows
+def test_diverging_training_registers_nothing_and_leaves_a_failed_run(registered, monkeypatch):
+    config, panel, _, _ = registered
+
+    def diverge(*args, **kwargs):
+        raise TrainingDivergedError("loss became nan at epoch 3; nothing is registered")
+
+    monkeypatch.setattr(pipeline, "train_model", diverge)
+    with pytest.raises(TrainingDivergedError):
+        pipeline.train(config, panel, progress=False)
+    assert _versions(config) == ["1"]
+    assert registry.alias_version(config.registry.model_name, "champion") == "1"
+    experiment = registry.client().get_experiment_by_name(config.registry.experiment_name)
+    failed = registry.client().search_runs([experiment.experiment_id], "attributes.status = 'FAILED'")
+    assert len(failed) == 1 and failed[0].data.tags["failure.stage"] == "train"
+    assert "nan" in failed[0].data.tags["failure.error"]
+
+
+# --- the forecast store -----------------------------------------------------------------
+def _hold_lock(path, seconds: float, started: threading.Event) -> None:
+    conn = sqlite3.connect(path, timeout=0)
+    conn.execute("BEGIN EXCLUSIVE")
+    started.set()
+    time.sleep(seconds)
+    conn.rollback()
+    conn.close()
+
+
+def test_locked_store_is_retried_then_written(tmp_path):
+    path = tmp_path / "store.db"
+    store = ForecastStore(f"sqlite:///{path}", attempts=6, backoff_seconds=0.2, busy_timeout=0.1).create()
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(path, 1.0, started))
+    holder.start()
+    started.wait()
+    assert store.replace_forecasts(day(0), forecast_rows(day(0), ["A", "B"], 3)) == 6
+    holder.join()
+    assert len(store.table("forecasts")) == 6
+
+
+def test_store_locked_for_good_is_a_clear_error_and_writes_nothing(tmp_path):
+    path = tmp_path / "store.db"
+    store = ForecastStore(f"sqlite:///{path}", attempts=2, backoff_seconds=0.1, busy_timeout=0.1).create()
+    store.replace_forecasts(day(0), forecast_rows(day(0), ["A", "B"], 3))
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(path, 2.0, started))
+    holder.start()
+    started.wait()
+    with pytest.raises(StoreUnavailableError, match="replace_forecasts failed after 2 attempts.*nothing"):
+        store.replace_forecasts(day(0), forecast_rows(day(0), ["A", "B"], 3, center=99.0))
+    holder.join()
+    assert (store.table("forecasts")["mean"] == 10.0).all()  # the earlier day is intact
+
+
+def test_a_day_is_written_whole_or_not_at_all(tmp_path):
+    store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    store.replace_forecasts(day(0), forecast_rows(day(0), ["A", "B"], 3))
+    broken = forecast_rows(day(0), ["A", "B"], 3, center=50.0)
+    broken.loc[4, "mean"] = None  # violates NOT NULL half-way through the insert
+    with pytest.raises(Exception, match="NOT NULL"):
+        store.replace_forecasts(day(0), broken)
+    assert (store.table("forecasts")["mean"] == 10.0).all() and len(store.table("forecasts")) == 6
+
+
+# --- crashes and concurrency in the monitoring --------------------------------------------
+def _breaching_days(store, n_days: int) -> None:
+    for k in range(n_days):
+        store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B", "C", "D"], 2))
+
+
+def _monitor(config, store, days, tmp_path, crash_on: dt.date | None = None):
+    for d in days:
+        try:
+            monitor_day(config, store, _panel(actual_days=len(days), value=30.0), d, "1", tmp_path / "r")
+        except RuntimeError:
+            assert d == crash_on
+
+
+def test_crash_mid_monitoring_is_completed_by_the_next_run(tmp_path, monkeypatch):
+    config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 3})
+    clean = ForecastStore(f"sqlite:///{tmp_path / 'clean.db'}").create()
+    _breaching_days(clean, 5)
+    _monitor(config, clean, [day(k) for k in range(5)], tmp_path)
+
+    crashed = ForecastStore(f"sqlite:///{tmp_path / 'crashed.db'}").create()
+    _breaching_days(crashed, 5)
+    real_drift = daily._drift
+    calls = {"n": 0}
+
+    def crash_once(*args, **kwargs):  # dies after the coverage of day 2 was written
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real_drift(*args, **kwargs)
+
+    monkeypatch.setattr(daily, "_drift", crash_once)
+    _monitor(config, crashed, [day(k) for k in range(5)], tmp_path, crash_on=day(2))
+    assert crashed.table("retrain_events")["streak_start"].tolist() == [day(0)]
+    for name in TABLES:
+        pd.testing.assert_frame_equal(crashed.table(name), clean.table(name), obj=name)
+
+
+def test_two_monitoring_runs_of_one_day_at_once_retrain_once(tmp_path):
+    config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 2})
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = ForecastStore(url).create()
+    _breaching_days(store, 2)
+    monitor_day(config, store, _panel(actual_days=2, value=30.0), day(0), "1", tmp_path / "r")
+    runs, errors = [], []
+
+    def run():
+        own = ForecastStore(url)
+        try:
+            runs.append(monitor_day(config, own, _panel(actual_days=2, value=30.0), day(1), "1", tmp_path / "r"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        own.dispose()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(r.retrain is not None for r in runs) == 1
+    assert len(store.table("retrain_events")) == 1
+    coverage = store.table("coverage_daily")
+    assert len(coverage) == len(coverage.drop_duplicates(["day", "scope", "level"]))
+    assert set(store.table("alerts")["day"]) == {day(0), day(1)}
+
+
+# --- a corrupt champion --------------------------------------------------------------------
+@pytest.mark.flows
+def test_corrupt_champion_is_one_clear_error_and_one_alert(registered):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.forecasting import daily_forecast_flow
+
+    config, *_ = registered
+    for weights in config.artifact_root.rglob("weights.npz"):
+        weights.write_bytes(b"not a numpy archive")
+    with prefect_test_harness(server_startup_timeout=120):
+        for _ in range(2):  # the next day's rerun fails the same way, without a second alert
+            with pytest.raises(ModelLoadError, match="missing or corrupt"):
+                daily_forecast_flow(config, run_date=dt.date(2023, 5, 2))
+    store = ForecastStore(config.store_url)
+    alerts = store.table("alerts")
+    assert alerts["kind"].tolist() == ["error"] and "could not be loaded" in alerts["message"].iloc[0]
+    assert store.table("forecasts").empty
+    store.dispose()
+
+
+def test_random_sql_in_series_ids_is_just_data(tmp_path):
+    store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    evil = ["x'); DROP TABLE forecasts;--", 'a" OR 1=1 --', "店铺"]
+    store.replace_forecasts(day(0), forecast_rows(day(0), evil, 1))
+    store.upsert_actuals(pd.DataFrame({"series_id": evil, "date": day(0), "actual": np.ones(3)}))
+    assert sorted(store.table("forecasts")["series_id"]) == sorted(evil)
+    assert sorted(store.actuals_on(day(0))["series_id"]) == sorted(evil)
