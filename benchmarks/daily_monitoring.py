@@ -66,7 +66,8 @@ def main() -> None:
     from pipeline_lib.monitoring.store import ForecastStore
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = PipelineConfig(workdir=Path(tmp), evaluation={"num_samples": args.samples})
+        config = PipelineConfig(workdir=Path(tmp), evaluation={"num_samples": args.samples},
+                                runtime={"chunk_series": args.chunk})
         start = time.perf_counter()
         panel = validate_table(synthetic(args.series, 120), config.data, min_days=1)
         seconds_validate = time.perf_counter() - start
@@ -77,11 +78,11 @@ def main() -> None:
         known = history_until(panel, day - pd.Timedelta(days=1).to_pytimedelta())
         # Warm-up on a few series: tf.function tracing is a one-off cost per process.
         warm = type(known)(known.series[:8], known.covariate_names, known.source)
-        daily_forecast(config, store, warm, day, model, "0", args.chunk)
+        daily_forecast(config, store, warm, day, model, "0")
 
         base = hwm_mb()
         start = time.perf_counter()
-        run = daily_forecast(config, store, known, day, model, "1", args.chunk)
+        run = daily_forecast(config, store, known, day, model, "1")
         seconds_forecast = time.perf_counter() - start
         start = time.perf_counter()
         monitoring = monitor_day(config, store, panel, day, "1", Path(tmp) / "reports")

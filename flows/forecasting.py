@@ -1,15 +1,20 @@
 """Daily forecast flow: load the champion, forecast the next H days of every series, store.
 
 Scheduled at 06:00 by ``infra/prefect.yaml``; ``bayes-pipeline replay`` runs it once per
-replayed day.
+replayed day. The series are split into chunks (``runtime.chunk_series``) mapped over
+Prefect tasks on the configured task runner: threads in-process by default, or a Dask
+cluster (``runtime.task_runner: dask``; LocalCluster unless ``runtime.dask_address``).
+Chunk ``k`` always uses seed ``monitoring.seed + k``: every runner gives the same numbers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.alerting import retry_unless_user_error, send_alert
 from flows.training import NO_CACHE_TASK, ingest
@@ -17,25 +22,60 @@ from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.errors import ModelLoadError
-from pipeline_lib.monitoring.alerts import Alert
 from pipeline_lib.monitoring import daily
+from pipeline_lib.monitoring.alerts import Alert
 from pipeline_lib.monitoring.store import ForecastStore
 
 
-@task(name="load_champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error,
+def task_runner(config: PipelineConfig):
+    """The task runner ``config.runtime`` asks for."""
+    if config.runtime.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.dask_address:
+            return DaskTaskRunner(address=config.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": config.runtime.dask_workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=2)
+
+
+@task(name="resolve_champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error,
       **NO_CACHE_TASK)
-def load_champion(config: PipelineConfig):
+def resolve_champion(config: PipelineConfig) -> tuple[str, str]:
+    """``models:/<name>/<version>`` of the champion (pinned, so a promotion during the run
+    cannot mix versions) and the version; loading it once here fails fast if it is corrupt."""
     registry.configure(config.tracking_uri)
-    uri = registry.champion_uri(config.registry.model_name)
-    version = registry.resolve_version(uri)
-    return registry.load_forecaster(uri), version
+    version = registry.resolve_version(registry.champion_uri(config.registry.model_name))
+    uri = f"models:/{config.registry.model_name}/{version}"
+    _model(config.tracking_uri, uri)
+    return uri, version
 
 
-@task(name="forecast_and_store", retries=2, retry_delay_seconds=10, **NO_CACHE_TASK)
-def forecast_and_store(config: PipelineConfig, panel, run_date: dt.date, model, version: str) -> daily.ForecastRun:
+@functools.lru_cache(maxsize=2)
+def _model(tracking_uri: str, model_uri: str):
+    """One load per process (a Dask worker keeps it for all its chunks)."""
+    registry.configure(tracking_uri)
+    return registry.load_forecaster(model_uri)
+
+
+@task(name="forecast_chunk", **NO_CACHE_TASK)
+def forecast_chunk(config: PipelineConfig, model_uri: str, chunk, k: int):
+    return daily.forecast_chunk(config, _model(config.tracking_uri, model_uri), chunk, k)
+
+
+@flow(name="forecast_chunks")
+def forecast_chunks(config: PipelineConfig, model_uri: str, chunks: list) -> list:
+    """Map the chunks over tasks (the caller picks the task runner)."""
+    futures = forecast_chunk.map(unmapped(config), unmapped(model_uri), chunks, list(range(len(chunks))))
+    return [future.result() for future in futures]
+
+
+@task(name="store_forecasts", retries=2, retry_delay_seconds=10, **NO_CACHE_TASK)
+def store_forecasts(config: PipelineConfig, run_date: dt.date, frames: list, version: str,
+                    skipped: tuple[str, ...]) -> daily.ForecastRun:
     store = ForecastStore(config.store_url).create()
     try:
-        return daily.daily_forecast(config, store, panel, run_date, model, version)
+        return daily.store_forecasts(config, store, run_date, frames, version, skipped)
     finally:
         store.dispose()
 
@@ -49,13 +89,17 @@ def daily_forecast_flow(config: PipelineConfig = PipelineConfig(), run_date: dt.
     if run_date is None:
         run_date = max(s.dates[-1] for s in panel.series).date() + dt.timedelta(days=1)
     try:
-        model, version = load_champion(config)
+        model_uri, version = resolve_champion(config)
     except ModelLoadError as exc:
         _alert_model_error(config, run_date, exc)
         raise
-    run = forecast_and_store(config, panel, run_date, model, version)
-    get_run_logger().info("forecast %d series for %s..+%d days with version %s (%d rows stored%s)",
-                          run.series, run.run_date, run.horizon - 1, run.model_version, run.rows,
+    current, skipped = daily.forecastable(panel, run_date)
+    parts = daily.chunks(current, config.runtime.chunk_series)
+    frames = forecast_chunks.with_options(task_runner=task_runner(config))(config, model_uri, parts)
+    run = store_forecasts(config, run_date, frames, version, skipped)
+    get_run_logger().info("forecast %d series (%d chunks, %s runner) for %s..+%d days with version %s "
+                          "(%d rows stored%s)", run.series, len(parts), config.runtime.task_runner, run.run_date,
+                          run.horizon - 1, run.model_version, run.rows,
                           f"; {len(run.skipped)} stale series skipped" if run.skipped else "")
     create_table_artifact(key="daily-forecast", table=run.summary_rows(config.evaluation.nominal_level),
                           description=f"Forecasts issued for {run.run_date} by model version {run.model_version}")

@@ -229,6 +229,29 @@ def replay(
     typer.echo(f"store: {cfg.store_url}   reports: {cfg.reports_dir}")
 
 
+@app.command()
+@_fail_cleanly
+def serve(
+    data: Path | None = DataOpt,
+    id_col: str | None = IdOpt,
+    time_col: str | None = TimeOpt,
+    target_col: str | None = TargetOpt,
+    config: Path | None = ConfigOpt,
+    workdir: Path | None = WorkdirOpt,
+) -> None:
+    """Serve the training, daily-forecast (06:00 UTC) and daily-monitoring (07:00 UTC)
+    deployments against a running Prefect server (start it with `prefect server start`)."""
+    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    if not os.environ.get("PREFECT_API_URL"):
+        _say("error: no Prefect server configured: start one with `prefect server start` and export "
+             "PREFECT_API_URL=http://127.0.0.1:4200/api (see README, 'Schedules without docker')")
+        raise typer.Exit(USER_ERROR_EXIT)
+    from flows.serve import DEPLOYMENTS, serve_all
+
+    _say(f"serving {', '.join(DEPLOYMENTS)} on {os.environ['PREFECT_API_URL']} (Ctrl-C to stop)")
+    serve_all(cfg)
+
+
 @app.command("inventory-backtest")
 @_fail_cleanly
 def inventory_backtest(

@@ -174,6 +174,18 @@ class InventoryConfig(_Strict):
         return self.lead_time_days + self.review_period_days
 
 
+class RuntimeConfig(_Strict):
+    """Where the work runs: how forecasting is split over series and which task runner maps it."""
+
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread", description="thread = Prefect's thread pool in-process; dask = prefect-dask's DaskTaskRunner")
+    dask_address: str | None = Field(None, description="scheduler address of an existing Dask cluster "
+                                     "(env BAYES_PIPELINE_DASK_ADDRESS); None = a LocalCluster")
+    dask_workers: int = Field(2, ge=1, description="worker processes of the LocalCluster")
+    chunk_series: int = Field(512, ge=1, description="series per forecasting task (bounds memory; "
+                              "chunk k uses seed monitoring.seed + k, so any runner gives the same numbers)")
+
+
 class RegistryConfig(_Strict):
     experiment_name: str = "bayes-demand-forecasting"
     model_name: str = "bayes-lstm-demand"
@@ -191,6 +203,7 @@ class PipelineConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     inventory: InventoryConfig = InventoryConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     # Derived locations. All state of a run lives under ``workdir``.
     @property
@@ -204,6 +217,10 @@ class PipelineConfig(_Strict):
     @property
     def store_url(self) -> str:
         return os.environ.get("BAYES_PIPELINE_STORE_URL") or f"sqlite:///{(self.workdir / 'store.db').resolve()}"
+
+    @property
+    def dask_address(self) -> str | None:
+        return os.environ.get("BAYES_PIPELINE_DASK_ADDRESS") or self.runtime.dask_address
 
     @property
     def reports_dir(self) -> Path:

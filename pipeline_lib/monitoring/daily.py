@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline_lib.config import InventoryConfig, PipelineConfig
+from pipeline_lib.config import PipelineConfig
 from pipeline_lib.contract import interval_columns
 from pipeline_lib.data.validate import Panel, Series
 from pipeline_lib.errors import DataValidationError
@@ -72,30 +72,9 @@ class ForecastRun:
                 for day, g in grouped]
 
 
-def forecast_in_chunks(model: ForecastModel, panel: Panel, horizon: int, num_samples: int, seed: int,
-                       chunk_series: int, inventory: InventoryConfig | None = None) -> pd.DataFrame:
-    """Forecast table for every series, ``chunk_series`` series at a time (bounded memory),
-    with the order-up-to columns when ``inventory`` is given.
-
-    Chunk ``k`` uses seed ``seed + k``, so the result depends only on the chunking, not on
-    which worker or runner computes a chunk.
-    """
-    frames = []
-    for k, start in enumerate(range(0, len(panel.series), chunk_series)):
-        chunk = Panel(panel.series[start:start + chunk_series], panel.covariate_names, panel.source)
-        sampled = model.forecast(chunk, horizon, num_samples, seed=seed + k)
-        frame = forecast_table(sampled.samples, sampled.series_ids, sampled.dates, "pending")
-        if inventory is not None:
-            frame = frame.assign(**order_columns(sampled.samples, len(chunk.series), horizon,
-                                                 inventory.service_level, inventory.protection_days))
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
-
-
-def daily_forecast(config: PipelineConfig, store: ForecastStore, panel: Panel, run_date, model: ForecastModel,
-                   model_version: str, chunk_series: int = 512) -> ForecastRun:
-    """Forecast ``run_date .. run_date + H - 1`` for every series with an actual on the day
-    before ``run_date`` and store the rows in one transaction (a rerun replaces them)."""
+def forecastable(panel: Panel, run_date) -> tuple[Panel, tuple[str, ...]]:
+    """The series with an actual on the day before ``run_date`` (cut to that day), and the
+    ids of the stale ones that are skipped."""
     run_date = as_day(run_date)
     origin = run_date - ONE_DAY
     history = history_until(panel, origin)
@@ -107,13 +86,44 @@ def daily_forecast(config: PipelineConfig, store: ForecastStore, panel: Panel, r
     if skipped:
         log.warning("%d series have no actual on %s and are not forecast: %s", len(skipped), origin,
                     ", ".join(skipped[:5]))
+    return Panel(current, history.covariate_names, history.source), skipped
+
+
+def chunks(panel: Panel, chunk_series: int) -> list[Panel]:
+    """Consecutive groups of ``chunk_series`` series (chunk ``k`` is the ``k``-th)."""
+    return [Panel(panel.series[start:start + chunk_series], panel.covariate_names, panel.source)
+            for start in range(0, len(panel.series), chunk_series)]
+
+
+def forecast_chunk(config: PipelineConfig, model: ForecastModel, chunk: Panel, k: int) -> pd.DataFrame:
+    """Forecast table of one chunk with seed ``monitoring.seed + k`` and the order columns,
+    so the result depends only on the chunking, not on which worker or runner computes it."""
     horizon = config.monitoring.horizon
-    frame = forecast_in_chunks(model, Panel(current, history.covariate_names, history.source), horizon,
-                               config.evaluation.num_samples, config.monitoring.seed, chunk_series,
-                               config.inventory)
-    frame["model_version"] = str(model_version)
-    rows = store.replace_forecasts(run_date, frame)
-    return ForecastRun(run_date, str(model_version), horizon, len(current), rows, skipped, frame)
+    sampled = model.forecast(chunk, horizon, config.evaluation.num_samples, seed=config.monitoring.seed + k)
+    frame = forecast_table(sampled.samples, sampled.series_ids, sampled.dates, "pending")
+    inventory = config.inventory
+    return frame.assign(**order_columns(sampled.samples, len(chunk.series), horizon, inventory.service_level,
+                                        inventory.protection_days))
+
+
+def store_forecasts(config: PipelineConfig, store: ForecastStore, run_date, frames: list[pd.DataFrame],
+                    model_version: str, skipped: tuple[str, ...] = ()) -> ForecastRun:
+    """Write the chunks' rows for ``run_date`` in one transaction (a rerun replaces them)."""
+    frame = pd.concat(frames, ignore_index=True).assign(model_version=str(model_version))
+    rows = store.replace_forecasts(as_day(run_date), frame)
+    return ForecastRun(as_day(run_date), str(model_version), config.monitoring.horizon,
+                       frame["series_id"].nunique(), rows, tuple(skipped), frame)
+
+
+def daily_forecast(config: PipelineConfig, store: ForecastStore, panel: Panel, run_date, model: ForecastModel,
+                   model_version: str) -> ForecastRun:
+    """Forecast ``run_date .. run_date + H - 1`` for every series with an actual on the day
+    before ``run_date`` and store the rows in one transaction (in-process, chunk by chunk;
+    the flow maps the same chunks over Prefect tasks)."""
+    current, skipped = forecastable(panel, run_date)
+    frames = [forecast_chunk(config, model, chunk, k)
+              for k, chunk in enumerate(chunks(current, config.runtime.chunk_series))]
+    return store_forecasts(config, store, run_date, frames, model_version, skipped)
 
 
 # --- monitor ----------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""Scale-out: the forecast flow gives the same numbers on a 2-worker Dask LocalCluster as on
+the default thread runner, and the compose file and the deployments agree."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import level_following_demand
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.flows
+def test_dask_runner_gives_the_default_runners_forecasts(tmp_path, small_config, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.forecasting import daily_forecast_flow
+    from pipeline_lib import pipeline
+    from pipeline_lib.data.validate import load_panel
+    from pipeline_lib.monitoring.store import ForecastStore
+
+    data = tmp_path / "many.csv"
+    level_following_demand(n_series=200, n_days=60).to_csv(data, index=False)
+    config = small_config.updated(data={"path": data}, train={"epochs": 1}, inventory={"in_training_run": False},
+                                  runtime={"chunk_series": 64})
+    panel = load_panel(config.data, config.window)
+    trained = pipeline.train(config, panel, progress=False)
+    evaluation = pipeline.evaluate(config, trained.model, panel)
+    pipeline.register(config, panel, trained, evaluation, [], pipeline.promotion_gate(config, panel, evaluation))
+
+    frames = {}
+    with prefect_test_harness(server_startup_timeout=120):
+        for runner in ("thread", "dask"):
+            monkeypatch.setenv("BAYES_PIPELINE_STORE_URL", f"sqlite:///{tmp_path / runner}.db")
+            run = daily_forecast_flow(config.updated(runtime={"task_runner": runner, "dask_workers": 2}))
+            assert run.series == 200 and run.rows == 200 * config.monitoring.horizon
+            store = ForecastStore(f"sqlite:///{tmp_path / runner}.db")
+            frames[runner] = store.table("forecasts")
+            store.dispose()
+    pd.testing.assert_frame_equal(frames["dask"], frames["thread"])
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_is_valid():
+    """``docker-compose config`` (Debian's docker-compose package) parses and validates it
+    against the compose schema with the example environment."""
+    if shutil.which("docker-compose") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "docker-compose"], check=True, capture_output=True)
+    result = subprocess.run(["docker-compose", "--env-file", ".env.example", "config"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert set(rendered["services"]) >= {"postgres", "mlflow", "prefect-server", "prefect-worker"}
+    for name, service in rendered["services"].items():
+        for port in service.get("ports", []):  # "127.0.0.1:5000:5000/tcp" or the long syntax
+            host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_compose_and_deployments_agree():
+    compose = _compose()
+    deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
+    worker = compose["services"]["prefect-worker"]
+    pool = worker["command"][worker["command"].index("--pool") + 1]
+    assert {d["work_pool"]["name"] for d in deployments} == {pool}
+    assert {d["name"] for d in deployments} == {"training-pipeline", "daily-forecast", "daily-monitoring"}
+    crons = {d["name"]: d["schedules"][0]["cron"] for d in deployments if d.get("schedules")}
+    assert crons == {"daily-forecast": "0 6 * * *", "daily-monitoring": "0 7 * * *"}
+    # `bayes-pipeline serve` serves the same deployments with the same schedules and entry points.
+    from flows.serve import DEPLOYMENTS
+
+    assert {name: cron for name, (_, cron) in DEPLOYMENTS.items() if cron} == crons
+    entrypoints = {d["name"]: d["entrypoint"].split(":")[1] for d in deployments}
+    assert {name: flow.fn.__name__ for name, (flow, _) in DEPLOYMENTS.items()} == entrypoints
+    # The worker gets every setting the flows read from the environment ...
+    needed = {"MLFLOW_TRACKING_URI", "BAYES_PIPELINE_STORE_URL", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING",
+              "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "BAYES_PIPELINE_DATA_ROOTS"}
+    assert needed <= set(worker["environment"])
+    # ... the monitoring's default training deployment is the one prefect.yaml defines ...
+    from pipeline_lib.config import PipelineConfig
+
+    flow_name, deployment = PipelineConfig().monitoring.training_deployment.split("/")
+    assert deployment == "training-pipeline" and flow_name == "training_pipeline"
+    # ... and every ${VARIABLE} the compose file uses is defined in .env.example.
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / "docker-compose.yml").read_text()))
+    defined = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
+               if "=" in line and not line.startswith("#")}
+    assert used <= defined, used - defined

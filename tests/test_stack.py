@@ -1,0 +1,204 @@
+"""The compose topology as processes on 127.0.0.1, end to end through the Prefect API.
+
+PostgreSQL (Debian's packages, installed here if missing, run as the non-root ``postgres``
+user in a temporary directory) with the three databases of ``infra/postgres``;
+``mlflow server`` with the basic-auth app on Postgres; ``prefect server`` on Postgres with
+an API auth string; a process worker; the deployments of ``infra/prefect.yaml``. The test
+runs the training, forecast and monitoring deployments, checks the registered version and
+its alias in MLflow and the rows in the Postgres forecast store, then stops everything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import synthetic_demand
+
+pytestmark = [pytest.mark.flows, pytest.mark.stack]
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+USER, PASSWORD = "pipeline", "stack-test-only"
+PREFECT_AUTH = "admin:stack-test-only"
+BIN = Path(sys.executable).parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, seconds: float, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(1)
+    raise RuntimeError(f"{url} did not come up in {seconds} s:\n{log.read_text()[-3000:]}")
+
+
+def _ensure_postgres() -> Path:
+    if not (PG_BIN / "initdb").exists():
+        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, capture_output=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    return PG_BIN
+
+
+def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run(prefix + args, check=True, capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    bin_dir = _ensure_postgres()
+    tmp = tmp_path_factory.mktemp("stack")
+    # pytest's temporary directories are private to root; the server's own lives apart.
+    pgroot = Path(tempfile.mkdtemp(prefix="bayes-pipeline-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(pgroot, "postgres", "postgres")
+    pgdata, pwfile = pgroot / "data", pgroot / "pwfile"
+    pwfile.write_text(PASSWORD)
+    pwfile.chmod(0o644)
+    _as_postgres([str(bin_dir / "initdb"), "-D", str(pgdata), "-U", USER, "--pwfile", str(pwfile),
+                  "--auth", "scram-sha-256"])
+    pg_port = _port()
+    _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(pgroot / "postgres.log"), "-w", "start",
+                  "-o", f"-p {pg_port} -k {pgroot} -c listen_addresses=127.0.0.1"])
+    processes = []
+    try:
+        env_pg = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(pg_port), "PGPASSWORD": PASSWORD,
+                  "POSTGRES_USER": USER, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        subprocess.run(["sh", str(ROOT / "infra" / "postgres" / "01-databases.sh")], env=env_pg, check=True,
+                       capture_output=True)
+        db = f"{USER}:{PASSWORD}@127.0.0.1:{pg_port}"
+
+        def start(name: str, args: list[str], env: dict) -> subprocess.Popen:
+            log = tmp / f"{name}.log"
+            process = subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp)
+            processes.append(process)
+            return process
+
+        mlflow_port, prefect_port = _port(), _port()
+        auth_ini = tmp / "basic_auth.ini"
+        auth_ini.write_text((ROOT / "infra" / "mlflow" / "basic_auth.ini").read_text()
+                            .replace("sqlite:////mlflow/basic_auth.db", f"sqlite:///{tmp / 'auth.db'}"))
+        mlflow = start("mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
+                                  "--backend-store-uri", f"postgresql+psycopg2://{db}/mlflow",
+                                  "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts",
+                                  "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+                                  "--allowed-hosts", f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}"],
+                       {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+                        "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": "stack-test"})
+        prefect_env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
+                       "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{db}/prefect",
+                       "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        prefect = start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                           "--port", str(prefect_port)], prefect_env)
+        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, mlflow, tmp / "mlflow.log")
+        _wait_http(f"http://127.0.0.1:{prefect_port}/api/health", 180, prefect, tmp / "prefect-server.log")
+
+        client_env = {
+            **os.environ, "PREFECT_HOME": str(tmp / "client-home"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT_API_AUTH_STRING": PREFECT_AUTH,
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+            "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+            "BAYES_PIPELINE_STORE_URL": f"postgresql+psycopg2://{db}/forecast_store",
+            "BAYES_PIPELINE_WORKDIR": str(tmp / "work"), "BAYES_PIPELINE_APP_DIR": str(ROOT),
+            "BAYES_PIPELINE_DATA_ROOTS": str(tmp / "input"),
+        }
+        prefect_cli = [str(BIN / "prefect"), "--no-prompt"]
+        subprocess.run(prefect_cli + ["work-pool", "create", "local-process", "--type", "process"],
+                       env=client_env, check=True, capture_output=True, cwd=ROOT)
+        deployed = subprocess.run(prefect_cli + ["deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
+                                  env=client_env, capture_output=True, text=True, cwd=ROOT)
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--type", "process",
+                         "--limit", "1"], client_env)
+        yield {"tmp": tmp, "env": client_env, "mlflow_port": mlflow_port, "prefect_port": prefect_port}
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"])
+        shutil.rmtree(pgroot, ignore_errors=True)
+
+
+def _run_deployment(env: dict, name: str, parameters: dict) -> str:
+    """Run a deployment through the API from a separate client process; returns its final state."""
+    import json
+
+    script = (
+        "import json, sys\n"
+        "from prefect.deployments import run_deployment\n"
+        "run = run_deployment(sys.argv[1], parameters=json.loads(sys.argv[2]), timeout=900, poll_interval=2)\n"
+        "print(run.state.type.value)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, name, json.dumps(parameters)], env=env,
+                          capture_output=True, text=True, timeout=1000)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_deployments_run_on_the_stack(stack):
+    tmp, env = stack["tmp"], stack["env"]
+    (tmp / "input").mkdir()
+    data = tmp / "input" / "demand.csv"
+    synthetic_demand(n_series=4, n_days=120).to_csv(data, index=False)
+    config = {
+        "data": {"path": str(data)},
+        "window": {"context_length": 14, "validation_days": 14, "test_days": 7, "min_train_days": 14},
+        "model": {"lstm_units": [8, 4]},
+        "train": {"epochs": 2, "batch_size": 64, "patience": 1, "kl_ramp_epochs": 1},
+        "evaluation": {"num_samples": 20, "fan_chart_series": 2},
+        "registry": {"experiment_name": "stack", "model_name": "stack-model"},
+    }
+    assert _run_deployment(env, "training_pipeline/training-pipeline", {"config": config}) == "COMPLETED"
+    forecast_day = dt.date(2023, 1, 2) + dt.timedelta(days=110)
+    assert _run_deployment(env, "daily_forecast/daily-forecast",
+                           {"config": config, "run_date": str(forecast_day)}) == "COMPLETED"
+    assert _run_deployment(env, "daily_monitoring/daily-monitoring",
+                           {"config": config, "day": str(forecast_day)}) == "COMPLETED"
+
+    # MLflow (through the authenticated server): version 1 is the champion.
+    from mlflow import MlflowClient
+
+    os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    assert client.get_model_version_by_alias("stack-model", "champion").version in ("1", 1)
+    # The forecast store on Postgres holds the day's forecasts and its coverage.
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(env["BAYES_PIPELINE_STORE_URL"])
+    with engine.connect() as conn:
+        forecasts = conn.execute(sa.text("SELECT count(*) FROM forecasts WHERE run_date = :d"),
+                                 {"d": forecast_day}).scalar()
+        coverage = conn.execute(sa.text("SELECT status, n FROM coverage_daily WHERE day = :d AND scope = 'overall'"),
+                                {"d": forecast_day}).one()
+    engine.dispose()
+    assert forecasts == 4 * 7
+    assert coverage.status == "ok" and coverage.n == 4
+    # Without credentials the servers refuse (the auth is really on).
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{stack['mlflow_port']}/api/2.0/mlflow/experiments/search?max_results=1")
+    assert refused.value.code == 401
+    assert shutil.which("runuser") or os.geteuid() != 0
