@@ -44,11 +44,21 @@ def test_unreachable_mlflow_is_a_clear_error_before_training(monkeypatch):
         registry.check_reachable(uri)
 
 
-@pytest.fixture
-def registered(small_config, synthetic_csv):
-    """A champion (version 1) and everything needed to register a second version."""
-    config = small_config.updated(data={"path": synthetic_csv}, train={"epochs": 1},
-                                  inventory={"in_training_run": False})
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A champion (version 1) and everything needed to register a second version; shared
+    by the tests below, which each leave the registry as they found it (that is their point)."""
+    from conftest import synthetic_demand
+
+    tmp = tmp_path_factory.mktemp("registered")
+    data = tmp / "demand.csv"
+    synthetic_demand().to_csv(data, index=False)
+    config = PipelineConfig(
+        workdir=tmp / "work", data={"path": data},
+        window={"context_length": 14, "validation_days": 14, "test_days": 7, "min_train_days": 14},
+        model={"lstm_units": (8, 4)}, train={"epochs": 1, "batch_size": 64, "patience": 1, "kl_ramp_epochs": 1},
+        evaluation={"num_samples": 20, "fan_chart_series": 2}, inventory={"in_training_run": False},
+        registry={"experiment_name": "faults", "model_name": "faults-model"})
     panel = load_panel(config.data, config.window)
     trained = pipeline.train(config, panel, progress=False)
     evaluation = pipeline.evaluate(config, trained.model, panel)
@@ -68,6 +78,7 @@ def test_mlflow_failing_mid_registration_keeps_no_version_and_the_champion(regis
     import requests
 
     config, panel, trained, evaluation = registered
+    registry.configure(config.tracking_uri)
     promote = pipeline.GateOutcome(pipeline.GateDecision(True, ("forced",)), "1", None)
 
     def connection_lost(*args, **kwargs):
@@ -86,6 +97,7 @@ def test_mlflow_failing_mid_registration_keeps_no_version_and_the_champion(regis
 @pytest.mark.flows
 def test_diverging_training_registers_nothing_and_leaves_a_failed_run(registered, monkeypatch):
     config, panel, _, _ = registered
+    registry.configure(config.tracking_uri)
 
     def diverge(*args, **kwargs):
         raise TrainingDivergedError("loss became nan at epoch 3; nothing is registered")
@@ -96,8 +108,8 @@ def test_diverging_training_registers_nothing_and_leaves_a_failed_run(registered
     assert _versions(config) == ["1"]
     assert registry.alias_version(config.registry.model_name, "champion") == "1"
     experiment = registry.client().get_experiment_by_name(config.registry.experiment_name)
-    failed = registry.client().search_runs([experiment.experiment_id], "attributes.status = 'FAILED'")
-    assert len(failed) == 1 and failed[0].data.tags["failure.stage"] == "train"
+    failed = registry.client().search_runs([experiment.experiment_id], "tags.`failure.stage` = 'train'")
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
     assert "nan" in failed[0].data.tags["failure.error"]
 
 
