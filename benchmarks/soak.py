@@ -51,9 +51,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    from conftest import level_following_demand
     from sqlalchemy.exc import OperationalError
 
-    from conftest import level_following_demand
     from pipeline_lib import pipeline
     from pipeline_lib.config import PipelineConfig
     from pipeline_lib.data.validate import validate_table

@@ -278,7 +278,8 @@ def inventory_backtest(
     _say(f"[1/3] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
     from pipeline_lib.inventory.run import inventory_backtest as run_backtest
-    from pipeline_lib.pipeline import log_inventory_run, train as train_model
+    from pipeline_lib.pipeline import log_inventory_run
+    from pipeline_lib.pipeline import train as train_model
 
     _say(f"[2/3] training on {len(panel.series)} series before the last {cfg.window.test_days} days")
     trained = train_model(cfg, panel)

@@ -27,7 +27,12 @@ from pipeline_lib.data.features import (
 )
 from pipeline_lib.data.ingest import read_table
 from pipeline_lib.data.validate import Panel, Series, minimum_series_days, validate_table
-from pipeline_lib.errors import DataValidationError, PipelineError, RegistryUnavailableError, TrainingDivergedError
+from pipeline_lib.errors import (
+    DataValidationError,
+    PipelineError,
+    RegistryUnavailableError,
+    TrainingDivergedError,
+)
 from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.baselines import seasonal_naive_samples
 from pipeline_lib.evaluation.calibration import PitRecalibration

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +69,25 @@ def level_following_demand(n_series: int = 30, n_days: int = 160, seed: int = 0,
         rows.append(pd.DataFrame({"series_id": f"S{k:02d}", "date": dates.strftime("%Y-%m-%d"),
                                   "units": rng.poisson(np.exp(log_level) * weekly)}))
     return pd.concat(rows, ignore_index=True)
+
+
+@contextmanager
+def webhook_receiver(path: str = "/alerts"):
+    """A JSON endpoint on 127.0.0.1 for alert tests: yields its URL and the received bodies."""
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}", received
+    finally:
+        server.shutdown()

@@ -24,7 +24,12 @@ from test_monitoring import _panel, day, forecast_rows
 from pipeline_lib import pipeline, registry
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import load_panel
-from pipeline_lib.errors import ModelLoadError, RegistryUnavailableError, StoreUnavailableError, TrainingDivergedError
+from pipeline_lib.errors import (
+    ModelLoadError,
+    RegistryUnavailableError,
+    StoreUnavailableError,
+    TrainingDivergedError,
+)
 from pipeline_lib.monitoring import daily
 from pipeline_lib.monitoring.daily import monitor_day
 from pipeline_lib.monitoring.store import TABLES, ForecastStore

@@ -7,13 +7,12 @@ hand; the flows and the replay are tested end to end in test_replay.py.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import webhook_receiver
 
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.contract import QUANTILE_COLUMNS, QUANTILE_LEVELS
@@ -178,27 +177,10 @@ def test_monitoring_a_day_twice_leaves_identical_tables(store, tmp_path):
 
 # --- alerts -----------------------------------------------------------------------------
 def test_alert_reaches_a_local_webhook(monkeypatch):
-    received = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    with webhook_receiver("/hook") as (url, received):
         monkeypatch.setenv(alerts.WEBHOOKS_ENV, f"{url}, http://127.0.0.1:9/unreachable")
         alert = alerts.Alert("breach", day(3), "4", alerts.breach_message(day(3), 0.62, 0.95, 0.9, 2, 3, "4", "r.html"))
         failed = alerts.notify(alert, timeout=2)
-    finally:
-        server.shutdown()
     assert failed == ["http://127.0.0.1:9"]  # the dead destination is reported, not raised
     assert len(received) == 1
     body = received[0]

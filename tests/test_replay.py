@@ -7,13 +7,10 @@ gate -> recovery; and without a shift, no retrain.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pandas as pd
 import pytest
-from conftest import level_following_demand
+from conftest import level_following_demand, webhook_receiver
 
 from pipeline_lib import registry
 from pipeline_lib.monitoring.alerts import WEBHOOKS_ENV
@@ -36,21 +33,8 @@ def prefect_harness():
 
 @pytest.fixture(scope="module")
 def webhook():
-    received = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", received
-    server.shutdown()
+    with webhook_receiver() as endpoint:
+        yield endpoint
 
 
 def replay_config(tmp_path, name: str, data):

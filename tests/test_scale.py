@@ -56,7 +56,7 @@ def test_compose_file_is_valid():
     if shutil.which("docker-compose") is None:
         subprocess.run(["apt-get", "install", "-y", "-q", "docker-compose"], check=True, capture_output=True)
     result = subprocess.run(["docker-compose", "--env-file", ".env.example", "config"], cwd=ROOT,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)  # asserted below
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)
     assert set(rendered["services"]) >= {"postgres", "mlflow", "prefect-server", "prefect-worker"}
