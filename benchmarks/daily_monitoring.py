@@ -29,14 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pandas as pd
-
-
-def hwm_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from _memory import hwm_mb
 
 
 def synthetic(n_series: int, n_days: int, seed: int = 0) -> pd.DataFrame:

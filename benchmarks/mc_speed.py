@@ -68,14 +68,9 @@ def _windows(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _peak_memory_child(queue) -> None:
-    from pipeline_lib.model.predict import sample_one_step
+    from _memory import hwm_mb
 
-    def hwm_mb() -> float:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+    from pipeline_lib.model.predict import sample_one_step
 
     bayesian, _ = _models()
     sample_one_step(bayesian, _windows(4), SAMPLES, samples_per_draw=1, strategy="tiled", batch_size=256)
