@@ -14,9 +14,9 @@ import functools
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.alerting import retry_unless_user_error, send_alert
+from flows.runners import task_runner
 from flows.training import NO_CACHE_TASK, ingest
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
@@ -25,18 +25,6 @@ from pipeline_lib.errors import ModelLoadError
 from pipeline_lib.monitoring import daily
 from pipeline_lib.monitoring.alerts import Alert
 from pipeline_lib.monitoring.store import ForecastStore
-
-
-def task_runner(config: PipelineConfig):
-    """The task runner ``config.runtime`` asks for."""
-    if config.runtime.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if config.dask_address:
-            return DaskTaskRunner(address=config.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": config.runtime.dask_workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
-    return ThreadPoolTaskRunner(max_workers=2)
 
 
 @task(name="resolve_champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error,

@@ -1,5 +1,9 @@
-"""Training flow: ingest -> validate -> train -> mc_evaluate -> [rolling_origin_backtest]
--> [inventory_backtest] -> promotion_gate -> register.
+"""Training flow: ingest -> validate -> train -> mc_sample_chunks -> mc_evaluate ->
+[rolling_origin_backtest] -> [inventory_backtest] -> promotion_gate -> register.
+
+The Monte Carlo samples of the test split are drawn chunk by chunk of series
+(``runtime.chunk_series``), mapped over Prefect tasks on the configured task runner
+(threads, or Dask; see :mod:`flows.runners`), with the same numbers on any runner.
 
 Each task calls one plain function of :mod:`pipeline_lib.pipeline`; the flow adds
 retries, logging and the Prefect artifacts (metrics table, run link).
@@ -7,15 +11,18 @@ retries, logging and the Prefect artifacts (metrics table, run link).
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.runners import task_runner
 from pipeline_lib import pipeline
 from pipeline_lib.config import PipelineConfig
+from pipeline_lib.model.forecast import ForecastModel, ModelFiles, SampledForecast
 
 # Inputs are data frames and models: hashing them for Prefect's cache would cost more
 # than the tasks and would never hit.
@@ -52,9 +59,28 @@ def train(config: PipelineConfig, panel, progress: bool = True):
     return trained
 
 
+@functools.lru_cache(maxsize=2)
+def _loaded(model_files: ModelFiles) -> ForecastModel:
+    """One load per process and model (a Dask worker keeps it for all its chunks)."""
+    return model_files.load()
+
+
+@task(name="mc_sample_chunk", **NO_CACHE_TASK)
+def mc_sample_chunk(config: PipelineConfig, model_files: ModelFiles, chunk, k: int) -> SampledForecast:
+    return pipeline.sample_test_chunk(config, _loaded(model_files), chunk, k)
+
+
+@flow(name="mc_sample_chunks")
+def mc_sample_chunks(config: PipelineConfig, model_files: ModelFiles, chunks: list) -> SampledForecast:
+    """Monte Carlo samples of the test split, chunks of series mapped over tasks (the caller
+    picks the task runner; chunk ``k`` has seed ``evaluation.seed + k`` on any runner)."""
+    futures = mc_sample_chunk.map(unmapped(config), unmapped(model_files), chunks, list(range(len(chunks))))
+    return SampledForecast.concat([future.result() for future in futures])
+
+
 @task(name="mc_evaluate", **NO_CACHE_TASK)
-def mc_evaluate(config: PipelineConfig, trained, panel, plot_dir: Path):
-    evaluation = pipeline.evaluate(config, trained.model, panel)
+def mc_evaluate(config: PipelineConfig, trained, panel, raw: SampledForecast, plot_dir: Path):
+    evaluation = pipeline.evaluate(config, trained.model, panel, raw)
     plots = pipeline.write_plots(config, panel, evaluation, plot_dir)
     return evaluation, plots
 
@@ -102,7 +128,10 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
     panel = validate(config, raw)
     trained = train(config, panel, progress)
     with tempfile.TemporaryDirectory() as tmp:
-        evaluation, plots = mc_evaluate(config, trained, panel, Path(tmp))
+        chunks = pipeline.evaluation_chunks(config, panel)
+        raw = mc_sample_chunks.with_options(task_runner=task_runner(config))(
+            config, ModelFiles.of(trained.model), chunks)
+        evaluation, plots = mc_evaluate(config, trained, panel, raw, Path(tmp))
         if config.evaluation.backtest_folds > 1:
             evaluation.metrics.update(rolling_origin_backtest(config, panel))
         if config.inventory.in_training_run:

@@ -110,6 +110,11 @@ class TrainConfig(_Strict):
     kl_ramp_epochs: int = Field(10, ge=1)
     validation_samples: int = Field(8, ge=1)
     seed: int = 42
+    distribute: Literal["none", "mirrored"] = Field(
+        "none", description="tf.distribute strategy: none = one device; mirrored = MirroredStrategy "
+        "(synchronous data parallelism over the GPUs of one host)")
+    devices: tuple[str, ...] | None = Field(None, description="mirrored: devices to use, e.g. "
+                                            "['/gpu:0', '/gpu:1']; None = every GPU (else the CPU)")
 
 
 class EvaluationConfig(_Strict):

@@ -45,6 +45,7 @@ from pipeline_lib.evaluation.plots import (
     sharpness_calibration_scatter,
 )
 from pipeline_lib.evaluation.report import evaluate_samples, level_key, score_forecast_table
+from pipeline_lib.model.distribute import make_strategy
 from pipeline_lib.model.forecast import ForecastModel, SampledForecast
 from pipeline_lib.model.training import TrainingResult, train_model
 
@@ -92,9 +93,12 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     train_windows = build_windows(panel, scalers, spec, config.window, "train")
     validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
     log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
-    model = ForecastModel.create(spec, scalers, config.model)
+    strategy = make_strategy(config.train.distribute, config.train.devices)
+    with strategy.scope():  # the network's variables must live on the strategy's devices
+        model = ForecastModel.create(spec, scalers, config.model)
     try:
-        result = train_model(model.network, train_windows, validation_windows, config.train, progress=progress)
+        result = train_model(model.network, train_windows, validation_windows, config.train, progress=progress,
+                             strategy=strategy)
     except TrainingDivergedError as exc:
         record_failure(config, "train", exc)
         raise
@@ -140,14 +144,36 @@ def seasonal_scales(panel: Panel, config: PipelineConfig) -> np.ndarray:
     ])
 
 
-def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel) -> Evaluation:
+def evaluation_chunks(config: PipelineConfig, panel: Panel) -> list[Panel]:
+    """Consecutive groups of ``runtime.chunk_series`` series: the units of the Monte Carlo
+    evaluation that the training flow maps over Prefect tasks."""
+    size = config.runtime.chunk_series
+    return [replace(panel, series=panel.series[start:start + size]) for start in range(0, len(panel.series), size)]
+
+
+def sample_test_chunk(config: PipelineConfig, model: ForecastModel, chunk: Panel, k: int) -> SampledForecast:
+    """Raw (uncalibrated) one-day-ahead samples of every test day of the ``k``-th chunk,
+    seed ``evaluation.seed + k``: the numbers depend on the chunking only, not on the
+    runner or the worker that computes them."""
+    days = part_days(chunk, config.window, "test")
+    return model.one_step(chunk, days, config.evaluation.num_samples, seed=config.evaluation.seed + k,
+                          calibrated=False)
+
+
+def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel,
+             raw: SampledForecast | None = None) -> Evaluation:
     """Rolling one-day-ahead forecasts for every test day (actuals up to the day before).
+
+    ``raw``: the chunks of :func:`sample_test_chunk` already computed (the training flow
+    maps them over tasks) and concatenated; None computes them here, chunk by chunk.
 
     Metrics without prefix describe what users are served (recalibrated when the model has
     a calibration); ``uncalibrated_*`` describe the raw predictive distribution, side by side.
     """
+    if raw is None:
+        raw = SampledForecast.concat([sample_test_chunk(config, model, chunk, k)
+                                      for k, chunk in enumerate(evaluation_chunks(config, panel))])
     days = part_days(panel, config.window, "test")
-    raw = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed, calibrated=False)
     actuals, series_index = actuals_for(panel, days)
     scales = seasonal_scales(panel, config)
 

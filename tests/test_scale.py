@@ -1,5 +1,6 @@
-"""Scale-out: the forecast flow gives the same numbers on a 2-worker Dask LocalCluster as on
-the default thread runner, and the compose file and the deployments agree."""
+"""Scale-out: the forecast flow and the training flow's Monte Carlo evaluation give the same
+numbers on a 2-worker Dask LocalCluster as on the default thread runner (and in-process),
+and the compose file and the deployments agree."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -17,12 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.flows
-def test_dask_runner_gives_the_default_runners_forecasts(tmp_path, small_config, monkeypatch):
+def test_dask_runner_gives_the_default_runners_forecasts_and_evaluation(tmp_path, small_config, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.forecasting import daily_forecast_flow
+    from flows.runners import task_runner
+    from flows.training import mc_sample_chunks
     from pipeline_lib import pipeline
     from pipeline_lib.data.validate import load_panel
+    from pipeline_lib.model.forecast import ModelFiles
     from pipeline_lib.monitoring.store import ForecastStore
 
     data = tmp_path / "many.csv"
@@ -34,16 +39,27 @@ def test_dask_runner_gives_the_default_runners_forecasts(tmp_path, small_config,
     evaluation = pipeline.evaluate(config, trained.model, panel)
     pipeline.register(config, panel, trained, evaluation, [], pipeline.promotion_gate(config, panel, evaluation))
 
-    frames = {}
+    # The training flow's Monte Carlo evaluation, computed in-process chunk by chunk.
+    chunks = pipeline.evaluation_chunks(config, panel)
+    assert len(chunks) == 4
+    in_process = pipeline.evaluate(config, trained.model, panel).raw_samples
+
+    frames, evaluated = {}, {}
     with prefect_test_harness(server_startup_timeout=120):
         for runner in ("thread", "dask"):
+            runner_config = config.updated(runtime={"task_runner": runner, "dask_workers": 2})
             monkeypatch.setenv("BAYES_PIPELINE_STORE_URL", f"sqlite:///{tmp_path / runner}.db")
-            run = daily_forecast_flow(config.updated(runtime={"task_runner": runner, "dask_workers": 2}))
+            run = daily_forecast_flow(runner_config)
             assert run.series == 200 and run.rows == 200 * config.monitoring.horizon
             store = ForecastStore(f"sqlite:///{tmp_path / runner}.db")
             frames[runner] = store.table("forecasts")
             store.dispose()
+            evaluated[runner] = mc_sample_chunks.with_options(task_runner=task_runner(runner_config))(
+                runner_config, ModelFiles.of(trained.model), chunks)
     pd.testing.assert_frame_equal(frames["dask"], frames["thread"])
+    for runner, sampled in evaluated.items():
+        np.testing.assert_array_equal(sampled.samples, in_process, err_msg=runner)
+        assert list(pd.unique(sampled.series_ids)) == [s.series_id for s in panel.series]
 
 
 def _compose() -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,14 @@ class SampledForecast:
     def to_frame(self, model_version: str) -> pd.DataFrame:
         return forecast_table(self.samples, self.series_ids, self.dates, model_version)
 
+    @classmethod
+    def concat(cls, parts: list[SampledForecast]) -> SampledForecast:
+        """The forecasts of consecutive chunks of series as one (columns in chunk order)."""
+        return cls(samples=np.concatenate([p.samples for p in parts], axis=1),
+                   series_ids=np.concatenate([p.series_ids for p in parts]),
+                   dates=np.concatenate([p.dates for p in parts]),
+                   epistemic_share=np.concatenate([p.epistemic_share for p in parts]))
+
 
 def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -> pd.DataFrame:
     """Samples ``(K, N)`` -> one contract row per column of ``samples``."""
@@ -66,6 +75,27 @@ def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -
     })
     quantile_frame = pd.DataFrame(quantiles.T, columns=list(QUANTILE_COLUMNS))
     return pd.concat([frame, quantile_frame], axis=1)[list(FORECAST_COLUMNS)]
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A saved :class:`ForecastModel` as bytes (a few hundred kB), so a model that is not
+    registered yet can be shipped to task-runner workers in other processes or on other
+    hosts. Hashable, so workers can cache the loaded model per content."""
+
+    files: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def of(cls, model: ForecastModel) -> ModelFiles:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(Path(tmp))
+            return cls(tuple(sorted((p.name, p.read_bytes()) for p in Path(tmp).iterdir())))
+
+    def load(self) -> ForecastModel:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in self.files:
+                (Path(tmp) / name).write_bytes(content)
+            return ForecastModel.load(Path(tmp))
 
 
 @dataclass

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from pipeline_lib.config import TrainConfig
 from pipeline_lib.data.features import WindowSet
 from pipeline_lib.errors import TrainingDivergedError
+from pipeline_lib.model.distribute import split_batch
 from pipeline_lib.model.layers import TILED
 from pipeline_lib.model.network import BayesianForecaster
 
@@ -76,14 +77,57 @@ def mixture_nll(log_prob, inputs: np.ndarray, targets: np.ndarray, seed: int = 0
     return float(-np.mean(np.concatenate(values)))
 
 
+def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf.Variable, clip_norm: float,
+                    strategy: tf.distribute.Strategy | None = None, kl_fn=None):
+    """Compiled ELBO step ``(x, y, batch_size) -> (loss, nll, kl)`` on one mini-batch.
+
+    ``x``/``y`` are per-replica values from :func:`split_batch` (plain tensors without a
+    strategy). Each replica's loss is its share of the batch loss,
+    ``sum_i -log p(y_i) / B + beta * KL / (N * replicas)``, so the replicas' gradients sum
+    to the gradient of the whole batch; the sum is clipped to ``clip_norm`` and applied once.
+    ``kl_fn`` replaces ``model.kl_divergence`` (the online updater's KL to the old posterior).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = float(strategy.num_replicas_in_sync)
+    kl_fn = kl_fn or model.kl_divergence
+
+    def replica_step(x, y, batch_size):
+        with tf.GradientTape() as tape:
+            nll_sum = -tf.reduce_sum(model.distribution(model(x, training=True)).log_prob(y))
+            kl = kl_fn()
+            loss = nll_sum / batch_size + beta * kl / (float(n_train) * replicas)
+        grads = tape.gradient(loss, model.trainable_variables)
+        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables), skip_gradients_aggregation=True)
+        return loss, nll_sum, kl
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y, batch_size):
+        loss, nll_sum, kl = strategy.run(replica_step, args=(x, y, batch_size))
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        nll = strategy.reduce(tf.distribute.ReduceOp.SUM, nll_sum, axis=None) / batch_size
+        return total, nll, strategy.reduce(tf.distribute.ReduceOp.MEAN, kl, axis=None)
+
+    def run(x: np.ndarray, y: np.ndarray):
+        per_replica_x, per_replica_y = split_batch(strategy, x, y)
+        return step(per_replica_x, per_replica_y, tf.constant(float(len(y))))
+
+    return run
+
+
 def train_model(
     model: BayesianForecaster,
     train: WindowSet,
     validation: WindowSet,
     config: TrainConfig,
     progress: bool = True,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> TrainingResult:
     """Fit ``model`` in place; restores the weights of the best validation epoch.
+
+    ``strategy``: the ``tf.distribute`` strategy whose scope created ``model``'s variables
+    (default: none); the optimizer is created in the same scope.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite (nothing is kept).
@@ -91,19 +135,11 @@ def train_model(
     tf.random.set_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     n_train = len(train)
-    optimizer = tf_keras.optimizers.Adam(learning_rate=config.learning_rate)
-    beta = tf.Variable(0.0, trainable=False, dtype=tf.float32)
-
-    @tf.function(reduce_retracing=True)
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            nll = -tf.reduce_mean(model.distribution(model(x, training=True)).log_prob(y))
-            kl = model.kl_divergence()
-            loss = nll + beta * kl / float(n_train)
-        grads = tape.gradient(loss, model.trainable_variables)
-        grads, _ = tf.clip_by_global_norm(grads, config.clip_norm)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, nll, kl
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        optimizer = tf_keras.optimizers.Adam(learning_rate=config.learning_rate)
+        beta = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+    train_step = make_train_step(model, optimizer, n_train, beta, config.clip_norm, strategy)
 
     validation_log_prob = make_mixture_log_prob(model, config.validation_samples)
     result = TrainingResult()
