@@ -90,13 +90,35 @@ class ModelConfig(_Strict):
     """Architecture of the Bayesian LSTM (see pipeline_lib/model/network.py)."""
 
     lstm_units: tuple[int, ...] = (64, 32)
-    prior: Literal["normal"] = "normal"
-    prior_scale: float = Field(1.0, gt=0)
+    prior: Literal["normal", "student_t", "scale_mixture"] = Field(
+        "normal", description="weight prior; guidance in docs/modelling.md")
+    prior_scale: float = Field(1.0, gt=0, description="normal / student_t: scale of the prior")
+    prior_df: float = Field(5.0, gt=0, description="student_t: degrees of freedom (small = heavier tails)")
+    mixture_weight: float = Field(0.5, gt=0, lt=1, description="scale_mixture: weight of the wide component")
+    mixture_scales: tuple[float, float] = Field((1.0, 0.0025), description="scale_mixture: (wide, narrow) stds")
     posterior_init_std: float = Field(1e-3, gt=0, description="initial posterior std of every weight")
-    head: Literal["normal"] = "normal"
+    head: Literal["normal", "student_t", "count", "quantile"] = Field(
+        "normal", description="predictive distribution: normal | student_t (heavy tails) | count "
+        "(zero-inflated negative binomial, integer forecasts) | quantile (pinball loss)")
+    quantile_levels: tuple[float, ...] = Field((0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975),
+                                               description="quantile head: the levels it learns")
     min_scale: float = Field(1e-3, gt=0, description="floor of the predicted std (scaled units)")
     level_days: int = Field(7, ge=0, description="centre each window on the mean of its last N observed "
                             "days (forecasts follow level shifts); 0 = off")
+
+    @field_validator("quantile_levels")
+    @classmethod
+    def _increasing_levels(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        if len(levels) < 2 or list(levels) != sorted(set(levels)) or not all(0 < q < 1 for q in levels):
+            raise ValueError("quantile levels must be at least two, strictly increasing, in (0, 1)")
+        return levels
+
+    @field_validator("mixture_scales")
+    @classmethod
+    def _positive_scales(cls, scales: tuple[float, float]) -> tuple[float, float]:
+        if min(scales) <= 0:
+            raise ValueError("mixture scales must be positive")
+        return scales
 
 
 class TrainConfig(_Strict):
@@ -209,6 +231,12 @@ class PipelineConfig(_Strict):
     monitoring: MonitoringConfig = MonitoringConfig()
     inventory: InventoryConfig = InventoryConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _count_head_needs_counts(self) -> PipelineConfig:
+        if self.model.head == "count" and not self.data.non_negative:
+            raise ValueError("model.head 'count' needs non-negative demand (data.non_negative: true)")
+        return self
 
     # Derived locations. All state of a run lives under ``workdir``.
     @property

@@ -246,9 +246,34 @@ class WindowSet:
     series_index: np.ndarray
     day_index: np.ndarray
     levels: np.ndarray
+    units: np.ndarray | None = None  # (N,) the targets in units (count heads learn these)
+    context: np.ndarray | None = None  # (N, 2) [offset, scale] of log-demand, see head_context
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def head_targets(self, space: str) -> np.ndarray:
+        """What a head of ``space`` (``model`` or ``units``) is trained on."""
+        if space == "model":
+            return self.targets
+        if self.units is None:
+            raise ValueError("these windows carry no unit targets")
+        return self.units
+
+    def head_context(self) -> np.ndarray:
+        """``(N, 2)`` float32; ``[0, 1]`` rows when the windows carry no context."""
+        return neutral_context(len(self)) if self.context is None else self.context
+
+
+def neutral_context(n: int) -> np.ndarray:
+    """``(n, 2)`` rows ``[0, 1]``: the context of heads in model space, which ignore it."""
+    return np.tile(np.array([[0.0, 1.0]], np.float32), (n, 1))
+
+
+def window_context(locs: np.ndarray, scales: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` ``[loc + level * scale, scale]``: a centred model-space value ``z`` is
+    ``(log1p(y) - offset) / scale`` in units ``y`` (what heads in units need)."""
+    return np.stack([locs + levels * scales, scales], axis=1).astype(np.float32)
 
 
 def build_windows(
@@ -263,7 +288,7 @@ def build_windows(
     ``fit`` is train + validation (what a final refit would use). Training targets start at
     day 1, because day 0 has no observed lag.
     """
-    inputs, targets, series_index, day_index = [], [], [], []
+    inputs, targets, units, series_index, day_index, locs, scales = [], [], [], [], [], [], []
     for k, days in part_days(panel, window, part).items():
         s = panel.series[k]
         if len(days) == 0:
@@ -272,8 +297,11 @@ def build_windows(
         rows = feature_rows(s, scaler, spec)
         inputs.append(windows_for_days(rows, days, spec.context_length))
         targets.append(scaler.forward(s.target[days]).astype(np.float32))
+        units.append(s.target[days].astype(np.float32))
         series_index.append(np.full(len(days), k))
         day_index.append(days)
+        locs.append(np.full(len(days), scaler.loc))
+        scales.append(np.full(len(days), scaler.scale))
     centred, levels = center_windows(np.concatenate(inputs).astype(np.float32), spec.level_days)
     return WindowSet(
         inputs=centred,
@@ -281,4 +309,6 @@ def build_windows(
         series_index=np.concatenate(series_index),
         day_index=np.concatenate(day_index),
         levels=levels,
+        units=np.concatenate(units),
+        context=window_context(np.concatenate(locs), np.concatenate(scales), levels),
     )

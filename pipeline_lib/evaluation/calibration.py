@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline_lib.contract import sample_quantiles
+
 
 @dataclass(frozen=True)
 class PitRecalibration:
@@ -57,5 +59,5 @@ class PitRecalibration:
         k = samples.shape[0]
         ranks = np.argsort(np.argsort(samples, axis=0, kind="stable"), axis=0, kind="stable")
         targets = self.level((np.arange(k) + 0.5) / k)  # (K,) non-decreasing
-        corrected_sorted = np.quantile(samples, targets, axis=0)  # (K, N), sorted per column
+        corrected_sorted = sample_quantiles(samples, targets)  # (K, N), sorted per column
         return np.take_along_axis(corrected_sorted, ranks, axis=0)

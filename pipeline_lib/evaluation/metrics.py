@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline_lib.contract import sample_quantiles
+
 
 def interval_from_samples(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Central ``level`` interval of the sampled predictive distribution."""
     alpha = 1.0 - level
-    lower, upper = np.quantile(samples, [alpha / 2, 1 - alpha / 2], axis=0)
+    lower, upper = sample_quantiles(samples, [alpha / 2, 1 - alpha / 2], axis=0)
     return lower, upper
 
 
@@ -112,8 +114,8 @@ def calibration_curve(y: np.ndarray, samples: np.ndarray,
                       levels=tuple(round(0.05 * k, 2) for k in range(1, 20))) -> tuple[np.ndarray, np.ndarray]:
     """Observed coverage of central intervals at nominal ``levels``: ``(nominal, observed)``."""
     nominal = np.asarray(levels, dtype=float)
-    lower = np.quantile(samples, (1 - nominal) / 2, axis=0)
-    upper = np.quantile(samples, (1 + nominal) / 2, axis=0)
+    lower = sample_quantiles(samples, (1 - nominal) / 2, axis=0)
+    upper = sample_quantiles(samples, (1 + nominal) / 2, axis=0)
     y = np.asarray(y, dtype=float)[None, :]
     observed = np.mean((y >= lower) & (y <= upper), axis=1)
     return nominal, observed

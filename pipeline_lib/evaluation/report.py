@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline_lib.contract import CRPS_LEVELS, interval_columns, quantile_column
+from pipeline_lib.contract import CRPS_LEVELS, interval_columns, quantile_column, sample_quantiles
 
 # M5 uncertainty competition: the median and the 50/67/95/99% central intervals.
 M5_LEVELS = (0.005, 0.025, 0.165, 0.25, 0.5, 0.75, 0.835, 0.975, 0.995)
@@ -42,7 +42,7 @@ def evaluate_samples(
         result[f"mpiw_{key}"] = m.mean_interval_width(lower, upper)
         result[f"mpiw_{key}_scaled"] = result[f"mpiw_{key}"] / max(float(np.mean(np.abs(y))), 1e-12)
         result[f"interval_score_{key}"] = m.interval_score(y, lower, upper, level)
-    quantiles = np.quantile(samples, CRPS_LEVELS, axis=0)
+    quantiles = sample_quantiles(samples, CRPS_LEVELS, axis=0)
     per_target_crps_q = m.crps_from_quantiles(y, quantiles, CRPS_LEVELS)
     per_target_abs = np.abs(y - median)
     scales = np.asarray(series_scales, dtype=float)[series_index]
@@ -51,7 +51,7 @@ def evaluate_samples(
     result["crps_scaled"] = float(_mean_over_series(per_target_crps_q / scales, series_index))
     result["mase"] = float(_mean_over_series(per_target_abs / scales, series_index))
     # M5's SPL, with the scale of this project (seasonal naive instead of naive, no weights).
-    spl = m.pinball_loss(y, np.quantile(samples, M5_LEVELS, axis=0), M5_LEVELS).mean(axis=0)
+    spl = m.pinball_loss(y, sample_quantiles(samples, M5_LEVELS, axis=0), M5_LEVELS).mean(axis=0)
     result["spl_scaled"] = float(_mean_over_series(spl / scales, series_index))
     result["mae"] = m.mae(y, median)
     result["rmse"] = m.rmse(y, mean)

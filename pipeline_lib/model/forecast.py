@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline_lib.config import ModelConfig
-from pipeline_lib.contract import FORECAST_COLUMNS, QUANTILE_COLUMNS, QUANTILE_LEVELS
+from pipeline_lib.contract import FORECAST_COLUMNS, QUANTILE_COLUMNS, QUANTILE_LEVELS, sample_quantiles
 from pipeline_lib.data.features import (
     FeatureSpec,
     SeriesScaler,
@@ -21,11 +21,13 @@ from pipeline_lib.data.features import (
     feature_rows,
     fit_scaler,
     inverse_transform,
+    window_context,
     windows_for_days,
 )
 from pipeline_lib.data.validate import Panel, Series
 from pipeline_lib.errors import DataValidationError, ModelLoadError
 from pipeline_lib.evaluation.calibration import PitRecalibration
+from pipeline_lib.model.heads import UNITS_SPACE
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.predict import sample_one_step, sample_paths
 
@@ -65,7 +67,7 @@ class SampledForecast:
 
 def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -> pd.DataFrame:
     """Samples ``(K, N)`` -> one contract row per column of ``samples``."""
-    quantiles = np.quantile(samples, QUANTILE_LEVELS, axis=0)  # (Q, N), monotone in level
+    quantiles = sample_quantiles(samples, QUANTILE_LEVELS)  # (Q, N), monotone in level
     frame = pd.DataFrame({
         "series_id": np.asarray(series_ids, dtype=str),
         "date": pd.to_datetime(np.asarray(dates)),
@@ -187,11 +189,12 @@ class ForecastModel:
             ids.append(np.full(len(day_index), series.series_id, dtype=object))
             dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
         centred, levels = center_windows(np.concatenate(inputs), self.spec.level_days)
-        draws = sample_one_step(self.network, centred, num_samples, samples_per_draw, seed)
+        locs, scales = np.concatenate(locs), np.concatenate(scales)
+        draws = sample_one_step(self.network, centred, num_samples, samples_per_draw, seed,
+                                context=window_context(locs, scales, levels))
         total = draws.epistemic_variance + draws.aleatoric_variance
-        z = draws.samples + levels[None, :]
         return SampledForecast(
-            samples=self._calibrate(self._to_units(z, np.concatenate(locs), np.concatenate(scales)), calibrated),
+            samples=self._calibrate(self._to_units(draws.samples, levels, locs, scales), calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate([np.asarray(d) for d in dates]),
             epistemic_share=draws.epistemic_variance / np.maximum(total, 1e-12),
@@ -223,11 +226,12 @@ class ForecastModel:
         # Paths run in the centred space of their origin window (one level per series, kept
         # for every day of the path, so fed-back samples stay comparable with the lags).
         centred, levels = center_windows(np.stack(inputs), self.spec.level_days)
-        paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed)
-        paths = paths + levels[None, :, None]
+        locs, scales = np.concatenate(locs), np.concatenate(scales)  # (B * H,), constant per series
+        context = window_context(locs[::horizon], scales[::horizon], levels)
+        paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         return SampledForecast(
-            samples=self._calibrate(self._to_units(flat, np.concatenate(locs), np.concatenate(scales)), calibrated),
+            samples=self._calibrate(self._to_units(flat, np.repeat(levels, horizon), locs, scales), calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate(dates),
             epistemic_share=np.full(flat.shape[1], np.nan),
@@ -238,5 +242,9 @@ class ForecastModel:
             return self.calibration.apply(samples)
         return samples
 
-    def _to_units(self, z: np.ndarray, locs: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        return inverse_transform(z, locs[None, :], scales[None, :], self.spec.transform)
+    def _to_units(self, samples: np.ndarray, levels: np.ndarray, locs: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """Head samples ``(K, N)`` -> units: a model-space head's samples are centred on each
+        window's ``levels`` and standardised; a units head's samples already are counts."""
+        if self.network.head.space == UNITS_SPACE:
+            return samples.astype(float)
+        return inverse_transform(samples + levels[None, :], locs[None, :], scales[None, :], self.spec.transform)

@@ -1,11 +1,43 @@
-"""Distribution heads: map the last layer's raw outputs to a predictive distribution."""
+"""Distribution heads: map the output layer's raw parameters to a predictive distribution.
+
+Every head returns an object with ``log_prob(y)``, ``sample(n, seed)``, ``mean()`` and
+``variance()``, so training (the ELBO), the Monte Carlo sampler and the sample paths treat
+them alike. ``params`` has shape ``(..., num_params)``; the distribution's batch shape is
+``params.shape[:-1]``.
+
+Two target spaces (``Head.space``):
+
+- ``model``: ``y`` is the centred, standardised target of :mod:`pipeline_lib.data.features`;
+  samples go back to units through the series' scaler.
+- ``units``: ``y`` is the raw count. The head needs each window's ``context`` ``(..., 2)`` =
+  ``[offset, scale]`` of the log-demand, so that ``log(mean) = p0 * scale + offset`` with
+  ``offset = loc + level * scale`` (the scaler's location plus the window's recent level):
+  the network still learns on standardised inputs, the likelihood sees integers.
+
+Heads (``model.head``):
+
+- ``normal``: heteroscedastic Normal, ``scale = min_scale + softplus(p1)``.
+- ``student_t``: location-scale Student-t with ``df = 2 + softplus(p2)`` learned per window
+  (> 2, so the variance exists): heavy tails for spiky demand.
+- ``count``: zero-inflated negative binomial on counts, ``P(0) = pi + (1 - pi) NB(0)``:
+  slow movers with many zero days. Samples are integers, so are the quantiles.
+- ``quantile``: quantile regression at ``model.quantile_levels`` by the pinball loss; the
+  quantile nearest the median is ``p0`` and the others step away from it by
+  ``softplus(p_k)`` gaps, so they cannot cross. The "distribution" is the piecewise-linear
+  quantile function through them (linear tails).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 tfd = tfp.distributions
+
+MODEL_SPACE = "model"
+UNITS_SPACE = "units"
+_MAX_LOG_MEAN = 20.0  # exp(20) ~ 5e8 units a day: guards the NB against overflow
 
 
 class NormalHead:
@@ -16,15 +48,137 @@ class NormalHead:
     """
 
     num_params = 2
+    space = MODEL_SPACE
 
     def __init__(self, min_scale: float = 1e-3):
         self.min_scale = min_scale
 
-    def distribution(self, params: tf.Tensor) -> tfd.Distribution:
+    def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
         return tfd.Normal(loc=params[..., 0], scale=self.min_scale + tf.nn.softplus(params[..., 1]))
 
+    def to_lag(self, y: tf.Tensor, context: tf.Tensor | None = None) -> tf.Tensor:
+        """A sampled value as the next day's lagged-target feature (model space)."""
+        return y
 
-def make_head(kind: str, min_scale: float):
+
+class StudentTHead(NormalHead):
+    """Student-t with ``df = 2 + softplus(p[..., 2])``; loc and scale as :class:`NormalHead`."""
+
+    num_params = 3
+
+    def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
+        return tfd.StudentT(df=2.0 + tf.nn.softplus(params[..., 2]), loc=params[..., 0],
+                            scale=self.min_scale + tf.nn.softplus(params[..., 1]))
+
+
+class CountHead:
+    """Zero-inflated negative binomial on raw counts (``space = 'units'``).
+
+    ``mean = exp(p0 * scale + offset)`` of the NB part, ``total_count = 1e-2 + softplus(p1)``
+    (dispersion: small = overdispersed), zero-inflation ``pi = sigmoid(p2)``.
+    """
+
+    num_params = 3
+    space = UNITS_SPACE
+
+    def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
+        if context is None:
+            raise ValueError("the count head needs each window's [offset, scale] context")
+        log_mean = tf.minimum(params[..., 0] * context[..., 1] + context[..., 0], _MAX_LOG_MEAN)
+        total_count = 1e-2 + tf.nn.softplus(params[..., 1])
+        negative_binomial = tfd.NegativeBinomial(total_count=total_count, logits=log_mean - tf.math.log(total_count))
+        zero_share = tf.sigmoid(params[..., 2])
+        return tfd.Mixture(
+            cat=tfd.Categorical(probs=tf.stack([zero_share, 1.0 - zero_share], axis=-1)),
+            components=[tfd.Deterministic(tf.zeros_like(log_mean)), negative_binomial],
+        )
+
+    def to_lag(self, y: tf.Tensor, context: tf.Tensor | None = None) -> tf.Tensor:
+        """Counts -> the standardised, centred log1p lag the network reads."""
+        return (tf.math.log1p(tf.maximum(y, 0.0)) - context[..., 0]) / context[..., 1]
+
+
+class QuantileHead(NormalHead):
+    """Non-crossing quantiles at ``levels`` trained by the pinball loss (model space)."""
+
+    def __init__(self, levels: tuple[float, ...]):
+        super().__init__()
+        self.levels = tuple(float(level) for level in levels)
+        self.num_params = len(self.levels)
+        self.anchor = int(np.argmin(np.abs(np.asarray(self.levels) - 0.5)))  # index of the median-most level
+
+    def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> PiecewiseLinearQuantiles:
+        # Anchored at the level nearest the median, the other quantiles step away from it by
+        # positive gaps: location and spread are separate outputs (anchoring at the lowest
+        # level couples them, and the spread then barely learns).
+        a = self.anchor
+        gaps = tf.nn.softplus(params[..., 1:]) + 1e-6
+        anchor = params[..., :1]
+        below = anchor - tf.reverse(tf.cumsum(gaps[..., :a], axis=-1), axis=[-1])
+        above = anchor + tf.cumsum(gaps[..., a:], axis=-1)
+        return PiecewiseLinearQuantiles(tf.concat([below, anchor, above], axis=-1), self.levels)
+
+
+class PiecewiseLinearQuantiles:
+    """The distribution whose quantile function is linear between ``quantiles`` ``(..., K)``
+    at ``levels`` ``(K,)`` and extends the outer segments linearly to levels 0 and 1.
+
+    ``log_prob`` is the negative pinball loss summed over the levels (the log-density of an
+    asymmetric-Laplace pseudo-likelihood up to constants), which is what quantile regression
+    minimises; it ranks models like a log-likelihood but is not normalised.
+    """
+
+    _GRID = 200  # midpoint rule for mean and variance
+
+    def __init__(self, quantiles: tf.Tensor, levels: tuple[float, ...]):
+        self.quantiles = quantiles
+        self.levels = tf.constant(levels, tf.float32)
+        lv = np.asarray(levels, dtype=np.float32)
+        low = quantiles[..., :1] - lv[0] * (quantiles[..., 1:2] - quantiles[..., :1]) / (lv[1] - lv[0])
+        high = quantiles[..., -1:] + (1 - lv[-1]) * (quantiles[..., -1:] - quantiles[..., -2:-1]) / (lv[-1] - lv[-2])
+        self._knots = np.concatenate([[0.0], lv, [1.0]]).astype(np.float32)
+        self._values = tf.concat([low, quantiles, high], axis=-1)  # (..., K + 2)
+
+    def log_prob(self, y: tf.Tensor) -> tf.Tensor:
+        error = tf.convert_to_tensor(y)[..., None] - self.quantiles
+        return -tf.reduce_sum(tf.maximum(self.levels * error, (self.levels - 1.0) * error), axis=-1)
+
+    def quantile(self, u: tf.Tensor) -> tf.Tensor:
+        """Quantile function at probabilities ``u`` with shape ``(n, ...)`` or the batch shape."""
+        knots = tf.constant(self._knots)
+        index = tf.clip_by_value(tf.searchsorted(knots, tf.reshape(u, [-1]), side="right"), 1, len(self._knots) - 1)
+        index = tf.reshape(index, tf.shape(u))
+        values = tf.broadcast_to(self._values, tf.concat([tf.shape(u), tf.shape(self._values)[-1:]], 0))
+        right = tf.gather(values, index[..., None], batch_dims=len(u.shape))[..., 0]
+        left = tf.gather(values, index[..., None] - 1, batch_dims=len(u.shape))[..., 0]
+        k_right, k_left = tf.gather(knots, index), tf.gather(knots, index - 1)
+        return left + (u - k_left) / (k_right - k_left) * (right - left)
+
+    def sample(self, sample_shape=(), seed=None) -> tf.Tensor:
+        shape = tf.concat([tf.reshape(tf.cast(sample_shape, tf.int32), [-1]), tf.shape(self.quantiles)[:-1]], 0)
+        u = tf.random.stateless_uniform(shape, seed=seed) if seed is not None else tf.random.uniform(shape)
+        return self.quantile(u)
+
+    def _grid_values(self) -> tf.Tensor:
+        u = (tf.range(self._GRID, dtype=tf.float32) + 0.5) / self._GRID
+        u = tf.reshape(u, tf.concat([[self._GRID], tf.ones_like(tf.shape(self.quantiles)[:-1])], 0))
+        return self.quantile(tf.broadcast_to(u, tf.concat([[self._GRID], tf.shape(self.quantiles)[:-1]], 0)))
+
+    def mean(self) -> tf.Tensor:
+        return tf.reduce_mean(self._grid_values(), axis=0)
+
+    def variance(self) -> tf.Tensor:
+        values = self._grid_values()
+        return tf.math.reduce_variance(values, axis=0)
+
+
+def make_head(kind: str, min_scale: float, quantile_levels: tuple[float, ...] = ()):
     if kind == "normal":
         return NormalHead(min_scale)
+    if kind == "student_t":
+        return StudentTHead(min_scale)
+    if kind == "count":
+        return CountHead()
+    if kind == "quantile":
+        return QuantileHead(quantile_levels)
     raise ValueError(f"unknown head {kind!r}")

@@ -45,13 +45,17 @@ class VariationalLayer(tf_keras.layers.Layer):
     """
 
     def __init__(self, prior: str = "normal", prior_scale: float = 1.0, prior_df: float = 5.0,
-                 posterior_init_std: float = 1e-3, **kwargs):
+                 posterior_init_std: float = 1e-3, mixture_weight: float = 0.5,
+                 mixture_scales: tuple[float, float] = (1.0, 0.0025), **kwargs):
         super().__init__(**kwargs)
         self.prior_name = prior
         self.prior_scale = prior_scale
         self.prior_df = prior_df
+        self.mixture_weight = mixture_weight
+        self.mixture_scales = tuple(mixture_scales)
         self.posterior_init_std = posterior_init_std
-        self.prior = make_prior(prior, scale=prior_scale, df=prior_df)
+        self.prior = make_prior(prior, scale=prior_scale, df=prior_df, mixture_weight=mixture_weight,
+                                mixture_scales=self.mixture_scales)
         self._posterior_names: list[str] = []
 
     def add_posterior(self, name: str, shape, initializer) -> None:
@@ -101,6 +105,8 @@ class VariationalLayer(tf_keras.layers.Layer):
             "prior": self.prior_name,
             "prior_scale": self.prior_scale,
             "prior_df": self.prior_df,
+            "mixture_weight": self.mixture_weight,
+            "mixture_scales": self.mixture_scales,
             "posterior_init_std": self.posterior_init_std,
         }
 

@@ -29,9 +29,10 @@ class BayesianForecaster(tf_keras.Model):
         super().__init__(**kwargs)
         self.num_features = num_features
         self.model_config = config
-        common = dict(prior=config.prior, prior_scale=config.prior_scale,
-                      posterior_init_std=config.posterior_init_std)
-        self.head = make_head(config.head, config.min_scale)
+        common = {"prior": config.prior, "prior_scale": config.prior_scale, "prior_df": config.prior_df,
+                  "mixture_weight": config.mixture_weight, "mixture_scales": config.mixture_scales,
+                  "posterior_init_std": config.posterior_init_std}
+        self.head = make_head(config.head, config.min_scale, config.quantile_levels)
         self.recurrent_layers = [
             BayesianLSTM(units, return_sequences=(i < len(config.lstm_units) - 1), name=f"bayesian_lstm_{i}", **common)
             for i, units in enumerate(config.lstm_units)
@@ -86,5 +87,7 @@ class BayesianForecaster(tf_keras.Model):
             for i, layer in enumerate(self.variational_layers())
         ])
 
-    def distribution(self, params: tf.Tensor):
-        return self.head.distribution(params)
+    def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None):
+        """The head's predictive distribution; ``context`` ``(..., 2)`` = per-window
+        ``[offset, scale]``, needed by heads in units (see :mod:`pipeline_lib.model.heads`)."""
+        return self.head.distribution(params, context)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from pipeline_lib.contract import QUANTILE_LEVELS
+from pipeline_lib.contract import QUANTILE_LEVELS, sample_quantiles
+from pipeline_lib.data.features import neutral_context
 from pipeline_lib.model.layers import TILED
 from pipeline_lib.model.network import BayesianForecaster, choose_strategy
 
@@ -63,11 +64,11 @@ class PredictiveDistribution:
 
 def _one_step_sampler(model: BayesianForecaster, num_samples: int, samples_per_draw: int, strategy: str):
     @tf.function(reduce_retracing=True)
-    def sample(x, seed):
+    def sample(x, context, seed):
         batch = tf.shape(x)[0]
         draws = model.draw(num_samples, batch, strategy, seed)
         params = model.forward(tf.tile(x[None], [num_samples, 1, 1, 1]), draws)
-        distribution = model.distribution(params)
+        distribution = model.distribution(params, context[None])
         y = distribution.sample(samples_per_draw, seed=tf.random.experimental.stateless_fold_in(seed, 99))
         return tf.reshape(y, [-1, batch]), distribution.mean(), distribution.variance()
 
@@ -82,8 +83,12 @@ def sample_one_step(
     seed: int = 0,
     batch_size: int = 256,
     strategy: str = "auto",
+    context: np.ndarray | None = None,
 ) -> PredictiveSamples:
     """Sample the one-day-ahead predictive mixture for windows ``inputs`` ``(N, T, F)``.
+
+    ``context`` ``(N, 2)``: per-window ``[offset, scale]`` for heads in units (samples are
+    then in units); ignored by heads in model space.
 
     ``num_samples`` weight draws run as one batched call per chunk of ``batch_size``
     windows; each draw contributes ``samples_per_draw`` values of y, which sharpens the
@@ -92,8 +97,10 @@ def sample_one_step(
     chosen = choose_strategy(len(inputs)) if strategy == "auto" else strategy
     sampler = _compiled(model, ("one_step", num_samples, samples_per_draw, chosen),
                         lambda: _one_step_sampler(model, num_samples, samples_per_draw, chosen))
+    context = neutral_context(len(inputs)) if context is None else context
     parts = [
-        sampler(tf.constant(inputs[start:start + batch_size]), tf.constant([seed, start], tf.int32))
+        sampler(tf.constant(inputs[start:start + batch_size]), tf.constant(context[start:start + batch_size]),
+                tf.constant([seed, start], tf.int32))
         for start in range(0, len(inputs), batch_size)
     ]
     return PredictiveSamples(
@@ -110,6 +117,7 @@ def predict_distribution(
     levels: tuple[float, ...] = QUANTILE_LEVELS,
     seed: int = 0,
     samples_per_draw: int = 10,
+    context: np.ndarray | None = None,
 ) -> PredictiveDistribution:
     """Mean, std, epistemic/aleatoric variance and quantiles of the predictive mixture.
 
@@ -117,29 +125,29 @@ def predict_distribution(
     tails of the mixture are kept. Total variance = epistemic + aleatoric (law of total
     variance); ``std`` is the sample std of y, which estimates its square root.
     """
-    draws = sample_one_step(model, inputs, num_samples, samples_per_draw, seed)
+    draws = sample_one_step(model, inputs, num_samples, samples_per_draw, seed, context=context)
     return PredictiveDistribution(
         mean=draws.samples.mean(axis=0),
         std=draws.samples.std(axis=0),
         epistemic_variance=draws.epistemic_variance,
         aleatoric_variance=draws.aleatoric_variance,
         levels=tuple(levels),
-        quantiles=np.quantile(draws.samples, levels, axis=0),
+        quantiles=sample_quantiles(draws.samples, levels, axis=0),
     )
 
 
 def _path_steps(model: BayesianForecaster):
     @tf.function(reduce_retracing=True)
-    def context(x, draws, seed):
+    def first_day(x, draws, context, seed):
         params, states = model.forward_with_state(tf.unstack(x, axis=2), draws)
-        return model.distribution(params).sample(seed=seed), states
+        return model.distribution(params, context[None]).sample(seed=seed), states
 
     @tf.function(reduce_retracing=True)
-    def next_day(row, draws, states, seed):
+    def next_day(row, draws, states, context, seed):
         params, states = model.forward_with_state([row], draws, states)
-        return model.distribution(params).sample(seed=seed), states
+        return model.distribution(params, context[None]).sample(seed=seed), states
 
-    return context, next_day
+    return first_day, next_day
 
 
 def sample_paths(
@@ -148,6 +156,7 @@ def sample_paths(
     future_rows: np.ndarray,
     num_samples: int = 100,
     seed: int = 0,
+    context: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sample ``num_samples`` joint paths over ``H`` days for windows ``inputs`` ``(B, T, F)``.
 
@@ -160,20 +169,25 @@ def sample_paths(
     state (``T + H - 1`` steps instead of ``H`` reruns of ``T``-step windows), so day ``h``
     is conditioned on the window plus the ``h - 1`` sampled days.
 
-    Returns ``(num_samples, B, H)`` samples in model space.
+    ``context`` ``(B, 2)``: as in :func:`sample_one_step`; a head in units feeds its samples
+    back through ``head.to_lag``.
+
+    Returns ``(num_samples, B, H)`` samples in the head's space.
     """
     horizon = future_rows.shape[0]
     batch = inputs.shape[0]
     base_seed = tf.constant([seed, 7], tf.int32)
     draws = model.draw(num_samples, batch, TILED, base_seed)
-    context, next_day = _compiled(model, ("path",), lambda: _path_steps(model))
+    first_day, next_day = _compiled(model, ("path",), lambda: _path_steps(model))
     x = tf.tile(tf.constant(inputs)[None], [num_samples, 1, 1, 1])
     known = tf.constant(future_rows)
-    y, states = context(x, draws, tf.random.experimental.stateless_fold_in(base_seed, 0))
+    context = tf.constant(neutral_context(batch) if context is None else context)
+    y, states = first_day(x, draws, context, tf.random.experimental.stateless_fold_in(base_seed, 0))
     paths = [y]
     for h in range(1, horizon):
         rest = tf.broadcast_to(known[h - 1][None, :, 1:], [num_samples, batch, known.shape[-1] - 1])
-        row = tf.concat([tf.clip_by_value(y, -50.0, 50.0)[..., None], rest], axis=-1)
-        y, states = next_day(row, draws, states, tf.random.experimental.stateless_fold_in(base_seed, h))
+        lag = tf.clip_by_value(model.head.to_lag(y, context[None]), -50.0, 50.0)
+        row = tf.concat([lag[..., None], rest], axis=-1)
+        y, states = next_day(row, draws, states, context, tf.random.experimental.stateless_fold_in(base_seed, h))
         paths.append(y)
     return tf.stack(paths, axis=-1).numpy()

@@ -20,7 +20,7 @@ import tf_keras
 from tqdm.auto import tqdm
 
 from pipeline_lib.config import TrainConfig
-from pipeline_lib.data.features import WindowSet
+from pipeline_lib.data.features import WindowSet, neutral_context
 from pipeline_lib.errors import TrainingDivergedError
 from pipeline_lib.model.distribute import split_batch
 from pipeline_lib.model.layers import TILED
@@ -53,25 +53,27 @@ class TrainingResult:
 
 
 def make_mixture_log_prob(model: BayesianForecaster, num_samples: int):
-    """Compiled ``(x (B, T, F), y (B,), seed (2,)) -> (B,)`` log-density of ``y`` under the
-    predictive mixture of ``num_samples`` weight draws: ``log mean_s p(y | x, w_s)``."""
+    """Compiled ``(x (B, T, F), y (B,), context (B, 2), seed (2,)) -> (B,)`` log-density of
+    ``y`` under the predictive mixture of ``num_samples`` weight draws:
+    ``log mean_s p(y | x, w_s)``."""
 
     @tf.function(reduce_retracing=True)
-    def log_prob(x, y, seed):
+    def log_prob(x, y, context, seed):
         draws = model.draw(num_samples, tf.shape(x)[0], TILED, seed)
         params = model.forward(tf.tile(x[None], [num_samples, 1, 1, 1]), draws)
-        log_p = model.distribution(params).log_prob(y[None])  # (S, B)
+        log_p = model.distribution(params, context[None]).log_prob(y[None])  # (S, B)
         return tf.reduce_logsumexp(log_p, axis=0) - tf.math.log(float(num_samples))
 
     return log_prob
 
 
-def mixture_nll(log_prob, inputs: np.ndarray, targets: np.ndarray, seed: int = 0,
-                batch_size: int = 1024) -> float:
-    """Mean negative log-likelihood of ``targets`` under the predictive mixture."""
+def mixture_nll(log_prob, windows: WindowSet, space: str, seed: int = 0, batch_size: int = 1024) -> float:
+    """Mean negative log-likelihood of the windows' targets (in the head's ``space``) under
+    the predictive mixture."""
+    inputs, targets, context = windows.inputs, windows.head_targets(space), windows.head_context()
     values = [
         log_prob(inputs[start:start + batch_size], targets[start:start + batch_size],
-                 tf.constant([seed, start], tf.int32)).numpy()
+                 context[start:start + batch_size], tf.constant([seed, start], tf.int32)).numpy()
         for start in range(0, len(targets), batch_size)
     ]
     return float(-np.mean(np.concatenate(values)))
@@ -79,9 +81,9 @@ def mixture_nll(log_prob, inputs: np.ndarray, targets: np.ndarray, seed: int = 0
 
 def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf.Variable, clip_norm: float,
                     strategy: tf.distribute.Strategy | None = None, kl_fn=None):
-    """Compiled ELBO step ``(x, y, batch_size) -> (loss, nll, kl)`` on one mini-batch.
+    """ELBO step ``(x, y, context) -> (loss, nll, kl)`` on one mini-batch.
 
-    ``x``/``y`` are per-replica values from :func:`split_batch` (plain tensors without a
+    ``x``/``y``/``context`` become per-replica values from :func:`split_batch` (plain tensors without a
     strategy). Each replica's loss is its share of the batch loss,
     ``sum_i -log p(y_i) / B + beta * KL / (N * replicas)``, so the replicas' gradients sum
     to the gradient of the whole batch; the sum is clipped to ``clip_norm`` and applied once.
@@ -91,9 +93,9 @@ def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf
     replicas = float(strategy.num_replicas_in_sync)
     kl_fn = kl_fn or model.kl_divergence
 
-    def replica_step(x, y, batch_size):
+    def replica_step(x, y, context, batch_size):
         with tf.GradientTape() as tape:
-            nll_sum = -tf.reduce_sum(model.distribution(model(x, training=True)).log_prob(y))
+            nll_sum = -tf.reduce_sum(model.distribution(model(x, training=True), context).log_prob(y))
             kl = kl_fn()
             loss = nll_sum / batch_size + beta * kl / (float(n_train) * replicas)
         grads = tape.gradient(loss, model.trainable_variables)
@@ -103,15 +105,15 @@ def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf
         return loss, nll_sum, kl
 
     @tf.function(reduce_retracing=True)
-    def step(x, y, batch_size):
-        loss, nll_sum, kl = strategy.run(replica_step, args=(x, y, batch_size))
+    def step(x, y, context, batch_size):
+        loss, nll_sum, kl = strategy.run(replica_step, args=(x, y, context, batch_size))
         total = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         nll = strategy.reduce(tf.distribute.ReduceOp.SUM, nll_sum, axis=None) / batch_size
         return total, nll, strategy.reduce(tf.distribute.ReduceOp.MEAN, kl, axis=None)
 
-    def run(x: np.ndarray, y: np.ndarray):
-        per_replica_x, per_replica_y = split_batch(strategy, x, y)
-        return step(per_replica_x, per_replica_y, tf.constant(float(len(y))))
+    def run(x: np.ndarray, y: np.ndarray, context: np.ndarray | None = None):
+        context = neutral_context(len(y)) if context is None else context
+        return step(*split_batch(strategy, x, y, context), tf.constant(float(len(y))))
 
     return run
 
@@ -142,6 +144,7 @@ def train_model(
     train_step = make_train_step(model, optimizer, n_train, beta, config.clip_norm, strategy)
 
     validation_log_prob = make_mixture_log_prob(model, config.validation_samples)
+    targets, context = train.head_targets(model.head.space), train.head_context()
     result = TrainingResult()
     best_weights = model.get_weights()
     started = time.perf_counter()
@@ -154,7 +157,7 @@ def train_model(
         batches = 0
         for start in range(0, n_train, config.batch_size):
             index = order[start:start + config.batch_size]
-            loss, nll, kl = train_step(train.inputs[index], train.targets[index])
+            loss, nll, kl = train_step(train.inputs[index], targets[index], context[index])
             loss = float(loss)
             if not math.isfinite(loss):
                 raise TrainingDivergedError(
@@ -163,7 +166,7 @@ def train_model(
                 )
             totals += (loss, float(nll), float(kl))
             batches += 1
-        val_nll = mixture_nll(validation_log_prob, validation.inputs, validation.targets, seed=config.seed)
+        val_nll = mixture_nll(validation_log_prob, validation, model.head.space, seed=config.seed)
         record = {"epoch": epoch + 1, "loss": totals[0] / batches, "nll": totals[1] / batches,
                   "kl": totals[2] / batches, "beta": float(beta.numpy()), "val_nll": val_nll}
         result.history.append(record)

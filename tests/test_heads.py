@@ -1,0 +1,218 @@
+"""Heads and priors of the modelling toolbox, each against a known answer on synthetic data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from scipy import integrate, stats
+
+from pipeline_lib.config import ModelConfig, TrainConfig
+from pipeline_lib.data.features import WindowSet
+from pipeline_lib.model.heads import CountHead, QuantileHead
+from pipeline_lib.model.network import BayesianForecaster
+from pipeline_lib.model.predict import sample_one_step
+from pipeline_lib.model.priors import kl_divergence, make_prior
+from pipeline_lib.model.training import make_mixture_log_prob, mixture_nll, train_model
+
+FAST = TrainConfig(epochs=12, batch_size=128, learning_rate=1e-2, patience=12, kl_ramp_epochs=2)
+
+
+def _windows(x: np.ndarray, y: np.ndarray, units: np.ndarray | None = None,
+             context: np.ndarray | None = None) -> WindowSet:
+    n = len(x)
+    return WindowSet(x, y.astype("float32"), np.zeros(n, int), np.arange(n), np.zeros(n, np.float32),
+                     units=None if units is None else units.astype("float32"), context=context)
+
+
+def _features(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 5, 2)).astype("float32")
+
+
+def _fit(head: str, train: WindowSet, validation: WindowSet, **model) -> BayesianForecaster:
+    tf.random.set_seed(0)
+    network = BayesianForecaster(2, ModelConfig(lstm_units=(8, 4), head=head, **model)).build_for(5)
+    train_model(network, train, validation, FAST, progress=False)
+    return network
+
+
+@pytest.mark.model
+def test_student_t_head_fits_heavy_tails_better_than_normal():
+    """t(2.5)-noise around a learnable signal: the Student-t head has the lower held-out NLL
+    and learns a small df."""
+    def data(n, seed):
+        x = _features(n, seed)
+        noise = stats.t.rvs(df=2.5, size=n, random_state=seed) * 0.5
+        return _windows(x, 0.8 * x[:, -1, 1] + noise)
+
+    train, validation, test = data(3000, 0), data(500, 1), data(2000, 2)
+    nll = {}
+    for head in ("normal", "student_t"):
+        network = _fit(head, train, validation)
+        nll[head] = mixture_nll(make_mixture_log_prob(network, 16), test, "model")
+        if head == "student_t":
+            params = network.forward(tf.constant(test.inputs[None, :200]), network.draw(1, 200, "tiled",
+                                                                                        tf.constant([1, 1])))
+            df = 2.0 + tf.nn.softplus(params[..., 2]).numpy()
+    assert nll["student_t"] < nll["normal"] - 0.05, nll
+    assert np.median(df) < 8, np.median(df)
+
+
+@pytest.mark.model
+def test_count_head_puts_mass_on_zero_and_gives_integer_quantiles():
+    """Demand is 0 on 40% of days, else Poisson(8): the predicted P(0) is about 0.4."""
+    def data(n, seed):
+        rng = np.random.default_rng(seed)
+        units = np.where(rng.uniform(size=n) < 0.4, 0, rng.poisson(8.0, size=n))
+        context = np.tile(np.array([[np.log(5.0), 1.0]], np.float32), (n, 1))
+        return _windows(_features(n, seed), np.zeros(n), units=units, context=context)
+
+    train, validation = data(3000, 0), data(500, 1)
+    network = _fit("count", train, validation)
+    test = data(300, 2)
+    draws = sample_one_step(network, test.inputs, num_samples=50, samples_per_draw=10, context=test.context)
+    assert np.array_equal(draws.samples, np.round(draws.samples)) and draws.samples.min() >= 0
+    p_zero = float((draws.samples == 0).mean())
+    assert 0.33 < p_zero < 0.47, p_zero
+    assert abs(draws.samples.mean() - 0.6 * 8.0) < 0.6
+
+    from pipeline_lib.model.forecast import forecast_table
+
+    table = forecast_table(draws.samples[:, :5], [f"s{i}" for i in range(5)], ["2024-01-01"] * 5, "1")
+    quantiles = table.filter(regex=r"^q").to_numpy()
+    assert np.array_equal(quantiles, np.round(quantiles))
+
+
+def test_count_head_log_mean_follows_the_context():
+    """``log(mean) = p0 * scale + offset`` of the NB part; P(0) adds the zero-inflation."""
+    head = CountHead()
+    params = tf.constant([[0.5, 3.0, -2.0]])
+    context = tf.constant([[np.log(20.0), 0.4]], tf.float32)
+    distribution = head.distribution(params, context)
+    pi = 1 / (1 + np.exp(2.0))
+    nb_mean = 20.0 * np.exp(0.5 * 0.4)
+    assert np.isclose(float(distribution.mean()[0]), (1 - pi) * nb_mean, rtol=1e-4)
+    r = 1e-2 + np.log1p(np.exp(3.0))
+    p_zero = pi + (1 - pi) * (r / (r + nb_mean)) ** r
+    assert np.isclose(float(distribution.prob(0.0)[0]), p_zero, rtol=1e-4)
+    # The sampled count goes back to the network as its standardised, centred log1p lag.
+    lag = head.to_lag(tf.constant([[9.0]]), context)
+    assert np.isclose(float(lag[0, 0]), (np.log1p(9.0) - np.log(20.0)) / 0.4, rtol=1e-5)
+
+
+def test_quantile_head_never_crosses_and_samples_its_quantile_function():
+    levels = (0.05, 0.25, 0.5, 0.75, 0.95)
+    head = QuantileHead(levels)
+    params = tf.constant(np.random.default_rng(0).normal(scale=5.0, size=(64, 5)), tf.float32)  # adversarial
+    distribution = head.distribution(params)
+    q = distribution.quantiles.numpy()
+    assert (np.diff(q, axis=-1) >= 0).all()  # gaps of 1e-6 can vanish in float32 next to large values
+    at_levels = distribution.quantile(tf.broadcast_to(tf.constant(levels, tf.float32)[:, None], [5, 64])).numpy()
+    np.testing.assert_allclose(at_levels, q.T, rtol=1e-5, atol=1e-5)
+    samples = distribution.sample(20000, seed=tf.constant([1, 2])).numpy()
+    empirical = np.quantile(samples, levels, axis=0)
+    np.testing.assert_allclose(empirical, q.T, atol=0.05 * (q[:, -1] - q[:, 0]).max())
+    # log_prob is the negative pinball loss.
+    y = tf.constant(np.linspace(-3, 3, 64), tf.float32)
+    error = y.numpy()[:, None] - q
+    pinball = np.maximum(np.array(levels) * error, (np.array(levels) - 1) * error).sum(axis=1)
+    np.testing.assert_allclose(distribution.log_prob(y).numpy(), -pinball, rtol=1e-5)
+
+
+@pytest.mark.model
+def test_quantile_head_learns_calibrated_quantiles():
+    """Heteroscedastic Normal noise: the learned 5% / 95% quantiles bracket about 90%."""
+    def data(n, seed):
+        x = _features(n, seed)
+        rng = np.random.default_rng(seed + 100)
+        std = np.where(x[:, -1, 0] > 0, 1.0, 0.3)
+        return _windows(x, 0.8 * x[:, -1, 1] + std * rng.normal(size=n)), std
+
+    (train, _), (validation, _), (test, std) = data(4000, 0), data(500, 1), data(2000, 2)
+    # Pinball gradients are sparse in the tails (a 95% quantile moves up on 5% of the
+    # examples), so the spread learns more slowly than a Normal head's: 40 epochs.
+    tf.random.set_seed(0)
+    network = BayesianForecaster(2, ModelConfig(lstm_units=(8, 4), head="quantile",
+                                                quantile_levels=(0.05, 0.25, 0.5, 0.75, 0.95))).build_for(5)
+    train_model(network, train, validation, FAST.model_copy(update={"epochs": 40, "patience": 40}), progress=False)
+    samples = sample_one_step(network, test.inputs, num_samples=30, samples_per_draw=20).samples
+    q = np.quantile(samples, [0.05, 0.95], axis=0).T  # the served predictive quantiles
+    inside = (test.targets >= q[:, 0]) & (test.targets <= q[:, -1])
+    assert 0.85 < inside.mean() < 0.95, inside.mean()
+    width = q[:, -1] - q[:, 0]
+    assert width[std == 1.0].mean() > 1.6 * width[std == 0.3].mean()
+
+
+@pytest.mark.parametrize("kind", ["student_t", "scale_mixture"])
+def test_monte_carlo_kl_matches_quadrature(kind):
+    """The KL estimate of a non-Normal prior against numerical integration of
+    ``q log(q / p)`` for each weight (scipy, independent of TFP)."""
+    rng = np.random.default_rng(3)
+    loc = rng.normal(scale=0.3, size=20)
+    scale = rng.uniform(0.05, 0.5, size=20)
+    if kind == "student_t":
+        prior = make_prior(kind, scale=0.7, df=3.0)
+        log_p = stats.t(df=3.0, scale=0.7).logpdf
+    else:
+        prior = make_prior(kind, mixture_weight=0.3, mixture_scales=(1.0, 0.05))
+        log_p = lambda w: np.log(0.3 * stats.norm(0, 1.0).pdf(w) + 0.7 * stats.norm(0, 0.05).pdf(w))  # noqa: E731
+    exact = sum(
+        integrate.quad(lambda w, m=m, s=s: stats.norm(m, s).pdf(w) * (stats.norm(m, s).logpdf(w) - log_p(w)),
+                       m - 10 * s, m + 10 * s, limit=200)[0]
+        for m, s in zip(loc, scale)
+    )
+    estimates = [float(kl_divergence(tf.constant(loc, tf.float32), tf.constant(scale, tf.float32), prior,
+                                     seed=tf.constant([i, 1]))) for i in range(200)]
+    assert abs(np.mean(estimates) - exact) < 4 * np.std(estimates) / np.sqrt(len(estimates)), (np.mean(estimates), exact)
+
+
+@pytest.mark.model
+def test_priors_train_from_config_and_shrink_as_documented():
+    """64 examples of y = 2 x: a 20x narrower Normal prior, and a scale mixture whose slab is
+    narrow, pull the output weights towards zero; a Student-t prior of the same narrow scale
+    lets them stay large (its heavy tails are the reason to choose it)."""
+    x = _features(64, 0)
+    data = _windows(x, 2.0 * x[:, -1, 1])
+    variants = {"normal wide": {"prior": "normal", "prior_scale": 1.0},
+                "normal narrow": {"prior": "normal", "prior_scale": 0.05},
+                "student_t narrow": {"prior": "student_t", "prior_scale": 0.05, "prior_df": 2.0},
+                "mixture wide": {"prior": "scale_mixture", "mixture_scales": (1.0, 0.05)},
+                "mixture narrow": {"prior": "scale_mixture", "mixture_scales": (0.05, 0.0025)}}
+    norms = {}
+    for name, prior in variants.items():
+        tf.random.set_seed(0)
+        network = BayesianForecaster(2, ModelConfig(lstm_units=(4, 4), **prior)).build_for(5)
+        result = train_model(network, data, data, TrainConfig(epochs=40, batch_size=64, learning_rate=2e-2,
+                                                              patience=40, kl_annealing="none"), progress=False)
+        assert all(np.isfinite(r["loss"]) for r in result.history)
+        norms[name] = float(np.linalg.norm(network.output_layer.kernel_loc.numpy()))
+    assert norms["normal narrow"] < 0.6 * norms["normal wide"], norms
+    assert norms["mixture narrow"] < 0.6 * norms["mixture wide"], norms
+    assert norms["student_t narrow"] > 1.5 * norms["normal narrow"], norms
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("head", ["count", "student_t", "quantile"])
+def test_each_head_runs_the_whole_pipeline(head, small_config, synthetic_csv):
+    """Train, Monte Carlo evaluation and multi-day paths through the real pipeline. With the
+    count head every forecast quantile is a whole number and the closed Saturdays get
+    mostly zero demand."""
+    from pipeline_lib import pipeline
+    from pipeline_lib.data.validate import load_panel
+
+    config = small_config.updated(data={"path": synthetic_csv}, model={"head": head},
+                                  train={"epochs": 30, "patience": 30, "learning_rate": 2e-2, "batch_size": 32})
+    panel = load_panel(config.data, config.window)
+    trained = pipeline.train(config, panel, progress=False)
+    evaluation = pipeline.evaluate(config, trained.model, panel)
+    assert 0.5 < evaluation.metrics["picp_95"] <= 1.0 and np.isfinite(evaluation.metrics["crps"])
+    sampled = trained.model.forecast(panel, horizon=7, num_samples=50, calibrated=False)
+    paths = sampled.to_frame("1")
+    quantiles = paths.filter(regex=r"^q").to_numpy()
+    assert np.isfinite(quantiles).all() and (np.diff(quantiles, axis=1) >= 0).all()
+    if head == "count":
+        assert np.array_equal(quantiles, np.round(quantiles)) and quantiles.min() >= 0
+        saturday = (pd.to_datetime(paths["date"]).dt.dayofweek == 5).to_numpy()
+        zero_share = (sampled.samples == 0).mean(axis=0)
+        assert zero_share[saturday].mean() > 0.5 > zero_share[~saturday].mean(), zero_share.reshape(-1, 7)
