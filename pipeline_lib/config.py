@@ -103,6 +103,8 @@ class ModelConfig(_Strict):
     quantile_levels: tuple[float, ...] = Field((0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975),
                                                description="quantile head: the levels it learns")
     min_scale: float = Field(1e-3, gt=0, description="floor of the predicted std (scaled units)")
+    attention_units: int = Field(0, ge=0, description="> 0: a Bayesian attention block of this width over "
+                                 "the last LSTM layer's sequence outputs; 0 = none")
     level_days: int = Field(7, ge=0, description="centre each window on the mean of its last N observed "
                             "days (forecasts follow level shifts); 0 = off")
 

@@ -47,10 +47,12 @@ def test_zero_posterior_variance_equals_keras_lstm(return_sequences, path):
     assert np.abs(got - expected).max() < 1e-5
 
 
-def test_stepping_from_a_carried_state_equals_the_extended_sequence():
+@pytest.mark.parametrize("attention_units", [0, 6])
+def test_stepping_from_a_carried_state_equals_the_extended_sequence(attention_units):
     """What multi-day sample paths rely on: a window, then one day at a time from the
     carried state, gives the same outputs as the whole longer sequence at once."""
-    network = BayesianForecaster(3, ModelConfig(lstm_units=(8, 4), posterior_init_std=0.05)).build_for(10)
+    network = BayesianForecaster(3, ModelConfig(lstm_units=(8, 4), posterior_init_std=0.05,
+                                                attention_units=attention_units)).build_for(10)
     draws = network.draw(5, X.shape[0], TILED, tf.constant([3, 4]))
     x = tf.constant(np.stack([X] * 5))  # (S, B, T, F)
     expected = network.forward(x, draws).numpy()
@@ -165,3 +167,30 @@ def test_epistemic_variance_falls_as_training_data_grows():
         out = predict_distribution(model, test.inputs, num_samples=100, samples_per_draw=1)
         epistemic[n] = float(out.epistemic_variance.mean())
     assert epistemic[4096] < 0.5 * epistemic[128], epistemic
+
+
+def test_bayesian_attention_at_zero_variance_is_plain_attention():
+    """The attention block with zero posterior std against numpy: softmax(q k^T / sqrt(d)) v
+    of the last step over the sequence, concatenated to the last step."""
+    from pipeline_lib.model.layers import BayesianAttention
+
+    h = RNG.normal(size=(6, 10, 5)).astype("float32")
+    layer = BayesianAttention(4)
+    layer(h)
+    _zero_variance(layer)
+    wq, wk, wv = (getattr(layer, f"{name}_loc").numpy() for name in ("query", "key", "value"))
+    q, k, v = h[:, -1] @ wq, h @ wk, h @ wv
+    scores = np.einsum("bd,btd->bt", q, k) / 2.0
+    weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    expected = np.concatenate([h[:, -1], np.einsum("bt,btd->bd", weights, v)], axis=1)
+    assert np.abs(layer(h).numpy() - expected).max() < 1e-5
+    for strategy in (TILED, FLIPOUT):
+        draw = layer.draw(3, 6, strategy, tf.constant([1, 2]))
+        got = layer.forward(tf.constant(np.stack([h] * 3)), draw).numpy()
+        assert np.abs(got - expected[None]).max() < 1e-5
+    # A network with attention samples in both strategies (Flipout LSTMs + full attention draws).
+    network = BayesianForecaster(3, ModelConfig(lstm_units=(8, 4), attention_units=4)).build_for(10)
+    for n in (2, 64):
+        draws = sample_one_step(network, np.repeat(X, 11, axis=0)[:n], num_samples=5, samples_per_draw=1)
+        assert draws.samples.shape == (5, n) and np.isfinite(draws.samples).all()

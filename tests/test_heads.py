@@ -193,15 +193,17 @@ def test_priors_train_from_config_and_shrink_as_documented():
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("head", ["count", "student_t", "quantile"])
-def test_each_head_runs_the_whole_pipeline(head, small_config, synthetic_csv):
+@pytest.mark.parametrize("model", [{"head": "count"}, {"head": "student_t"}, {"head": "quantile"},
+                                   {"attention_units": 8}], ids=["count", "student_t", "quantile", "attention"])
+def test_each_variant_runs_the_whole_pipeline(model, small_config, synthetic_csv):
     """Train, Monte Carlo evaluation and multi-day paths through the real pipeline. With the
     count head every forecast quantile is a whole number and the closed Saturdays get
     mostly zero demand."""
     from pipeline_lib import pipeline
     from pipeline_lib.data.validate import load_panel
 
-    config = small_config.updated(data={"path": synthetic_csv}, model={"head": head},
+    head = model.get("head", "normal")
+    config = small_config.updated(data={"path": synthetic_csv}, model=model,
                                   train={"epochs": 30, "patience": 30, "learning_rate": 2e-2, "batch_size": 32})
     panel = load_panel(config.data, config.window)
     trained = pipeline.train(config, panel, progress=False)

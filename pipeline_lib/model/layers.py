@@ -295,3 +295,48 @@ class BayesianDense(VariationalLayer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units}
+
+
+class BayesianAttention(VariationalLayer):
+    """Single-head dot-product attention of the last step over a sequence, with variational
+    query, key and value projections (one weight draw per sequence, like the LSTM).
+
+    ``q = h_T W_q``, ``k_t = h_t W_k``, ``v_t = h_t W_v``, ``a = softmax(q k^T / sqrt(d))``,
+    output ``[h_T, sum_t a_t v_t]``: the last state plus what the day attends to in the window
+    (e.g. the same weekday a week earlier, a promotion two weeks back).
+
+    Shapes: ``call``: ``(B, T, U) -> (B, U + d)``; ``forward``: ``(S, B, T, U) -> (S, B, U + d)``.
+    Draws are always full weight sets ``(S, U, d)``, also when the LSTM layers use Flipout
+    (the projections are small).
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        features = int(input_shape[-1])
+        for name in ("query", "key", "value"):
+            self.add_posterior(name, (features, self.units), tf_keras.initializers.GlorotUniform())
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+        draw = self.draw(1, tf.shape(inputs)[0], TILED, seed)
+        return self.forward(inputs[None], draw)[0]
+
+    def draw(self, num_samples: int, batch_size, strategy: str, seed: tf.Tensor) -> dict:
+        return super().draw(num_samples, batch_size, TILED, seed)
+
+    def forward(self, inputs: tf.Tensor, draw: dict) -> tf.Tensor:
+        """``inputs`` ``(S, B, T, U)`` with ``draw`` of ``S`` weight sets -> ``(S, B, U + d)``."""
+        last = inputs[:, :, -1, :]
+        query = tf.einsum("sbu,sud->sbd", last, draw["query"])
+        keys = tf.einsum("sbtu,sud->sbtd", inputs, draw["key"])
+        values = tf.einsum("sbtu,sud->sbtd", inputs, draw["value"])
+        scores = tf.einsum("sbd,sbtd->sbt", query, keys) / float(np.sqrt(self.units))
+        context = tf.einsum("sbt,sbtd->sbd", tf.nn.softmax(scores, axis=-1), values)
+        return tf.concat([last, context], axis=-1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units}

@@ -1,4 +1,5 @@
-"""The stacked Bayesian LSTM forecaster: BayesianLSTM(64, sequences) -> BayesianLSTM(32) -> head."""
+"""The stacked Bayesian LSTM forecaster: BayesianLSTM(64, sequences) -> BayesianLSTM(32)
+[-> BayesianAttention over the last layer's sequence] -> head."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import tf_keras
 
 from pipeline_lib.config import ModelConfig
 from pipeline_lib.model.heads import make_head
-from pipeline_lib.model.layers import FLIPOUT, TILED, BayesianDense, BayesianLSTM
+from pipeline_lib.model.layers import FLIPOUT, TILED, BayesianAttention, BayesianDense, BayesianLSTM
 
 # Below this many windows Flipout's two plain matmuls beat S tiny batched matmuls
 # (measured in benchmarks/mc_speed.py; see benchmarks/RESULTS.md).
@@ -33,10 +34,14 @@ class BayesianForecaster(tf_keras.Model):
                   "mixture_weight": config.mixture_weight, "mixture_scales": config.mixture_scales,
                   "posterior_init_std": config.posterior_init_std}
         self.head = make_head(config.head, config.min_scale, config.quantile_levels)
+        last = len(config.lstm_units) - 1
         self.recurrent_layers = [
-            BayesianLSTM(units, return_sequences=(i < len(config.lstm_units) - 1), name=f"bayesian_lstm_{i}", **common)
+            BayesianLSTM(units, return_sequences=(i < last or config.attention_units > 0),
+                         name=f"bayesian_lstm_{i}", **common)
             for i, units in enumerate(config.lstm_units)
         ]
+        self.attention = (BayesianAttention(config.attention_units, name="bayesian_attention", **common)
+                          if config.attention_units > 0 else None)
         self.output_layer = BayesianDense(self.head.num_params, name="head", **common)
 
     def build_for(self, steps: int) -> BayesianForecaster:
@@ -47,10 +52,13 @@ class BayesianForecaster(tf_keras.Model):
         h = inputs
         for layer in self.recurrent_layers:
             h = layer(h)
+        if self.attention is not None:
+            h = self.attention(h)
         return self.output_layer(h)
 
     def variational_layers(self):
-        return [*self.recurrent_layers, self.output_layer]
+        return [*self.recurrent_layers, *([self.attention] if self.attention is not None else []),
+                self.output_layer]
 
     def draw(self, num_samples: int, batch_size, strategy: str, seed: tf.Tensor) -> list[dict]:
         return [
@@ -68,17 +76,29 @@ class BayesianForecaster(tf_keras.Model):
             h = tf.unstack(inputs, num=inputs.shape[2], axis=2)
             for layer, draw in zip(self.recurrent_layers, draws):
                 h = layer.forward_steps(h, draw)
+            if self.attention is not None:
+                h = tf.stack(h, axis=2)
+        if self.attention is not None:
+            h = self.attention.forward(h, draws[len(self.recurrent_layers)])
         return self.output_layer.forward(h, draws[-1])
 
     def forward_with_state(self, steps: list[tf.Tensor], draws: list[dict], states=None):
         """Tiled draws on ``T`` steps ``(S, B, F)`` continuing from ``states`` (one ``(h, c)``
         per recurrent layer; zeros if None). Returns ``(S, B, P)`` after the last step and
         the new states: a window, then one day at a time, equals running the whole
-        extended sequence (tests/test_bayesian_lstm.py checks it)."""
+        extended sequence (tests/test_bayesian_lstm.py checks it). With attention the
+        states end with the last layer's outputs so far ``(S, B, T', U)``, which grow by
+        one step per day, so the attention sees the whole extended sequence too."""
         h, new_states = steps, []
         for i, (layer, draw) in enumerate(zip(self.recurrent_layers, draws)):
             h, state = layer.forward_steps(h, draw, None if states is None else states[i], return_state=True)
             new_states.append(state)
+        if self.attention is not None:
+            memory = tf.stack(h, axis=2)
+            if states is not None:
+                memory = tf.concat([states[-1], memory], axis=2)
+            new_states.append(memory)
+            h = self.attention.forward(memory, draws[len(self.recurrent_layers)])
         return self.output_layer.forward(h, draws[-1]), new_states
 
     def kl_divergence(self, seed: tf.Tensor | None = None) -> tf.Tensor:
