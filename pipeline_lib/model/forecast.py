@@ -80,6 +80,23 @@ def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -
 
 
 @dataclass(frozen=True)
+class OneStepInputs:
+    """Centred windows ``(N, T, F)`` and, per window ``(N,)``: its level, its series' scaler
+    location and scale, series id and target date."""
+
+    windows: np.ndarray
+    levels: np.ndarray
+    locs: np.ndarray
+    scales: np.ndarray
+    series_ids: np.ndarray
+    dates: np.ndarray
+
+    @property
+    def context(self) -> np.ndarray:
+        return window_context(self.locs, self.scales, self.levels)
+
+
+@dataclass(frozen=True)
 class ModelFiles:
     """A saved :class:`ForecastModel` as bytes (a few hundred kB), so a model that is not
     registered yet can be shipped to task-runner workers in other processes or on other
@@ -172,11 +189,10 @@ class ForecastModel:
             )
 
     # --- forecasting ---------------------------------------------------------------------
-    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
-                 samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
-        """One-day-ahead forecasts for the given day indices of each series (by position in
-        ``panel.series``), each using the actuals up to the day before (rolling origin).
-        ``calibrated=False`` returns the raw predictive samples even if a calibration exists."""
+    def one_step_inputs(self, panel: Panel, days: dict[int, np.ndarray]) -> OneStepInputs:
+        """The centred windows of the given day indices of each series (by position in
+        ``panel.series``), each ending the day before its target day, and how to map the
+        head's samples for them back to units."""
         self._check_covariates(panel)
         inputs, locs, scales, ids, dates = [], [], [], [], []
         for k, day_index in days.items():
@@ -189,16 +205,29 @@ class ForecastModel:
             ids.append(np.full(len(day_index), series.series_id, dtype=object))
             dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
         centred, levels = center_windows(np.concatenate(inputs), self.spec.level_days)
-        locs, scales = np.concatenate(locs), np.concatenate(scales)
-        draws = sample_one_step(self.network, centred, num_samples, samples_per_draw, seed,
-                                context=window_context(locs, scales, levels))
+        return OneStepInputs(centred, levels, np.concatenate(locs), np.concatenate(scales), np.concatenate(ids),
+                             np.concatenate([np.asarray(d) for d in dates]))
+
+    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
+                 samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
+        """One-day-ahead forecasts for the given day indices of each series (by position in
+        ``panel.series``), each using the actuals up to the day before (rolling origin).
+        ``calibrated=False`` returns the raw predictive samples even if a calibration exists."""
+        inputs = self.one_step_inputs(panel, days)
+        draws = sample_one_step(self.network, inputs.windows, num_samples, samples_per_draw, seed,
+                                context=inputs.context)
         total = draws.epistemic_variance + draws.aleatoric_variance
-        return SampledForecast(
-            samples=self._calibrate(self._to_units(draws.samples, levels, locs, scales), calibrated),
-            series_ids=np.concatenate(ids),
-            dates=np.concatenate([np.asarray(d) for d in dates]),
-            epistemic_share=draws.epistemic_variance / np.maximum(total, 1e-12),
-        )
+        return self.sampled_forecast(inputs, draws.samples, draws.epistemic_variance / np.maximum(total, 1e-12),
+                                     self.calibration if calibrated else None)
+
+    def sampled_forecast(self, inputs: OneStepInputs, samples: np.ndarray, epistemic_share: np.ndarray,
+                         calibration: PitRecalibration | None) -> SampledForecast:
+        """Head-space samples ``(K, N)`` for ``inputs`` -> a forecast in units, recalibrated by
+        ``calibration`` when given (also used by models that reuse these inputs: the
+        distilled student, the MCMC output layer)."""
+        units = self._to_units(samples, inputs.levels, inputs.locs, inputs.scales)
+        return SampledForecast(samples=units if calibration is None else calibration.apply(units),
+                               series_ids=inputs.series_ids, dates=inputs.dates, epistemic_share=epistemic_share)
 
     def forecast(self, panel: Panel, horizon: int, num_samples: int = 100, seed: int = 0,
                  calibrated: bool = True) -> SampledForecast:

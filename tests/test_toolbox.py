@@ -1,0 +1,58 @@
+"""Distillation, online Bayesian updates, MCMC and the comparison command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline_lib import pipeline
+from pipeline_lib.data.features import actuals_for, build_windows, part_days
+from pipeline_lib.data.validate import load_panel
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A Bayesian LSTM trained on the synthetic weekly demand (module-wide, it is reused)."""
+    from conftest import synthetic_demand
+
+    from pipeline_lib.config import PipelineConfig
+
+    tmp = tmp_path_factory.mktemp("teacher")
+    synthetic_demand(n_series=6, n_days=150).to_csv(tmp / "demand.csv", index=False)
+    config = PipelineConfig(
+        workdir=tmp / "work", data={"path": tmp / "demand.csv"},
+        window={"context_length": 14, "validation_days": 14, "test_days": 14, "min_train_days": 14},
+        model={"lstm_units": (16, 8)}, train={"epochs": 15, "batch_size": 64, "patience": 15, "learning_rate": 1e-2},
+        evaluation={"num_samples": 50, "recalibrate": False})
+    panel = load_panel(config.data, config.window)
+    return config, panel, pipeline.train(config, panel, progress=False).model
+
+
+@pytest.mark.model
+def test_distilled_student_matches_the_teachers_point_forecasts(teacher):
+    from pipeline_lib.model.distill import distill
+
+    config, panel, model = teacher
+    windows = {part: build_windows(panel, model.scalers, model.spec, config.window, part)
+               for part in ("train", "validation")}
+    student = distill(model, windows["train"], windows["validation"], progress=False)
+    days = part_days(panel, config.window, "test")
+    actuals, _ = actuals_for(panel, days)
+    # The point forecast is the median, as in every MAE the product reports.
+    teacher_point = np.median(model.one_step(panel, days, num_samples=100).samples, axis=0)
+    student_point = np.median(student.one_step(panel, days, num_samples=100).samples, axis=0)
+    teacher_mae = np.abs(teacher_point - actuals).mean()
+    student_mae = np.abs(student_point - actuals).mean()
+    assert student_mae <= 1.05 * teacher_mae, (student_mae, teacher_mae)
+    assert np.corrcoef(student_point, teacher_point)[0, 1] > 0.95
+
+
+def test_distillation_refuses_a_count_teacher(teacher):
+    from pipeline_lib.model.distill import distill
+    from pipeline_lib.model.forecast import ForecastModel
+
+    config, panel, model = teacher
+    counting = ForecastModel.create(model.spec, model.scalers, model.model_config.model_copy(update={"head": "count"}))
+    windows = build_windows(panel, model.scalers, model.spec, config.window, "validation")
+    with pytest.raises(ValueError, match="model space"):
+        distill(counting, windows, windows, epochs=1, progress=False)
