@@ -5,7 +5,9 @@ store the actuals, compute PIC (overall, by horizon, by segment) for ``D`` and f
 missed / pending / late-actual day of the look-back window, write an Evidently report,
 alert on every breach day, and retrain once per breach streak of
 ``monitoring.consecutive_days`` days: the training deployment when a Prefect server has
-it, else the training flow as a subflow (local mode).
+it, else the training flow as a subflow (local mode). With ``monitoring.first_response:
+online_update`` the streak's first response is an online update of the champion (seconds),
+and the retrain follows only if the streak goes on for another ``consecutive_days`` days.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.alerting import send_alert
 from flows.training import NO_CACHE_TASK, ingest, training_pipeline
-from pipeline_lib import registry
+from pipeline_lib import pipeline, registry
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import daily
 from pipeline_lib.monitoring.alerts import Alert
+from pipeline_lib.monitoring.policy import ONLINE_UPDATE
 from pipeline_lib.monitoring.store import ForecastStore
 
 
@@ -76,8 +79,18 @@ def _deployment_available(name: str) -> bool:
         return False
 
 
-def retrain(config: PipelineConfig, request: daily.RetrainRequest) -> tuple[str, str | None, bool | None]:
-    """Start the retrain; returns (what happened, new version, promoted)."""
+@task(name="online_update", **NO_CACHE_TASK)
+def online_update(config: PipelineConfig, panel, day: dt.date) -> tuple[str, str | None, bool | None]:
+    """The cheap first response: update the champion's posterior on the recent days."""
+    outcome = pipeline.online_update_champion(config, panel, day)
+    return (f"online update in {outcome.metrics['update_seconds']:.0f} s: version {outcome.version} is champion "
+            f"({outcome.gate}); a full retrain follows if the breaches go on"), outcome.version, True
+
+
+def retrain(config: PipelineConfig, request: daily.RetrainRequest, panel) -> tuple[str, str | None, bool | None]:
+    """Start the retrain (or the online update); returns (what happened, new version, promoted)."""
+    if request.response == ONLINE_UPDATE:
+        return online_update(config, panel, request.day)
     mode = config.monitoring.retrain
     if mode in ("auto", "deployment") and (mode == "deployment"
                                            or _deployment_available(config.monitoring.training_deployment)):
@@ -92,13 +105,13 @@ def retrain(config: PipelineConfig, request: daily.RetrainRequest) -> tuple[str,
     return (f"trained version {outcome.version}: {outcome.gate}", outcome.version, promoted)
 
 
-def _retrain_and_record(config: PipelineConfig, request: daily.RetrainRequest) -> Alert:
+def _retrain_and_record(config: PipelineConfig, request: daily.RetrainRequest, panel) -> Alert:
     """Retrain, record the outcome on the claimed retrain event and send the retrain alert;
     a failed retrain is recorded and alerted too, then fails the flow."""
     store = ForecastStore(config.store_url).create()
     failure = None
     try:
-        text, new_version, promoted = retrain(config, request)
+        text, new_version, promoted = retrain(config, request, panel)
         store.finish_retrain(request.streak_start, "completed" if new_version else "started",
                              new_version, promoted, text)
     except Exception as exc:  # noqa: BLE001 - recorded and alerted, then re-raised
@@ -130,7 +143,7 @@ def daily_monitoring_flow(config: PipelineConfig = PipelineConfig(), day: dt.dat
     for alert in run.alerts:
         send_alert(alert)
     if run.retrain is not None:
-        logger.info(_retrain_and_record(config, run.retrain).message)
+        logger.info(_retrain_and_record(config, run.retrain, panel).message)
     link = log_monitoring(config, run)
     _publish(config, run, link)
     return run

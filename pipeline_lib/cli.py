@@ -188,6 +188,9 @@ def replay(
     shift_day: str | None = typer.Option(None, "--shift-day", help="plant a demand shift from this day "
                                             "(default with --shift-factor: the 8th replayed day)"),
     shift_factor: float = typer.Option(1.0, "--shift-factor", help="multiply actuals by F from --shift-day on"),
+    first_response: str | None = typer.Option(None, "--first-response",
+                                              help="retrain | online_update: the response to a breach streak "
+                                              "(default: monitoring.first_response of the config)"),
     data: Path | None = DataOpt,
     id_col: str | None = IdOpt,
     time_col: str | None = TimeOpt,
@@ -202,6 +205,8 @@ def replay(
     from pipeline_lib.monitoring.replay import ReplaySpec, default_spec
 
     cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    if first_response is not None:
+        cfg = cfg.updated(monitoring={"first_response": first_response})
     _say(f"[1/3] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
     first_day = min(s.dates[0] for s in panel.series).date()

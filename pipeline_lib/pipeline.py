@@ -398,6 +398,70 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+# --- online update (the monitoring's first response) -----------------------------------
+def recent_days(panel: Panel, day, n_days: int) -> dict[int, np.ndarray]:
+    """Day indices of the ``n_days`` days up to ``day`` of each series that has them (and a
+    day before them, for the lag)."""
+    last = pd.Timestamp(day)
+    first = last - pd.Timedelta(days=n_days - 1)
+    days = {}
+    for k, s in enumerate(panel.series):
+        index = np.nonzero((s.dates >= first) & (s.dates <= last))[0]
+        index = index[index >= 1]
+        if len(index):
+            days[k] = index
+    return days
+
+
+def online_update_champion(config: PipelineConfig, panel: Panel, day) -> TrainingOutcome:
+    """Update the champion's posterior on the last ``monitoring.online_update_days`` days up to
+    ``day`` (:mod:`pipeline_lib.model.online`), register the result as a new version with
+    ``champion`` and ``challenger`` (tags ``update.kind=online``, ``update.parent_version``)
+    and leave the old version in the registry for a roll-back in the MLflow UI.
+
+    Raises:
+        DataValidationError: no actuals in the window to learn from.
+    """
+    from pipeline_lib.model.online import online_update, update_windows
+
+    registry.configure(config.tracking_uri)
+    name = config.registry.model_name
+    parent = registry.resolve_version(registry.champion_uri(name))
+    model = registry.load_forecaster(f"models:/{name}/{parent}")
+    days = recent_days(panel, day, config.monitoring.online_update_days)
+    if not days:
+        raise DataValidationError(f"{panel.source}: no actuals in the {config.monitoring.online_update_days} "
+                                  f"days up to {day} to update the champion on")
+    windows = update_windows(model, panel, days)
+    started = datetime.now(UTC)
+    updated = online_update(model, windows, seed=config.monitoring.seed)
+    seconds = (datetime.now(UTC) - started).total_seconds()
+    experiment_id = registry.ensure_experiment(config.registry.experiment_name, config.artifact_root)
+    versions: list[str] = []
+    with registry.training_run(experiment_id, f"online-update-{day}", tags={"pipeline": "online-update"}) as run:
+        try:
+            registry.log_params({"update.parent_version": parent, "update.days": config.monitoring.online_update_days,
+                                 "update.windows": len(windows), "update.last_day": str(day)})
+            registry.log_metrics({"update_seconds": seconds})
+            model_uri = registry.log_forecaster(updated, _input_example(panel))
+            version = registry.register(model_uri, name, run.info.run_id,
+                                        description=f"Online Bayesian update of version {parent} on {len(windows)} "
+                                        f"windows of the days up to {day}")
+            versions.append(version)
+            tags = registry.version_tags(name, parent)
+            registry.tag_version(name, version, {"update.kind": "online", "update.parent_version": parent,
+                                                 "data.last_date": tags.get("data.last_date", str(day))})
+            registry.set_alias(name, registry.CHALLENGER, version)
+            registry.set_alias(name, registry.CHAMPION, version)
+        except BaseException:
+            for created in versions:
+                _delete_quietly(name, created)
+            raise
+        url = registry.run_url(run)
+    return TrainingOutcome(run.info.run_id, url, name, version, (registry.CHALLENGER, registry.CHAMPION),
+                           {"update_seconds": seconds}, f"online update of version {parent}")
+
+
 def log_inventory_run(config: PipelineConfig, panel: Panel, report) -> str:
     """A run of its own for ``bayes-pipeline inventory-backtest`` (no model is registered)."""
     registry.configure(config.tracking_uri)

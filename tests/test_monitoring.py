@@ -69,6 +69,24 @@ def test_policy_triggers_once_on_the_third_consecutive_breach_day():
     assert not retrain_decision({day(0): True, day(1): None, day(2): True, day(3): True}, day(3), 3, set()).retrain
 
 
+def test_online_update_first_then_one_retrain_if_the_streak_goes_on():
+    breaches = {day(k): True for k in range(9)}
+    claimed: set = set()
+    responses = []
+    for k in range(9):
+        decision = retrain_decision(breaches, day(k), 3, claimed, online_update_first=True)
+        responses.append(decision.response)
+        if decision.retrain:
+            claimed.add(decision.claim_key)
+    # Day 3 of the streak: the cheap update; 3 more breach days: one retrain; then nothing.
+    assert responses == [None, None, "online_update", None, None, "retrain", None, None, None]
+    assert claimed == {day(0), day(3)}
+    # If the update brings coverage back, the streak ends and there is no retrain.
+    recovered = {**{day(k): True for k in range(3)}, day(3): False, day(4): True, day(5): True}
+    assert not any(retrain_decision(recovered, day(k), 3, {day(0)}, online_update_first=True).retrain
+                   for k in range(3, 6))
+
+
 # --- coverage ---------------------------------------------------------------------------
 def test_daily_coverage_matches_a_hand_count_by_scope():
     series = [f"S{k}" for k in range(10)]

@@ -28,7 +28,7 @@ from pipeline_lib.model.forecast import ForecastModel, forecast_table
 from pipeline_lib.monitoring.alerts import Alert, breach_message
 from pipeline_lib.monitoring.coverage import OVERALL, PENDING, daily_coverage
 from pipeline_lib.monitoring.drift import TARGET, DriftSummary, drift_report
-from pipeline_lib.monitoring.policy import PolicyDecision, retrain_decision
+from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, PolicyDecision, retrain_decision
 from pipeline_lib.monitoring.store import ForecastStore
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,10 @@ def daily_forecast(config: PipelineConfig, store: ForecastStore, panel: Panel, r
 # --- monitor ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RetrainRequest:
-    streak_start: dt.date
+    streak_start: dt.date  # the claim key: the streak's first day (its escalation: N days later)
     day: dt.date
     champion_version: str
+    response: str = RETRAIN  # or ONLINE_UPDATE
 
 
 @dataclass
@@ -213,7 +214,8 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
     # undone, and this run must finish them exactly as the dead run would have.
     window = [d for d in sorted(rows_by_day) if day - dt.timedelta(days=mon.lookback_days) <= d <= day]
     for d in window:
-        decision = retrain_decision(breaches, d, mon.consecutive_days, store.retrained_streaks())
+        decision = retrain_decision(breaches, d, mon.consecutive_days, store.retrained_streaks(),
+                                    online_update_first=mon.first_response == ONLINE_UPDATE)
         if d in evaluated:
             run.decisions.append(decision)
         if decision.breach and d not in already_alerted:
@@ -226,10 +228,12 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
                                         {"picp": row["picp"], "threshold": mon.pic_threshold,
                                          "streak": decision.streak_length}))
         if decision.retrain and run.retrain is None and mon.retrain != "off":
-            # Keyed by the streak and dated on its N-th day, whichever run gets here first.
-            trigger_day = decision.streak_start + dt.timedelta(days=mon.consecutive_days - 1)
-            if store.claim_retrain(decision.streak_start, trigger_day, mon.retrain, champion_version):
-                run.retrain = RetrainRequest(decision.streak_start, trigger_day, champion_version)
+            # Keyed by the policy's claim key and dated on the key's N-th day, whichever run
+            # gets here first (both are the same for a run of any later day).
+            trigger_day = decision.claim_key + dt.timedelta(days=mon.consecutive_days - 1)
+            mode = ONLINE_UPDATE if decision.response == ONLINE_UPDATE else mon.retrain
+            if store.claim_retrain(decision.claim_key, trigger_day, mode, champion_version):
+                run.retrain = RetrainRequest(decision.claim_key, trigger_day, champion_version, decision.response)
     return run
 
 
@@ -279,8 +283,9 @@ def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.d
 
 
 def retrain_alert(request: RetrainRequest, outcome_text: str, consecutive_days: int) -> Alert:
+    action = "online update" if request.response == ONLINE_UPDATE else "retraining"
     message = (f"{request.day}: coverage breached on {consecutive_days} consecutive days since "
-               f"{request.streak_start}; retraining (champion was version {request.champion_version}): "
+               f"{request.streak_start}; {action} (champion was version {request.champion_version}): "
                f"{outcome_text}")
     return Alert("retrain", request.day, request.champion_version, message, None,
                  {"streak_start": str(request.streak_start)})

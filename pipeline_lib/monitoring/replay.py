@@ -16,6 +16,7 @@ import pandas as pd
 from pipeline_lib.config import DataConfig, PipelineConfig, parse_config
 from pipeline_lib.errors import ConfigError, DataValidationError
 from pipeline_lib.monitoring.coverage import OVERALL
+from pipeline_lib.monitoring.policy import ONLINE_UPDATE
 from pipeline_lib.monitoring.store import ForecastStore
 
 OBSERVED_FILE = "observed.parquet"
@@ -99,6 +100,8 @@ def timeline(store: ForecastStore) -> pd.DataFrame:
             e = event.iloc[0]
             retrain = (f"v{e['new_version']} {'champion' if e['promoted'] else 'challenger'}"
                        if e["new_version"] else e["status"])
+            if e["mode"] == ONLINE_UPDATE:
+                retrain = f"online update: {retrain}"
         rows.append({"day": day, "model": row["model_version"], "status": row["status"], "pic": row["picp"],
                      "mpiw": row["mpiw"], "breach": bool(row["breach"]), "alerts": ",".join(kinds),
                      "retrain": retrain})
@@ -116,7 +119,9 @@ def format_timeline(frame: pd.DataFrame, threshold: float, shift_day: dt.date | 
             events.append(f"BREACH (< {threshold:.0%})")
         if r["alerts"]:
             events.append(f"alert: {r['alerts']}")
-        if r["retrain"]:
+        if r["retrain"].startswith("online update: "):
+            events.append(f"online update -> {r['retrain'].removeprefix('online update: ')}")
+        elif r["retrain"]:
             events.append(f"retrain -> {r['retrain']}")
         width = "" if pd.isna(r["mpiw"]) else f"{r['mpiw']:.1f}"
         lines.append(f"{r['day']!s:<11} {'v' + str(r['model']):>5} {pic:>6} {width:>7}  {'; '.join(events)}")
