@@ -156,7 +156,8 @@ def test_monte_carlo_kl_matches_quadrature(kind):
         log_p = stats.t(df=3.0, scale=0.7).logpdf
     else:
         prior = make_prior(kind, mixture_weight=0.3, mixture_scales=(1.0, 0.05))
-        log_p = lambda w: np.log(0.3 * stats.norm(0, 1.0).pdf(w) + 0.7 * stats.norm(0, 0.05).pdf(w))  # noqa: E731
+        def log_p(w):
+            return np.log(0.3 * stats.norm(0, 1.0).pdf(w) + 0.7 * stats.norm(0, 0.05).pdf(w))
     exact = sum(
         integrate.quad(lambda w, m=m, s=s: stats.norm(m, s).pdf(w) * (stats.norm(m, s).logpdf(w) - log_p(w)),
                        m - 10 * s, m + 10 * s, limit=200)[0]

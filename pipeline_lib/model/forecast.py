@@ -13,7 +13,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline_lib.config import ModelConfig
-from pipeline_lib.contract import FORECAST_COLUMNS, QUANTILE_COLUMNS, QUANTILE_LEVELS, sample_quantiles
+from pipeline_lib.contract import (
+    FORECAST_COLUMNS,
+    QUANTILE_COLUMNS,
+    QUANTILE_LEVELS,
+    sample_quantiles,
+)
 from pipeline_lib.data.features import (
     FeatureSpec,
     SeriesScaler,

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 import tensorflow_probability as tfp
+import tf_keras
 
 from pipeline_lib.data.features import WindowSet
 from pipeline_lib.data.validate import Panel
