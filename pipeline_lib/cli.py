@@ -181,6 +181,34 @@ def backtest(
 
 @app.command()
 @_fail_cleanly
+def compare(
+    variants: str | None = typer.Option(None, "--variants", help="comma-separated; default: all of "
+                                        "bayes_normal, head_student_t, head_count, head_quantile, prior_student_t, "
+                                        "prior_scale_mixture, attention, distilled, mcmc_output_layer"),
+    data: Path | None = DataOpt,
+    id_col: str | None = IdOpt,
+    time_col: str | None = TimeOpt,
+    target_col: str | None = TargetOpt,
+    config: Path | None = ConfigOpt,
+    workdir: Path | None = WorkdirOpt,
+) -> None:
+    """Backtest the toolbox's variants (heads, priors, attention, distillation, MCMC) on the
+    same split; print the table and write comparison.csv / comparison.md to the workdir."""
+    from pipeline_lib.compare import ALL_VARIANTS, check_variants, compare as run_comparison, write_table
+
+    names = check_variants([v.strip() for v in variants.split(",") if v.strip()] if variants else list(ALL_VARIANTS))
+    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    _say(f"validating {cfg.data.source_name()}")
+    panel = load_panel(cfg.data, cfg.window)
+    _say(f"comparing {len(names)} variant(s) on {len(panel.series)} series, {cfg.window.test_days} test days")
+    frame = run_comparison(cfg, panel, names, say=_say)
+    csv_path, md_path = write_table(frame, cfg.workdir / "compare", cfg.data.source_name())
+    typer.echo(md_path.read_text())
+    typer.echo(f"wrote {csv_path} and {md_path}")
+
+
+@app.command()
+@_fail_cleanly
 def replay(
     days: int = typer.Option(21, "--days", min=1, help="days to replay"),
     start: str | None = typer.Option(None, "--start", help="first replayed day, YYYY-MM-DD "

@@ -46,7 +46,7 @@ from pipeline_lib.evaluation.plots import (
 )
 from pipeline_lib.evaluation.report import evaluate_samples, level_key, score_forecast_table
 from pipeline_lib.model.distribute import make_strategy
-from pipeline_lib.model.forecast import ForecastModel, SampledForecast
+from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster, SampledForecast
 from pipeline_lib.model.training import TrainingResult, train_model
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,11 @@ class TrainedModel:
 
 def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
     """Fit scalers on each series' training part, then the Bayesian LSTM (ELBO, early stop)."""
+    if config.model.head == "count":
+        for s in panel.series:
+            if not np.array_equal(s.target, np.round(s.target)):
+                raise DataValidationError(f"{panel.source}: series {s.series_id!r} has non-integer targets; "
+                                          "model.head 'count' needs whole numbers (use normal or student_t)")
     transform = "log1p" if config.data.non_negative else "none"
     scalers, spec = fit_scalers(panel, config.window, transform, config.model.level_days)
     train_windows = build_windows(panel, scalers, spec, config.window, "train")
@@ -114,7 +119,7 @@ def record_failure(config: PipelineConfig, stage: str, error: BaseException) -> 
                                       f"failed-{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}", stage, str(error))
 
 
-def fit_recalibration(config: PipelineConfig, model: ForecastModel, panel: Panel) -> PitRecalibration:
+def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel) -> PitRecalibration:
     """PIT recalibration from one-day-ahead forecasts of the validation days (never the test days)."""
     days = part_days(panel, config.window, "validation")
     sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
@@ -151,7 +156,7 @@ def evaluation_chunks(config: PipelineConfig, panel: Panel) -> list[Panel]:
     return [replace(panel, series=panel.series[start:start + size]) for start in range(0, len(panel.series), size)]
 
 
-def sample_test_chunk(config: PipelineConfig, model: ForecastModel, chunk: Panel, k: int) -> SampledForecast:
+def sample_test_chunk(config: PipelineConfig, model: OneStepForecaster, chunk: Panel, k: int) -> SampledForecast:
     """Raw (uncalibrated) one-day-ahead samples of every test day of the ``k``-th chunk,
     seed ``evaluation.seed + k``: the numbers depend on the chunking only, not on the
     runner or the worker that computes them."""
@@ -160,12 +165,14 @@ def sample_test_chunk(config: PipelineConfig, model: ForecastModel, chunk: Panel
                           calibrated=False)
 
 
-def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel,
-             raw: SampledForecast | None = None) -> Evaluation:
+def evaluate(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
+             raw: SampledForecast | None = None, by_horizon: bool = True) -> Evaluation:
     """Rolling one-day-ahead forecasts for every test day (actuals up to the day before).
 
     ``raw``: the chunks of :func:`sample_test_chunk` already computed (the training flow
     maps them over tasks) and concatenated; None computes them here, chunk by chunk.
+    ``by_horizon``: also the coverage by days ahead from joint sample paths (needs
+    ``model.forecast``; the comparison of one-day-ahead variants skips it).
 
     Metrics without prefix describe what users are served (recalibrated when the model has
     a calibration); ``uncalibrated_*`` describe the raw predictive distribution, side by side.
@@ -190,7 +197,7 @@ def evaluate(config: PipelineConfig, model: ForecastModel, panel: Panel,
     fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(panel.series)}
     naive = seasonal_naive_samples(panel, days, fit_end, non_negative=config.data.non_negative)
     metrics.update({f"peer_seasonal_naive_{k}": v for k, v in score(naive).items()})
-    by_horizon = horizon_coverage(config, model, panel)
+    by_horizon = horizon_coverage(config, model, panel) if by_horizon else {}
     metrics.update({f"picp_{level_key(config.evaluation.nominal_level)}_h{h:02d}": v for h, v in by_horizon.items()})
     return Evaluation(metrics=metrics, forecasts=served.to_frame(CANDIDATE_VERSION), actuals=actuals, sampled=served,
                       raw_samples=raw.samples if served is not raw else None, peer_samples={"seasonal naive": naive},

@@ -98,3 +98,36 @@ def test_backtest_summary_averages_the_folds(tmp_path):
     folds = [summary["backtest_fold0_crps_scaled"], summary["backtest_fold1_crps_scaled"]]
     assert np.isclose(summary["backtest_crps_scaled"], np.mean(folds))
     assert 0 <= summary["backtest_picp_95"] <= 1 and folds[0] != folds[1]
+
+
+def test_compare_backtests_the_variants_on_foreign_data(foreign_data, tmp_path):
+    """The comparison on data with other column names and non-integer targets: one row per
+    variant with every column, and the table files; the count head is skipped (not counts).
+    (Every config variant also runs the real pipeline in tests/test_heads.py.)"""
+    from pipeline_lib.compare import COLUMNS
+
+    path, config = foreign_data
+    workdir = tmp_path / "cmp"
+    result = CliRunner().invoke(app, [
+        "compare", "--variants", "bayes_normal,head_count,distilled,mcmc_output_layer", "--data", str(path),
+        "--id-col", "sku", "--time-col", "day", "--target-col", "kg", "--config", str(config),
+        "--workdir", str(workdir)])
+    assert result.exit_code == 0, result.output
+    assert "skipping head_count" in result.output
+    table = pd.read_csv(workdir / "compare" / "comparison.csv")
+    assert list(table["variant"]) == ["bayes_normal", "distilled", "mcmc_output_layer"]
+    assert list(table.columns) == list(COLUMNS)
+    numeric = table[list(COLUMNS[1:11])]
+    assert numeric.notna().all().all() and (numeric[["picp_80", "picp_90", "picp_95"]] <= 1).all().all()
+    assert (table["picp_80"] <= table["picp_95"] + 1e-9).all()
+    markdown = (workdir / "compare" / "comparison.md").read_text()
+    assert "machine:" in markdown and "| mcmc_output_layer |" in markdown
+
+
+def test_compare_rejects_an_unknown_variant_before_training(foreign_data, tmp_path):
+    path, config = foreign_data
+    result = CliRunner().invoke(app, ["compare", "--variants", "bayes_normal,lasso", "--data", str(path),
+                                      "--id-col", "sku", "--time-col", "day", "--target-col", "kg",
+                                      "--config", str(config), "--workdir", str(tmp_path / "cmp")])
+    assert result.exit_code == 2 and "unknown variant(s) lasso" in result.output
+    assert not (tmp_path / "cmp").exists()

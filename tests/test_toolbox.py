@@ -98,3 +98,47 @@ def test_online_update_raises_coverage_after_a_level_shift(tmp_path):
     print(f"90% coverage of the shifted days: {without:.2f} without, {with_update:.2f} with the update")
     # The update changed a copy: the original posterior is untouched.
     assert coverage(model) == without
+
+
+def test_hmc_recovers_the_conjugate_posterior_of_a_linear_gaussian_model():
+    """Known answer: y = X w + N(0, 0.5^2) with a N(0, 1) prior has the closed-form posterior
+    N(mu, Sigma), Sigma = (X^T X / s^2 + I)^-1, mu = Sigma X^T y / s^2."""
+    import tensorflow_probability as tfp
+
+    from pipeline_lib.model.mcmc import hmc_linear
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = x @ np.array([1.0, -0.5, 0.25]) + 1.0 + 0.5 * rng.normal(size=40)
+    design = np.hstack([x, np.ones((40, 1))])  # the bias as a fourth weight
+    covariance = np.linalg.inv(design.T @ design / 0.25 + np.eye(4))
+    mean = covariance @ design.T @ y / 0.25
+
+    def log_likelihood(params, targets):
+        return tfp.distributions.Normal(params[..., 0], 0.5).log_prob(targets)
+
+    result = hmc_linear(x, y, log_likelihood, tfp.distributions.Normal(0.0, 1.0),
+                        (np.zeros((3, 1)), np.zeros(1)), num_results=1500, num_burnin=500)
+    samples = np.hstack([result.kernels[:, :, 0], result.biases])
+    assert 0.5 < result.acceptance <= 1.0
+    np.testing.assert_allclose(samples.mean(axis=0), mean, atol=0.03)
+    np.testing.assert_allclose(samples.std(axis=0), np.sqrt(np.diag(covariance)), rtol=0.15)
+
+
+@pytest.mark.model
+def test_hmc_output_layer_forecasts_and_compares_spread(teacher):
+    from pipeline_lib.model.mcmc import OutputLayerHmc, spread_ratio
+
+    config, panel, model = teacher
+    train = build_windows(panel, model.scalers, model.spec, config.window, "train")
+    hmc = OutputLayerHmc.fit(model, train, num_results=100, num_burnin=150)
+    assert hmc.result.acceptance > 0.3
+    days = part_days(panel, config.window, "test")
+    sampled = hmc.one_step(panel, days, num_samples=50, samples_per_draw=4)
+    actuals, _ = actuals_for(panel, days)
+    assert sampled.samples.shape == (200, len(actuals)) and np.isfinite(sampled.samples).all()
+    median_error = np.abs(np.median(sampled.samples, axis=0) - actuals).mean()
+    teacher_error = np.abs(np.median(model.one_step(panel, days, num_samples=50).samples, axis=0) - actuals).mean()
+    assert median_error < 1.2 * teacher_error, (median_error, teacher_error)
+    ratio = spread_ratio(model, hmc, train)
+    assert np.isfinite(ratio) and ratio > 0

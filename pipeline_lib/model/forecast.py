@@ -8,6 +8,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,16 @@ def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -
     })
     quantile_frame = pd.DataFrame(quantiles.T, columns=list(QUANTILE_COLUMNS))
     return pd.concat([frame, quantile_frame], axis=1)[list(FORECAST_COLUMNS)]
+
+
+class OneStepForecaster(Protocol):
+    """What the evaluation needs of a model: one-day-ahead samples and an optional
+    recalibration (a :class:`ForecastModel`, a distilled student, an MCMC output layer)."""
+
+    calibration: PitRecalibration | None
+
+    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
+                 samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast: ...
 
 
 @dataclass(frozen=True)

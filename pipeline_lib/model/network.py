@@ -68,6 +68,15 @@ class BayesianForecaster(tf_keras.Model):
 
     def forward(self, inputs: tf.Tensor, draws: list[dict]) -> tf.Tensor:
         """``(S, B, T, F)`` -> ``(S, B, P)`` with the sampled weights of ``draws``."""
+        return self.output_layer.forward(self.features(inputs, draws), draws[-1])
+
+    def mean_draws(self) -> list[dict]:
+        """One "draw" that is every posterior mean (``S = 1``, tiled layout)."""
+        return [{name: layer.posterior(name)[0][None] for name in layer._posterior_names}
+                for layer in self.variational_layers()]
+
+    def features(self, inputs: tf.Tensor, draws: list[dict]) -> tf.Tensor:
+        """What the output layer reads: ``(S, B, T, F)`` -> ``(S, B, D)``."""
         if "sign_in_x" in draws[0]:  # Flipout
             h = inputs
             for layer, draw in zip(self.recurrent_layers, draws):
@@ -80,7 +89,7 @@ class BayesianForecaster(tf_keras.Model):
                 h = tf.stack(h, axis=2)
         if self.attention is not None:
             h = self.attention.forward(h, draws[len(self.recurrent_layers)])
-        return self.output_layer.forward(h, draws[-1])
+        return h
 
     def forward_with_state(self, steps: list[tf.Tensor], draws: list[dict], states=None):
         """Tiled draws on ``T`` steps ``(S, B, F)`` continuing from ``states`` (one ``(h, c)``
