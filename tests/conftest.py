@@ -49,6 +49,15 @@ def small_config(tmp_path: Path) -> PipelineConfig:
     )
 
 
+@pytest.fixture(scope="module")
+def prefect_harness():
+    """A temporary Prefect server for the flow tests of one module."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture
 def synthetic_csv(tmp_path: Path) -> Path:
     path = tmp_path / "demand.csv"

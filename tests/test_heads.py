@@ -194,12 +194,12 @@ def test_priors_train_from_config_and_shrink_as_documented():
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("model", [{"head": "count"}, {"head": "student_t"}, {"head": "quantile"},
-                                   {"attention_units": 8}], ids=["count", "student_t", "quantile", "attention"])
+@pytest.mark.parametrize("model", [{"head": "count"}, {"attention_units": 8}], ids=["count", "attention"])
 def test_each_variant_runs_the_whole_pipeline(model, small_config, synthetic_csv):
-    """Train, Monte Carlo evaluation and multi-day paths through the real pipeline. With the
-    count head every forecast quantile is a whole number and the closed Saturdays get
-    mostly zero demand."""
+    """Train, Monte Carlo evaluation and multi-day paths through the real pipeline for the
+    variants that change more than the head's formula (units space; the attention memory in
+    the paths). With the count head every forecast quantile is a whole number and the closed
+    Saturdays get mostly zero demand."""
     from pipeline_lib import pipeline
     from pipeline_lib.data.validate import load_panel
 

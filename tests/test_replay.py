@@ -24,14 +24,6 @@ SHIFT_DAY = dt.date(2023, 5, 16)
 
 
 @pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def webhook():
     with webhook_receiver() as endpoint:
         yield endpoint
@@ -144,35 +136,3 @@ def test_without_a_shift_nothing_is_retrained(prefect_harness, tmp_path):
     store.dispose()
     assert list(result.timeline["status"]) == ["ok"] * 7 and "retrain" not in result.text, result.text
 
-
-def test_online_update_is_the_first_response_to_a_shift(prefect_harness, tmp_path):
-    """``first_response: online_update`` without window centring: the third breach day
-    updates the champion's posterior on the last days (a new version, tagged) instead of
-    retraining; the following forecasts come from the updated version."""
-    from flows.replay import replay_flow
-
-    config = replay_config(tmp_path, "online", level_following_demand(n_series=40, seed=2)).updated(
-        model={"level_days": 0}, monitoring={"first_response": "online_update", "online_update_days": 5})
-    # The shift breaches from May 16, so the update comes by May 18 and May 19 is forecast after it.
-    result = replay_flow(config, ReplaySpec(START, 8, SHIFT_DAY, 1.8), progress=lambda _: None)
-    store = ForecastStore(config.store_url)
-    events = store.table("retrain_events")
-    forecasts = store.table("forecasts")
-    alerts = store.table("alerts")
-    store.dispose()
-    assert len(events) >= 1, result.text
-    update = events.iloc[0]
-    assert update["mode"] == "online_update" and update["status"] == "completed"
-    # Every streak's first response is an update; a retrain only escalates an updated
-    # streak, keyed three days after its start.
-    updates = set(events.loc[events["mode"] == "online_update", "streak_start"])
-    escalations = events.loc[events["mode"] != "online_update", "streak_start"]
-    assert all(start - dt.timedelta(days=3) in updates for start in escalations), events
-    registry.configure(config.tracking_uri)
-    tags = registry.version_tags(config.registry.model_name, update["new_version"])
-    assert tags["update.kind"] == "online" and tags["update.parent_version"] == update["champion_before"]
-    after = forecasts[pd.to_datetime(forecasts["run_date"]).dt.date > update["triggered_on"]]
-    assert update["new_version"] in set(after["model_version"])
-    message = alerts.loc[(alerts["kind"] == "retrain") & (alerts["day"] == update["triggered_on"]), "message"].iloc[0]
-    assert "online update" in message
-    assert "online update -> v" in result.text
