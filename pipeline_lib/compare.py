@@ -28,7 +28,7 @@ import pandas as pd
 
 from pipeline_lib import pipeline
 from pipeline_lib.config import PipelineConfig
-from pipeline_lib.data.features import build_windows
+from pipeline_lib.data.features import actuals_for, build_windows, part_days
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.model.forecast import SampledForecast
@@ -125,8 +125,19 @@ def _distilled(config: PipelineConfig, panel: Panel, teacher) -> _Scored:
                       seed=config.train.seed, progress=False)
     if config.evaluation.recalibrate:
         student.calibration = pipeline.fit_recalibration(config, student, panel)
-    return _score(config, student, panel, time.perf_counter() - started,
-                  f"student of {BASE}, {len(student.history.get('loss', []))} epochs")
+    seconds = time.perf_counter() - started
+    # How close the point forecasts are: the student's median against the teacher's, both raw.
+    days = part_days(panel, config.window, "test")
+    teacher_point = np.median(teacher.one_step(panel, days, config.evaluation.num_samples,
+                                               seed=config.evaluation.seed, calibrated=False).samples, axis=0)
+    student_point = np.median(student.one_step(panel, days, config.evaluation.num_samples,
+                                               seed=config.evaluation.seed, calibrated=False).samples, axis=0)
+    actuals, _ = actuals_for(panel, days)
+    gap = float(np.mean(np.abs(student_point - teacher_point)))
+    teacher_mae = float(np.mean(np.abs(teacher_point - actuals)))
+    return _score(config, student, panel, seconds,
+                  f"student of {BASE}, {len(student.history.get('loss', []))} epochs; median differs from the "
+                  f"teacher's by {gap:.2f} units on average ({gap / max(teacher_mae, 1e-12):.0%} of the teacher's MAE)")
 
 
 def _mcmc(config: PipelineConfig, panel: Panel, base) -> _Scored:

@@ -1,15 +1,16 @@
 """Knowledge distillation: a deterministic ``tf_keras`` LSTM student of the Bayesian teacher.
 
 The teacher's one-day-ahead predictive distribution on each training window is summarised
-by its mean and standard deviation (``S`` weight draws, in the teacher's centred model
-space). The student, ``LSTM(64, sequences) -> LSTM(32) -> Dense(2)`` with the teacher's
-layer sizes, is trained to output a Normal ``N(m, s^2)`` minimising
+by its median ``m_t`` and half its central 68% range ``s_t`` (``S`` weight draws, in the
+teacher's centred model space; for a Normal teacher these are its mean and std). The
+student, ``LSTM(64, sequences) -> LSTM(32) -> Dense(2)`` with the teacher's layer sizes, is
+trained to output a Normal ``N(m, s^2)`` minimising
 
-    KL( N(m_teacher, s_teacher^2) || N(m, s^2) )
+    KL( N(m_t, s_t^2) || N(m, s^2) )
 
-per window, i.e. moment matching. One forward pass then replaces ``S`` weight draws, and
-``tf_keras.layers.LSTM`` uses cuDNN on a GPU. The student forgets the split between
-epistemic and aleatoric uncertainty and the teacher's skew; it keeps its mean and spread.
+per window. One forward pass then replaces ``S`` weight draws, and ``tf_keras.layers.LSTM``
+uses cuDNN on a GPU. The student forgets the split between epistemic and aleatoric
+uncertainty and the teacher's tails; it keeps its median and central spread.
 Only teachers whose head works in model space (normal, student_t, quantile) can be distilled.
 """
 
@@ -75,10 +76,13 @@ class DistilledStudent:
 
 
 def distill(teacher: ForecastModel, train: WindowSet, validation: WindowSet, epochs: int = 60,
-            batch_size: int = 64, learning_rate: float = 1e-2, teacher_samples: int = 32, seed: int = 0,
+            batch_size: int | None = None, learning_rate: float = 1e-2, teacher_samples: int = 32, seed: int = 0,
             progress: bool = True) -> DistilledStudent:
     """Train a student on the teacher's predictive mean and std over ``train``'s windows
     (early stopping on the same KL over ``validation``'s windows).
+
+    ``batch_size``: None = ``len(train) // 100`` within [64, 1024], about 100 steps an epoch:
+    small data needs small batches to fit at all, large data would spend minutes per epoch.
 
     Raises:
         ValueError: the teacher's head predicts counts (units), which a Normal student in
@@ -89,9 +93,14 @@ def distill(teacher: ForecastModel, train: WindowSet, validation: WindowSet, epo
     started = time.perf_counter()
 
     def targets(windows: WindowSet) -> np.ndarray:
+        # Robust moments: the median (the product's point forecast) and half the central 68%
+        # range, which equal mean and std for a Normal teacher and keep the student's median
+        # and central intervals where a skewed teacher has them.
         draws = sample_one_step(teacher.network, windows.inputs, teacher_samples, 4, seed)
-        return np.stack([draws.samples.mean(axis=0), np.maximum(draws.samples.std(axis=0), _MIN_STD)], axis=1)
+        low, median, high = np.quantile(draws.samples, [0.1587, 0.5, 0.8413], axis=0)
+        return np.stack([median, np.maximum((high - low) / 2, _MIN_STD)], axis=1)
 
+    batch_size = batch_size or int(np.clip(len(train) // 100, 64, 1024))
     tf_keras.utils.set_random_seed(seed)
     _, steps, features = train.inputs.shape
     network = _student_network(teacher.model_config.lstm_units, steps, features)
