@@ -30,9 +30,10 @@ def _features(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 5, 2)).astype("float32")
 
 
-def _fit(head: str, train: WindowSet, validation: WindowSet, **model) -> BayesianForecaster:
+def _fit(head: str, train: WindowSet, validation: WindowSet, units: tuple[int, int] = (8, 4),
+         **model) -> BayesianForecaster:
     tf.random.set_seed(0)
-    network = BayesianForecaster(2, ModelConfig(lstm_units=(8, 4), head=head, **model)).build_for(5)
+    network = BayesianForecaster(2, ModelConfig(lstm_units=units, head=head, **model)).build_for(5)
     train_model(network, train, validation, FAST, progress=False)
     return network
 
@@ -104,7 +105,7 @@ def test_count_head_log_mean_follows_the_context():
 def test_quantile_head_never_crosses_and_samples_its_quantile_function():
     levels = (0.05, 0.25, 0.5, 0.75, 0.95)
     head = QuantileHead(levels)
-    params = tf.constant(np.random.default_rng(0).normal(scale=5.0, size=(64, 5)), tf.float32)  # adversarial
+    params = tf.constant(np.random.default_rng(0).normal(scale=5.0, size=(64, 6)), tf.float32)  # adversarial
     distribution = head.distribution(params)
     q = distribution.quantiles.numpy()
     assert (np.diff(q, axis=-1) >= 0).all()  # gaps of 1e-6 can vanish in float32 next to large values
@@ -130,18 +131,15 @@ def test_quantile_head_learns_calibrated_quantiles():
         return _windows(x, 0.8 * x[:, -1, 1] + std * rng.normal(size=n)), std
 
     (train, _), (validation, _), (test, std) = data(4000, 0), data(500, 1), data(2000, 2)
-    # Pinball gradients are sparse in the tails (a 95% quantile moves up on 5% of the
-    # examples), so the spread learns more slowly than a Normal head's: 40 epochs.
-    tf.random.set_seed(0)
-    network = BayesianForecaster(2, ModelConfig(lstm_units=(8, 4), head="quantile",
-                                                quantile_levels=(0.05, 0.25, 0.5, 0.75, 0.95))).build_for(5)
-    train_model(network, train, validation, FAST.model_copy(update={"epochs": 40, "patience": 40}), progress=False)
+    # (16, 8) units: with (8, 4) the LSTM picked up the noise feature in some seeds only
+    # (width ratio 1.3-2.4 over six seeds; 2.3-2.7 over four seeds with these units).
+    network = _fit("quantile", train, validation, units=(16, 8), quantile_levels=(0.05, 0.25, 0.5, 0.75, 0.95))
     samples = sample_one_step(network, test.inputs, num_samples=30, samples_per_draw=20).samples
     q = np.quantile(samples, [0.05, 0.95], axis=0).T  # the served predictive quantiles
     inside = (test.targets >= q[:, 0]) & (test.targets <= q[:, -1])
     assert 0.85 < inside.mean() < 0.95, inside.mean()
     width = q[:, -1] - q[:, 0]
-    assert width[std == 1.0].mean() > 1.6 * width[std == 0.3].mean()
+    assert width[std == 1.0].mean() > 1.8 * width[std == 0.3].mean(), (width[std == 1.0].mean(), width[std == 0.3].mean())
 
 
 @pytest.mark.parametrize("kind", ["student_t", "scale_mixture"])

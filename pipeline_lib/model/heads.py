@@ -22,8 +22,8 @@ Heads (``model.head``):
 - ``count``: zero-inflated negative binomial on counts, ``P(0) = pi + (1 - pi) NB(0)``:
   slow movers with many zero days. Samples are integers, so are the quantiles.
 - ``quantile``: quantile regression at ``model.quantile_levels`` by the pinball loss; the
-  quantile nearest the median is ``p0`` and the others step away from it by
-  ``softplus(p_k)`` gaps, so they cannot cross. The "distribution" is the piecewise-linear
+  quantile nearest the median is ``p0`` and the others step away from it by positive gaps
+  ``softplus(p1) * softplus(p_k)`` (a common scale times a shape), so they cannot cross. The "distribution" is the piecewise-linear
   quantile function through them (linear tails).
 """
 
@@ -101,18 +101,20 @@ class CountHead:
 class QuantileHead(NormalHead):
     """Non-crossing quantiles at ``levels`` trained by the pinball loss (model space)."""
 
-    def __init__(self, levels: tuple[float, ...]):
-        super().__init__()
+    def __init__(self, levels: tuple[float, ...], min_scale: float = 1e-3):
+        super().__init__(min_scale)
         self.levels = tuple(float(level) for level in levels)
-        self.num_params = len(self.levels)
+        self.num_params = len(self.levels) + 1  # anchor, common scale, one shape per gap
         self.anchor = int(np.argmin(np.abs(np.asarray(self.levels) - 0.5)))  # index of the median-most level
 
     def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> PiecewiseLinearQuantiles:
         # Anchored at the level nearest the median, the other quantiles step away from it by
-        # positive gaps: location and spread are separate outputs (anchoring at the lowest
-        # level couples them, and the spread then barely learns).
+        # positive gaps = a common scale (p1) times a shape (p2..): location, spread and shape
+        # are separate outputs, and every level's pinball gradient reaches the common scale
+        # (anchoring at the lowest level coupled location and spread, and per-gap scales got
+        # only the sparse tail gradients: the spread then barely learned).
         a = self.anchor
-        gaps = tf.nn.softplus(params[..., 1:]) + 1e-6
+        gaps = (self.min_scale + tf.nn.softplus(params[..., 1:2])) * tf.nn.softplus(params[..., 2:]) + 1e-6
         anchor = params[..., :1]
         below = anchor - tf.reverse(tf.cumsum(gaps[..., :a], axis=-1), axis=[-1])
         above = anchor + tf.cumsum(gaps[..., a:], axis=-1)
@@ -180,5 +182,5 @@ def make_head(kind: str, min_scale: float, quantile_levels: tuple[float, ...] = 
     if kind == "count":
         return CountHead()
     if kind == "quantile":
-        return QuantileHead(quantile_levels)
+        return QuantileHead(quantile_levels, min_scale)
     raise ValueError(f"unknown head {kind!r}")
