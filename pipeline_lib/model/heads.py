@@ -23,8 +23,8 @@ Heads (``model.head``):
   slow movers with many zero days. Samples are integers, so are the quantiles.
 - ``quantile``: quantile regression at ``model.quantile_levels`` by the pinball loss; the
   quantile nearest the median is ``p0`` and the others step away from it by positive gaps
-  ``softplus(p1) * softplus(p_k)`` (a common scale times a shape), so they cannot cross. The "distribution" is the piecewise-linear
-  quantile function through them (linear tails).
+  ``softplus(p1) * softplus(p_k)`` (a common scale times a shape), so they cannot cross.
+  The "distribution" is the piecewise-linear quantile function through them (linear tails).
 """
 
 from __future__ import annotations
