@@ -41,8 +41,9 @@ def update_windows(model: ForecastModel, panel: Panel, days: dict[int, np.ndarra
     and centring, targets in model space and in units."""
     inputs = model.one_step_inputs(panel, days)
     units = np.concatenate([panel.series[k].target[d] for k, d in days.items()]).astype(np.float32)
-    log_units = np.log1p(np.maximum(units, 0.0)) if model.spec.transform == "log1p" else units
-    targets = ((log_units - inputs.locs) / inputs.scales - inputs.levels).astype(np.float32)
+    scaled = np.concatenate([model.scaler_for(panel.series[k]).forward(panel.series[k].target[d])
+                             for k, d in days.items()])
+    targets = (scaled - inputs.levels).astype(np.float32)
     series_index = np.concatenate([np.full(len(d), k) for k, d in days.items()])
     return WindowSet(inputs.windows.astype(np.float32), targets, series_index, np.concatenate(list(days.values())),
                      inputs.levels, units=units, context=inputs.context)
