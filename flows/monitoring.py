@@ -112,7 +112,7 @@ def _retrain_and_record(config: PipelineConfig, request: daily.RetrainRequest, p
     failure = None
     try:
         text, new_version, promoted = retrain(config, request, panel)
-        store.finish_retrain(request.streak_start, "completed" if new_version else "started",
+        store.finish_retrain(request.streak_start, "completed" if new_version else "dispatched",
                              new_version, promoted, text)
     except Exception as exc:  # noqa: BLE001 - recorded and alerted, then re-raised
         failure = exc

@@ -194,7 +194,8 @@ def compare(
 ) -> None:
     """Backtest the toolbox's variants (heads, priors, attention, distillation, MCMC) on the
     same split; print the table and write comparison.csv / comparison.md to the workdir."""
-    from pipeline_lib.compare import ALL_VARIANTS, check_variants, compare as run_comparison, write_table
+    from pipeline_lib.compare import ALL_VARIANTS, check_variants, write_table
+    from pipeline_lib.compare import compare as run_comparison
 
     names = check_variants([v.strip() for v in variants.split(",") if v.strip()] if variants else list(ALL_VARIANTS))
     cfg = _build_config(config, workdir, data, id_col, time_col, target_col)

@@ -174,6 +174,9 @@ class MonitoringConfig(_Strict):
     retrain: Literal["auto", "subflow", "deployment", "off"] = Field(
         "auto", description="auto = the training deployment when a Prefect server has one, else a subflow")
     training_deployment: str = "training_pipeline/training-pipeline"
+    retrain_claim_timeout_hours: float = Field(
+        6.0, gt=0, description="a retrain claimed this long ago and never finished (its process died) "
+        "is started again by the next monitoring run; keep it above your longest training")
     first_response: Literal["retrain", "online_update"] = Field(
         "retrain", description="response to a breach streak: retrain, or first an online Bayesian update "
         "of the champion on the last online_update_days (seconds), retraining only if the streak goes on")

@@ -4,7 +4,8 @@
 - Training diverges: nothing registered, a FAILED run says why.
 - Forecast store locked: retried; if it stays locked, a clear error and nothing written.
 - A crash in the middle of monitoring: the next run completes the days exactly as if
-  nothing had happened; two runs of one day at once retrain once.
+  nothing had happened; two runs of one day at once retrain once; a retrain killed
+  mid-training is retried once its claim is stale.
 - A corrupt champion: one clear error and one alert per day, no retry loop.
 """
 
@@ -198,8 +199,33 @@ def test_crash_mid_monitoring_is_completed_by_the_next_run(tmp_path, monkeypatch
     monkeypatch.setattr(daily, "_drift", crash_once)
     _monitor(config, crashed, [day(k) for k in range(5)], tmp_path, crash_on=day(2))
     assert crashed.table("retrain_events")["streak_start"].tolist() == [day(0)]
-    for name in TABLES:
-        pd.testing.assert_frame_equal(crashed.table(name), clean.table(name), obj=name)
+    for name in TABLES:  # the claim's wall-clock time is the only column allowed to differ
+        pd.testing.assert_frame_equal(crashed.table(name).drop(columns="claimed_at", errors="ignore"),
+                                      clean.table(name).drop(columns="claimed_at", errors="ignore"), obj=name)
+
+
+def test_a_retrain_killed_mid_training_is_retried_once_its_claim_is_stale(tmp_path):
+    """The run of day 2 claims the retrain and dies while training (the claim stays
+    ``started``). Day 3's run, within the timeout, leaves it alone; day 4's run, when the
+    claim is older than the timeout, retrains the same streak again."""
+    from pipeline_lib.monitoring.store import retrain_events
+
+    config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 3, "retrain_claim_timeout_hours": 6})
+    store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    _breaching_days(store, 5)
+    panel = _panel(actual_days=5, value=30.0)
+    runs = [monitor_day(config, store, panel, day(k), "1", tmp_path / "r") for k in range(4)]
+    assert [run.retrain is not None for run in runs] == [False, False, True, False]
+    assert runs[2].retrain.streak_start == day(0)
+
+    with store.engine.begin() as conn:  # six hours and a minute pass without the retrain finishing
+        conn.execute(retrain_events.update().values(
+            claimed_at=dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=6, minutes=1)))
+    retried = monitor_day(config, store, panel, day(4), "1", tmp_path / "r")
+    assert retried.retrain is not None and retried.retrain.streak_start == day(0)
+    events = store.table("retrain_events")
+    assert len(events) == 1 and "taken over" in events["detail"].iloc[0]
+    assert monitor_day(config, store, panel, day(4), "1", tmp_path / "r").retrain is None  # fresh again
 
 
 def test_two_monitoring_runs_of_one_day_at_once_retrain_once(tmp_path):

@@ -156,6 +156,53 @@ def _panel(actual_days: int, series=("A", "B", "C", "D"), value: float = 10.0):
     return validate_table(frame, PipelineConfig().data, min_days=1)
 
 
+def test_a_claim_left_started_by_a_dead_process_is_taken_over_once_it_is_stale(tmp_path):
+    """A claim still ``started`` after the timeout was left by a process that died while
+    retraining: it stops counting as retrained, and one of eight concurrent claimers takes
+    it over. Finished, dispatched and failed claims never go stale, nor do claims without a
+    time (made before schema 3)."""
+    from pipeline_lib.monitoring.store import retrain_events
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = ForecastStore(url).create()
+    timeout = dt.timedelta(hours=6)
+    claimed = dt.datetime(2026, 1, 1, 8, 0)
+    assert store.claim_retrain(day(0), day(2), "subflow", "1", timeout, now=claimed)
+    five_hours, seven_hours = claimed + dt.timedelta(hours=5), claimed + dt.timedelta(hours=7)
+    assert store.retrained_streaks(timeout, now=five_hours) == {day(0)}
+    assert not store.claim_retrain(day(0), day(2), "subflow", "1", timeout, now=five_hours)
+    assert store.retrained_streaks(timeout, now=seven_hours) == set()
+    assert store.retrained_streaks() == {day(0)}  # without a timeout every claim counts
+
+    results = []
+
+    def claim():
+        own = ForecastStore(url)
+        results.append(own.claim_retrain(day(0), day(2), "deployment", "2", timeout, now=seven_hours))
+        own.dispose()
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    event = store.table("retrain_events").iloc[0]
+    assert (event["mode"], event["champion_before"], event["status"]) == ("deployment", "2", "started")
+    assert pd.Timestamp(event["claimed_at"]) == seven_hours and "taken over" in event["detail"]
+
+    for key, status in ((day(10), "completed"), (day(20), "dispatched"), (day(30), "failed"), (day(40), None)):
+        assert store.claim_retrain(key, key, "subflow", "1", now=claimed)
+        if status:
+            store.finish_retrain(key, status)
+    with store.engine.begin() as conn:
+        conn.execute(retrain_events.update().where(retrain_events.c.streak_start == day(40)).values(claimed_at=None))
+    a_week_later = claimed + dt.timedelta(days=7)
+    assert store.retrained_streaks(timeout, now=a_week_later) == {day(10), day(20), day(30), day(40)}
+    assert not any(store.claim_retrain(key, key, "subflow", "1", timeout, now=a_week_later)
+                   for key in (day(10), day(20), day(30), day(40)))
+
+
 def test_pending_day_backfill_and_late_actuals(store, tmp_path):
     config = PipelineConfig(workdir=tmp_path, monitoring={"lookback_days": 3})
     for k in range(3):
@@ -226,15 +273,19 @@ def test_evidently_sees_target_drift_only_after_a_shift(tmp_path, factor, drifte
     assert summary.report_path.stat().st_size > 10_000 and "<html" in summary.report_path.read_text()[:2000].lower()
 
 
-def test_a_version_1_store_is_migrated_in_place(tmp_path):
+@pytest.mark.parametrize("dropped", [("forecasts.order_up_to", "forecasts.safety_stock", "retrain_events.claimed_at"),
+                                     ("forecasts.safety_stock", "retrain_events.claimed_at")],
+                         ids=["version 1", "died half-way through migration 2"])
+def test_a_version_1_store_is_migrated_in_place(tmp_path, dropped):
     import sqlalchemy as sa
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     ForecastStore(url).create().dispose()
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # turn it into what version 1 of the code created
-        conn.execute(sa.text("ALTER TABLE forecasts DROP COLUMN order_up_to"))
-        conn.execute(sa.text("ALTER TABLE forecasts DROP COLUMN safety_stock"))
+        for column in dropped:
+            table, name = column.split(".")
+            conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {name}"))
         conn.execute(sa.text("DELETE FROM schema_info"))
         conn.execute(sa.text("INSERT INTO schema_info (version) VALUES (1)"))
     store = ForecastStore(url).create()
@@ -243,6 +294,8 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path):
     stored = store.table("forecasts")
     assert stored["order_up_to"].tolist()[:2] == [30.0, 25.0] and pd.isna(stored["order_up_to"].iloc[2])
     with engine.connect() as conn:
-        assert sorted(conn.execute(sa.text("SELECT version FROM schema_info")).scalars()) == [1, 2]
+        assert sorted(conn.execute(sa.text("SELECT version FROM schema_info")).scalars()) == [1, 2, 3]
+    assert store.claim_retrain(day(0), day(2), "subflow", "1", dt.timedelta(hours=6))
+    assert store.table("retrain_events")["claimed_at"].notna().all()
     store.dispose()
     engine.dispose()

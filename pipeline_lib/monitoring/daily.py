@@ -213,8 +213,9 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
     # now: a run that died after writing a day's coverage left that day's alert and retrain
     # undone, and this run must finish them exactly as the dead run would have.
     window = [d for d in sorted(rows_by_day) if day - dt.timedelta(days=mon.lookback_days) <= d <= day]
+    stale_after = dt.timedelta(hours=mon.retrain_claim_timeout_hours)
     for d in window:
-        decision = retrain_decision(breaches, d, mon.consecutive_days, store.retrained_streaks(),
+        decision = retrain_decision(breaches, d, mon.consecutive_days, store.retrained_streaks(stale_after),
                                     online_update_first=mon.first_response == ONLINE_UPDATE)
         if d in evaluated:
             run.decisions.append(decision)
@@ -232,7 +233,7 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
             # gets here first (both are the same for a run of any later day).
             trigger_day = decision.claim_key + dt.timedelta(days=mon.consecutive_days - 1)
             mode = ONLINE_UPDATE if decision.response == ONLINE_UPDATE else mon.retrain
-            if store.claim_retrain(decision.claim_key, trigger_day, mode, champion_version):
+            if store.claim_retrain(decision.claim_key, trigger_day, mode, champion_version, stale_after):
                 run.retrain = RetrainRequest(decision.claim_key, trigger_day, champion_version, decision.response)
     return run
 

@@ -13,7 +13,9 @@ instead of duplicating them:
 - ``alerts``: at most one alert per day and kind.
 - ``retrain_events``: at most one retrain per breach streak (keyed by its first day). A
   monitoring run claims the streak by inserting the row *before* it retrains, so two
-  runs of the same day at once cannot both retrain.
+  runs of the same day at once cannot both retrain. A claim left ``started`` by a
+  process that died while retraining goes stale after ``monitoring.retrain_claim_timeout_hours``
+  and the next monitoring run retrains again.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from pipeline_lib.errors import PipelineError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# Statements that take a store from version ``v - 1`` to ``v`` (run in order, once).
+# Columns (table, column, SQL type) that take a store from version ``v - 1`` to ``v``.
+# Each is added only if missing: SQLite commits DDL as it goes, so a migration that died
+# half-way is simply finished by the next run.
 MIGRATIONS = {
-    2: ("ALTER TABLE forecasts ADD COLUMN order_up_to FLOAT",
-        "ALTER TABLE forecasts ADD COLUMN safety_stock FLOAT"),
+    2: (("forecasts", "order_up_to", "FLOAT"), ("forecasts", "safety_stock", "FLOAT")),
+    3: (("retrain_events", "claimed_at", "TIMESTAMP"),),
 }
 
 metadata = sa.MetaData()
@@ -101,10 +105,13 @@ retrain_events = sa.Table(
     sa.Column("triggered_on", sa.Date, nullable=False),
     sa.Column("mode", sa.String(20), nullable=False),
     sa.Column("champion_before", sa.String(50), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),  # started | completed | failed
+    # started (retraining in the claiming process) | dispatched (to the training deployment)
+    # | completed | failed
+    sa.Column("status", sa.String(20), nullable=False),
     sa.Column("new_version", sa.String(50)),
     sa.Column("promoted", sa.Boolean),
     sa.Column("detail", sa.Text),
+    sa.Column("claimed_at", sa.DateTime),  # UTC wall clock; NULL on claims made before schema 3
 )
 
 TABLES = ("forecasts", "actuals", "coverage_daily", "alerts", "retrain_events")
@@ -112,6 +119,19 @@ TABLES = ("forecasts", "actuals", "coverage_daily", "alerts", "retrain_events")
 
 def _day(value) -> dt.date:
     return pd.Timestamp(value).date()
+
+
+def _utc_now() -> dt.datetime:
+    """Naive UTC, as the ``claimed_at`` column stores it on every backend."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _stale_claim(cutoff: dt.datetime) -> tuple:
+    """Conditions of a claim still ``started`` that was made before ``cutoff``. A claim
+    without a time (made before schema 3) is never stale: its age is unknown."""
+    # is_not(None) keeps NOT(...) true for NULL times (SQL's NULL < x is NULL, not false).
+    return (retrain_events.c.status == "started", retrain_events.c.claimed_at.is_not(None),
+            retrain_events.c.claimed_at < cutoff)
 
 
 def _retried(method):
@@ -170,8 +190,9 @@ class ForecastStore:
                     raise PipelineError(f"forecast store {_redact(self.url)} has schema version {found}; "
                                         f"this code knows up to {SCHEMA_VERSION}: upgrade bayes-pipeline")
                 for version in range(found + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[version]:
-                        conn.execute(sa.text(statement))
+                    for table, column, sql_type in MIGRATIONS[version]:
+                        if column not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
+                            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
                     conn.execute(schema_info.insert().values(version=version))
                     log.info("forecast store migrated to schema version %d", version)
         except IntegrityError:
@@ -266,10 +287,33 @@ class ForecastStore:
         with self.engine.connect() as conn:
             return set(conn.execute(sa.select(alerts.c.day).where(alerts.c.kind == kind)).scalars())
 
-    def claim_retrain(self, streak_start, triggered_on, mode: str, champion_before: str) -> bool:
-        """Claim the retrain of the streak starting ``streak_start``; False if already claimed."""
-        return self._insert_once(retrain_events, streak_start=_day(streak_start), triggered_on=_day(triggered_on),
-                                 mode=mode, champion_before=str(champion_before), status="started")
+    def claim_retrain(self, streak_start, triggered_on, mode: str, champion_before: str,
+                      stale_after: dt.timedelta | None = None, now: dt.datetime | None = None) -> bool:
+        """Claim the retrain of the streak starting ``streak_start``; False if already claimed.
+
+        A claim still ``started`` more than ``stale_after`` ago belongs to a process that died
+        while retraining (nothing else leaves it so): it is taken over, by one caller only.
+        ``now``: UTC wall clock (default: the current time)."""
+        now = now or _utc_now()
+        if self._insert_once(retrain_events, streak_start=_day(streak_start), triggered_on=_day(triggered_on),
+                             mode=mode, champion_before=str(champion_before), status="started", claimed_at=now):
+            return True
+        return stale_after is not None and self._take_over_stale_claim(
+            _day(streak_start), mode, str(champion_before), now, stale_after)
+
+    @_retried
+    def _take_over_stale_claim(self, streak_start: dt.date, mode: str, champion_before: str, now: dt.datetime,
+                               stale_after: dt.timedelta) -> bool:
+        # One UPDATE whose WHERE re-checks staleness: of several callers at once, the first
+        # one's write makes the claim fresh again, so the others match no row.
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                retrain_events.update()
+                .where(retrain_events.c.streak_start == streak_start, *_stale_claim(now - stale_after))
+                .values(mode=mode, champion_before=champion_before, claimed_at=now,
+                        detail=f"taken over at {now:%Y-%m-%d %H:%M} UTC: the previous claim was still "
+                               f"'started' after {stale_after} (its process died)"))
+        return result.rowcount == 1
 
     @_retried
     def finish_retrain(self, streak_start, status: str, new_version: str | None = None,
@@ -279,10 +323,15 @@ class ForecastStore:
                          .values(status=status, new_version=new_version, promoted=promoted, detail=detail))
 
     @_retried
-    def retrained_streaks(self) -> set[dt.date]:
-        """First days of the breach streaks that triggered a retrain."""
+    def retrained_streaks(self, stale_after: dt.timedelta | None = None,
+                          now: dt.datetime | None = None) -> set[dt.date]:
+        """Keys (first days of breach streaks) of the retrains claimed, except those whose
+        claim went stale (see :meth:`claim_retrain`), which are to be retried."""
+        query = sa.select(retrain_events.c.streak_start)
+        if stale_after is not None:
+            query = query.where(sa.not_(sa.and_(*_stale_claim((now or _utc_now()) - stale_after))))
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(retrain_events.c.streak_start)).scalars())
+            return set(conn.execute(query).scalars())
 
     @_retried
     def forget_from(self, day) -> None:
