@@ -6,10 +6,13 @@ code 2; nothing is written when the input is rejected.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import typer
 
@@ -23,24 +26,59 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 USER_ERROR_EXIT = 2
 
-DataOpt = typer.Option(None, "--data", help="CSV, CSV.gz or Parquet file in long format (default: bundled data)")
-IdOpt = typer.Option(None, "--id-col", help="series id column (default: series_id)")
-TimeOpt = typer.Option(None, "--time-col", help="date column (default: date)")
-TargetOpt = typer.Option(None, "--target-col", help="target column (default: units)")
-ConfigOpt = typer.Option(None, "--config", help="YAML config file (see configs/default.yaml)")
-WorkdirOpt = typer.Option(None, "--workdir", help=f"state directory (default: ${WORKDIR_ENV} or .bayes-pipeline)")
+class SourceOptions(NamedTuple):
+    """The options every command takes: where the data are and how to read them, the config
+    file and the state directory."""
+
+    data: Path | None
+    id_col: str | None
+    time_col: str | None
+    target_col: str | None
+    config: Path | None
+    workdir: Path | None
+
+
+def _option(name: str, annotation, flag: str, help: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=typer.Option(None, flag, help=help))
+
+
+SOURCE_PARAMETERS = (
+    _option("data", Path | None, "--data", "CSV, CSV.gz or Parquet file in long format (default: bundled data)"),
+    _option("id_col", str | None, "--id-col", "series id column (default: series_id)"),
+    _option("time_col", str | None, "--time-col", "date column (default: date)"),
+    _option("target_col", str | None, "--target-col", "target column (default: units)"),
+    _option("config", Path | None, "--config", "YAML config file (see configs/default.yaml)"),
+    _option("workdir", Path | None, "--workdir", f"state directory (default: ${WORKDIR_ENV} or .bayes-pipeline)"),
+)
+
+
+def _with_source_options(command):
+    """Give ``command`` the options of :class:`SourceOptions`, passed to it as one ``source``
+    argument (Typer reads the options from the signature written here)."""
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name != "source"]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        source = SourceOptions(**{name: kwargs.pop(name) for name in SourceOptions._fields})
+        return command(*args, source=source, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *SOURCE_PARAMETERS])
+    return wrapper
 
 
 def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _build_config(config_file, workdir, data, id_col, time_col, target_col, **window) -> PipelineConfig:
-    config = load_config(config_file)
-    workdir = Path(workdir) if workdir else (config.workdir if config_file else default_workdir())
+def _build_config(source: SourceOptions, **window) -> PipelineConfig:
+    config = load_config(source.config)
+    workdir = Path(source.workdir) if source.workdir else (config.workdir if source.config else default_workdir())
     return config.updated(
         workdir=workdir,
-        data={"path": data, "id_col": id_col, "time_col": time_col, "target_col": target_col},
+        data={"path": source.data, "id_col": source.id_col, "time_col": source.time_col,
+              "target_col": source.target_col},
         window=window,
     )
 
@@ -56,8 +94,6 @@ def _prepare_environment(config: PipelineConfig) -> None:
 
 def _fail_cleanly(func):
     """Turn PipelineError into one line on stderr and exit code 2."""
-    import functools
-
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
@@ -71,17 +107,13 @@ def _fail_cleanly(func):
 
 @app.command()
 @_fail_cleanly
+@_with_source_options
 def train(
-    data: Path | None = DataOpt,
-    id_col: str | None = IdOpt,
-    time_col: str | None = TimeOpt,
-    target_col: str | None = TargetOpt,
-    config: Path | None = ConfigOpt,
-    workdir: Path | None = WorkdirOpt,
+    source: SourceOptions,
     epochs: int | None = typer.Option(None, "--epochs", help="override train.epochs"),
 ) -> None:
     """Run the training flow: ingest, validate, train, evaluate, register."""
-    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    cfg = _build_config(source)
     if epochs is not None:
         cfg = cfg.updated(train={"epochs": epochs})
     _say(f"[1/3] validating {cfg.data.source_name()}")
@@ -104,16 +136,12 @@ def train(
 
 @app.command()
 @_fail_cleanly
+@_with_source_options
 def forecast(
+    source: SourceOptions,
     horizon: int = typer.Option(..., "--horizon", min=1, help="days to forecast after each series' last day"),
     out: Path = typer.Option(..., "--out", help="CSV file to write"),
     model: str | None = typer.Option(None, "--model", help="model URI (default: models:/<name>@champion)"),
-    data: Path | None = DataOpt,
-    id_col: str | None = IdOpt,
-    time_col: str | None = TimeOpt,
-    target_col: str | None = TargetOpt,
-    config: Path | None = ConfigOpt,
-    workdir: Path | None = WorkdirOpt,
     num_samples: int | None = typer.Option(None, "--num-samples", help="Monte Carlo sample paths"),
     orders: bool = typer.Option(True, "--orders/--no-orders", help="add order_up_to and safety_stock columns "
                                 "(inventory.service_level, lead time + review period from the config)"),
@@ -124,7 +152,7 @@ def forecast(
     on hand + on order) for the configured service level, from the sum of each sample path
     over lead time + review period; ``safety_stock`` is its excess over the mean demand.
     Days too close to the horizon's end to cover that period get empty cells."""
-    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    cfg = _build_config(source)
     panel = validate_table(read_table(cfg.data), cfg.data, min_days=1)
     from pipeline_lib import registry
 
@@ -148,21 +176,17 @@ def forecast(
 
 @app.command()
 @_fail_cleanly
+@_with_source_options
 def backtest(
+    source: SourceOptions,
     test_days: int = typer.Option(..., "--test-days", min=1, help="last N days of each series are the test period"),
     horizon: int = typer.Option(1, "--horizon", min=1, help="1 = rolling one-day-ahead; N = all days from one origin"),
     out: Path = typer.Option(..., "--out", help="CSV file to write"),
     folds: int = typer.Option(1, "--folds", min=1, help="rolling-origin folds of N test days, one model each"),
-    data: Path | None = DataOpt,
-    id_col: str | None = IdOpt,
-    time_col: str | None = TimeOpt,
-    target_col: str | None = TargetOpt,
-    config: Path | None = ConfigOpt,
-    workdir: Path | None = WorkdirOpt,
 ) -> None:
     """Train once before the last N days of each series, then forecast those days
     (with --folds K: K consecutive N-day windows, each with its own model)."""
-    cfg = _build_config(config, workdir, data, id_col, time_col, target_col, test_days=test_days)
+    cfg = _build_config(source, test_days=test_days)
     if horizon > test_days:
         raise typer.BadParameter(f"--horizon {horizon} exceeds --test-days {test_days}")
     _say(f"[1/2] validating {cfg.data.source_name()}")
@@ -181,16 +205,12 @@ def backtest(
 
 @app.command()
 @_fail_cleanly
+@_with_source_options
 def compare(
+    source: SourceOptions,
     variants: str | None = typer.Option(None, "--variants", help="comma-separated; default: all of "
                                         "bayes_normal, head_student_t, head_count, head_quantile, prior_student_t, "
                                         "prior_scale_mixture, attention, distilled, mcmc_output_layer"),
-    data: Path | None = DataOpt,
-    id_col: str | None = IdOpt,
-    time_col: str | None = TimeOpt,
-    target_col: str | None = TargetOpt,
-    config: Path | None = ConfigOpt,
-    workdir: Path | None = WorkdirOpt,
 ) -> None:
     """Backtest the toolbox's variants (heads, priors, attention, distillation, MCMC) on the
     same split; print the table and write comparison.csv / comparison.md to the workdir."""
@@ -198,7 +218,7 @@ def compare(
     from pipeline_lib.compare import compare as run_comparison
 
     names = check_variants([v.strip() for v in variants.split(",") if v.strip()] if variants else list(ALL_VARIANTS))
-    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    cfg = _build_config(source)
     _say(f"validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
     _say(f"comparing {len(names)} variant(s) on {len(panel.series)} series, {cfg.window.test_days} test days")
@@ -210,7 +230,9 @@ def compare(
 
 @app.command()
 @_fail_cleanly
+@_with_source_options
 def replay(
+    source: SourceOptions,
     days: int = typer.Option(21, "--days", min=1, help="days to replay"),
     start: str | None = typer.Option(None, "--start", help="first replayed day, YYYY-MM-DD "
                                         "(default: the last DAYS days of the data)"),
@@ -220,12 +242,6 @@ def replay(
     first_response: str | None = typer.Option(None, "--first-response",
                                               help="retrain | online_update: the response to a breach streak "
                                               "(default: monitoring.first_response of the config)"),
-    data: Path | None = DataOpt,
-    id_col: str | None = IdOpt,
-    time_col: str | None = TimeOpt,
-    target_col: str | None = TargetOpt,
-    config: Path | None = ConfigOpt,
-    workdir: Path | None = WorkdirOpt,
 ) -> None:
     """Walk the data day by day: forecast, then monitor with that day's actuals (alerts,
     retrains), optionally with a planted demand shift; print a timeline and chart it."""
@@ -233,7 +249,7 @@ def replay(
 
     from pipeline_lib.monitoring.replay import ReplaySpec, default_spec
 
-    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    cfg = _build_config(source)
     if first_response is not None:
         cfg = cfg.updated(monitoring={"first_response": first_response})
     _say(f"[1/3] validating {cfg.data.source_name()}")
@@ -265,17 +281,13 @@ def replay(
 
 @app.command()
 @_fail_cleanly
+@_with_source_options
 def serve(
-    data: Path | None = DataOpt,
-    id_col: str | None = IdOpt,
-    time_col: str | None = TimeOpt,
-    target_col: str | None = TargetOpt,
-    config: Path | None = ConfigOpt,
-    workdir: Path | None = WorkdirOpt,
+    source: SourceOptions,
 ) -> None:
     """Serve the training, daily-forecast (06:00 UTC) and daily-monitoring (07:00 UTC)
     deployments against a running Prefect server (start it with `prefect server start`)."""
-    cfg = _build_config(config, workdir, data, id_col, time_col, target_col)
+    cfg = _build_config(source)
     if not os.environ.get("PREFECT_API_URL"):
         _say("error: no Prefect server configured: start one with `prefect server start` and export "
              "PREFECT_API_URL=http://127.0.0.1:4200/api (see README, 'Schedules without docker')")
@@ -288,22 +300,18 @@ def serve(
 
 @app.command("inventory-backtest")
 @_fail_cleanly
+@_with_source_options
 def inventory_backtest(
+    source: SourceOptions,
     service_level: float | None = typer.Option(None, "--service-level", min=0.01, max=0.999,
                                                help="target cycle service level (default 0.95)"),
     lead_time: int | None = typer.Option(None, "--lead-time", min=0, help="lead time in days (default 2)"),
     review_period: int | None = typer.Option(None, "--review-period", min=1, help="days between orders (default 1)"),
     test_days: int | None = typer.Option(None, "--test-days", min=1, help="simulated days at the end (default 28)"),
-    data: Path | None = DataOpt,
-    id_col: str | None = IdOpt,
-    time_col: str | None = TimeOpt,
-    target_col: str | None = TargetOpt,
-    config: Path | None = ConfigOpt,
-    workdir: Path | None = WorkdirOpt,
 ) -> None:
     """Train before the test period, then simulate ordering through it with (a) our sample
     paths, (b) point forecast + safety factor, (c) seasonal naive; log to MLflow."""
-    cfg = _build_config(config, workdir, data, id_col, time_col, target_col, test_days=test_days)
+    cfg = _build_config(source, test_days=test_days)
     cfg = cfg.updated(inventory={"service_level": service_level, "lead_time_days": lead_time,
                                  "review_period_days": review_period})
     if cfg.inventory.protection_days > 7:

@@ -100,3 +100,12 @@ def webhook_receiver(path: str = "/alerts"):
         yield f"http://127.0.0.1:{server.server_address[1]}{path}", received
     finally:
         server.shutdown()
+
+
+def run_concurrently(target, copies: int) -> None:
+    """Start ``copies`` threads running ``target`` at once and wait for all of them."""
+    threads = [threading.Thread(target=target) for _ in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

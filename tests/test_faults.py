@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_concurrently
 from test_monitoring import _panel, day, forecast_rows
 
 from pipeline_lib import pipeline, registry
@@ -244,11 +245,7 @@ def test_two_monitoring_runs_of_one_day_at_once_retrain_once(tmp_path):
             errors.append(exc)
         own.dispose()
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(run, 2)
     assert not errors
     assert sum(r.retrain is not None for r in runs) == 1
     assert len(store.table("retrain_events")) == 1

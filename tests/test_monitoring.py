@@ -7,12 +7,11 @@ hand; the flows and the replay are tested end to end in test_replay.py.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import webhook_receiver
+from conftest import run_concurrently, webhook_receiver
 
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.contract import QUANTILE_COLUMNS, QUANTILE_LEVELS
@@ -140,11 +139,7 @@ def test_concurrent_claims_of_one_streak_retrain_once(tmp_path):
         results.append(s.claim_retrain(day(0), day(2), "subflow", "1"))
         s.dispose()
 
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(claim, 8)
     assert sorted(results) == [False] * 7 + [True]
 
 
@@ -181,11 +176,7 @@ def test_a_claim_left_started_by_a_dead_process_is_taken_over_once_it_is_stale(t
         results.append(own.claim_retrain(day(0), day(2), "deployment", "2", timeout, now=seven_hours))
         own.dispose()
 
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(claim, 8)
     assert sorted(results) == [False] * 7 + [True]
     event = store.table("retrain_events").iloc[0]
     assert (event["mode"], event["champion_before"], event["status"]) == ("deployment", "2", "started")
