@@ -83,8 +83,9 @@ def _deployment_available(name: str) -> bool:
 def online_update(config: PipelineConfig, panel, day: dt.date) -> tuple[str, str | None, bool | None]:
     """The cheap first response: update the champion's posterior on the recent days."""
     outcome = pipeline.online_update_champion(config, panel, day)
-    return (f"online update in {outcome.metrics['update_seconds']:.0f} s: version {outcome.version} is champion "
-            f"({outcome.gate}); a full retrain follows if the breaches go on"), outcome.version, True
+    promoted = "champion" in outcome.aliases
+    return (f"online update in {outcome.metrics['update_seconds']:.0f} s: version {outcome.version} "
+            f"({outcome.gate}); a full retrain follows if the breaches go on"), outcome.version, promoted
 
 
 def retrain(config: PipelineConfig, request: daily.RetrainRequest, panel) -> tuple[str, str | None, bool | None]:

@@ -180,7 +180,8 @@ class MonitoringConfig(_Strict):
     first_response: Literal["retrain", "online_update"] = Field(
         "retrain", description="response to a breach streak: retrain, or first an online Bayesian update "
         "of the champion on the last online_update_days (seconds), retraining only if the streak goes on")
-    online_update_days: int = Field(7, ge=1, description="days of actuals an online update learns from")
+    online_update_days: int = Field(7, ge=2, description="days of actuals an online update learns from "
+                                    "(the last one is first held out to check the update)")
     failing_crps_tolerance: float = Field(0.05, ge=0, description="gate of a breach-triggered retrain: "
                                           "challenger CRPS may exceed the failing champion's by this share")
     drift_threshold: float = Field(0.1, gt=0, description="Evidently normed Wasserstein distance that counts as drift")

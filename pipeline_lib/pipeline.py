@@ -422,51 +422,60 @@ def recent_days(panel: Panel, day, n_days: int) -> dict[int, np.ndarray]:
 
 def online_update_champion(config: PipelineConfig, panel: Panel, day) -> TrainingOutcome:
     """Update the champion's posterior on the last ``monitoring.online_update_days`` days up to
-    ``day`` (:mod:`pipeline_lib.model.online`), register the result as a new version with
-    ``champion`` and ``challenger`` (tags ``update.kind=online``, ``update.parent_version``)
-    and leave the old version in the registry for a roll-back in the MLflow UI.
+    ``day`` (:mod:`pipeline_lib.model.online`) and register the result as a new version
+    (tags ``update.kind=online``, ``update.parent_version``) with the ``challenger`` alias.
+    It also becomes ``champion`` only if the same update, learned without each series' last
+    day, forecasts that day better than the champion (``online.check_on_held_out_day``); the
+    old version stays in the registry for a roll-back in the MLflow UI.
 
     Raises:
-        DataValidationError: no actuals in the window to learn from.
+        DataValidationError: fewer than two days of actuals in the window (one is held out).
     """
-    from pipeline_lib.model.online import online_update, update_windows
+    from pipeline_lib.model.online import check_on_held_out_day, online_update, update_windows
 
     registry.configure(config.tracking_uri)
     name = config.registry.model_name
     parent = registry.resolve_version(registry.champion_uri(name))
     model = registry.load_forecaster(f"models:/{name}/{parent}")
     days = recent_days(panel, day, config.monitoring.online_update_days)
-    if not days:
-        raise DataValidationError(f"{panel.source}: no actuals in the {config.monitoring.online_update_days} "
-                                  f"days up to {day} to update the champion on")
-    windows = update_windows(model, panel, days)
+    if not any(len(d) >= 2 for d in days.values()):
+        raise DataValidationError(f"{panel.source}: fewer than two days of actuals in the "
+                                  f"{config.monitoring.online_update_days} days up to {day}: an online update "
+                                  "needs one day to learn from and one to check it on")
+    seed = config.monitoring.seed
     started = datetime.now(UTC)
-    updated = online_update(model, windows, seed=config.monitoring.seed)
+    check = check_on_held_out_day(model, panel, days, seed=seed, num_samples=config.evaluation.num_samples)
+    windows = update_windows(model, panel, days)
+    updated = online_update(model, windows, seed=seed)
     seconds = (datetime.now(UTC) - started).total_seconds()
+    aliases = (registry.CHALLENGER, registry.CHAMPION) if check.improved else (registry.CHALLENGER,)
+    gate = f"{check.describe()}: {'promoted to champion' if check.improved else 'kept as challenger'}"
+    metrics = {"update_seconds": seconds, "update.holdout_crps": check.crps_after,
+               "update.holdout_crps_champion": check.crps_before}
     experiment_id = registry.ensure_experiment(config.registry.experiment_name, config.artifact_root)
     versions: list[str] = []
     with registry.training_run(experiment_id, f"online-update-{day}", tags={"pipeline": "online-update"}) as run:
         try:
             registry.log_params({"update.parent_version": parent, "update.days": config.monitoring.online_update_days,
                                  "update.windows": len(windows), "update.last_day": str(day)})
-            registry.log_metrics({"update_seconds": seconds})
+            registry.log_metrics(metrics)
             model_uri = registry.log_forecaster(updated, _input_example(panel))
             version = registry.register(model_uri, name, run.info.run_id,
                                         description=f"Online Bayesian update of version {parent} on {len(windows)} "
-                                        f"windows of the days up to {day}")
+                                        f"windows of the days up to {day}; {gate}")
             versions.append(version)
             tags = registry.version_tags(name, parent)
             registry.tag_version(name, version, {"update.kind": "online", "update.parent_version": parent,
-                                                 "data.last_date": tags.get("data.last_date", str(day))})
-            registry.set_alias(name, registry.CHALLENGER, version)
-            registry.set_alias(name, registry.CHAMPION, version)
+                                                 "data.last_date": tags.get("data.last_date", str(day)),
+                                                 "gate.promote": str(check.improved), "gate.reasons": gate})
+            for alias in aliases:  # champion last, as in the training flow
+                registry.set_alias(name, alias, version)
         except BaseException:
             for created in versions:
                 _delete_quietly(name, created)
             raise
         url = registry.run_url(run)
-    return TrainingOutcome(run.info.run_id, url, name, version, (registry.CHALLENGER, registry.CHAMPION),
-                           {"update_seconds": seconds}, f"online update of version {parent}")
+    return TrainingOutcome(run.info.run_id, url, name, version, aliases, metrics, gate)
 
 
 def log_inventory_run(config: PipelineConfig, panel: Panel, report) -> str:

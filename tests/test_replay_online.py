@@ -21,7 +21,8 @@ pytestmark = pytest.mark.flows
 def test_online_update_is_the_first_response_to_a_shift(prefect_harness, tmp_path):
     """``first_response: online_update`` without window centring: the third breach day
     updates the champion's posterior on the last days (a new version, tagged) instead of
-    retraining; the following forecasts come from the updated version."""
+    retraining; it passes the held-out day check, so the following forecasts come from the
+    updated version."""
     from flows.replay import replay_flow
 
     config = replay_config(tmp_path, "online", level_following_demand(n_series=40, seed=2)).updated(
@@ -44,6 +45,8 @@ def test_online_update_is_the_first_response_to_a_shift(prefect_harness, tmp_pat
     registry.configure(config.tracking_uri)
     tags = registry.version_tags(config.registry.model_name, update["new_version"])
     assert tags["update.kind"] == "online" and tags["update.parent_version"] == update["champion_before"]
+    # promoted because it passed the held-out day check (a spike would leave it challenger)
+    assert tags["gate.promote"] == "True" and "held-out last day" in tags["gate.reasons"] and bool(update["promoted"])
     after = forecasts[pd.to_datetime(forecasts["run_date"]).dt.date > update["triggered_on"]]
     assert update["new_version"] in set(after["model_version"])
     message = alerts.loc[(alerts["kind"] == "retrain") & (alerts["day"] == update["triggered_on"]), "message"].iloc[0]

@@ -59,31 +59,41 @@ def test_distillation_refuses_a_count_teacher(teacher):
         distill(counting, windows, windows, epochs=1, progress=False)
 
 
-@pytest.mark.model
-def test_online_update_raises_coverage_after_a_level_shift(tmp_path):
-    """Demand doubles on day 140. A model trained before the shift (without window centring,
-    which would follow a pure level shift by itself) covers the shifted days badly; a few
-    online updates on the first 7 shifted days raise the 90% coverage of the following days."""
+@pytest.fixture(scope="module")
+def trained_before_a_shift(tmp_path_factory):
+    """Six synthetic series whose demand doubles on day 140, and a model trained on the days
+    before it without window centring (which would follow a pure level shift by itself)."""
     from conftest import synthetic_demand
 
     from pipeline_lib.config import PipelineConfig
-    from pipeline_lib.evaluation.metrics import interval_from_samples, prediction_interval_coverage
-    from pipeline_lib.model.online import online_update, update_windows
 
+    tmp = tmp_path_factory.mktemp("shift")
     frame = synthetic_demand(n_series=6, n_days=170, seed=3)
-    shifted = pd.to_datetime(frame["date"]) >= pd.Timestamp("2023-01-02") + pd.Timedelta(days=140)
-    frame.loc[shifted, "units"] *= 2
-    frame.to_csv(tmp_path / "shift.csv", index=False)
+    shifted = frame.assign(units=frame["units"].where(_day_index(frame) < 140, frame["units"] * 2))
+    shifted.to_csv(tmp / "shift.csv", index=False)
     config = PipelineConfig(
-        workdir=tmp_path / "work", data={"path": tmp_path / "shift.csv"},
+        workdir=tmp / "work", data={"path": tmp / "shift.csv"},
         window={"context_length": 14, "validation_days": 14, "test_days": 14, "min_train_days": 14},
         model={"lstm_units": (16, 8), "level_days": 0},
         train={"epochs": 15, "batch_size": 64, "patience": 15, "learning_rate": 1e-2},
         evaluation={"recalibrate": False})
     panel = load_panel(config.data, config.window)
     before = pipeline.truncate(panel, {k: 140 for k in range(len(panel.series))})
-    model = pipeline.train(config, before, progress=False).model
+    return frame, config, panel, pipeline.train(config, before, progress=False).model
 
+
+def _day_index(frame: pd.DataFrame) -> pd.Series:
+    return (pd.to_datetime(frame["date"]) - pd.to_datetime(frame["date"]).min()).dt.days
+
+
+@pytest.mark.model
+def test_online_update_raises_coverage_after_a_level_shift(trained_before_a_shift):
+    """The model covers the doubled days badly; a few online updates on the first 7 shifted
+    days raise the 90% coverage of the following days."""
+    from pipeline_lib.evaluation.metrics import interval_from_samples, prediction_interval_coverage
+    from pipeline_lib.model.online import online_update, update_windows
+
+    _, _, panel, model = trained_before_a_shift
     new_days = {k: np.arange(140, 147) for k in range(len(panel.series))}
     later = {k: np.arange(147, 170) for k in range(len(panel.series))}
     actuals, _ = actuals_for(panel, later)
@@ -98,6 +108,28 @@ def test_online_update_raises_coverage_after_a_level_shift(tmp_path):
     print(f"90% coverage of the shifted days: {without:.2f} without, {with_update:.2f} with the update")
     # The update changed a copy: the original posterior is untouched.
     assert coverage(model) == without
+
+
+@pytest.mark.model
+def test_held_out_day_check_passes_a_shift_and_fails_a_one_off_spike(trained_before_a_shift, tmp_path):
+    """The gate of an online update. After the lasting shift, an update learned on days
+    140-146 forecasts day 147 better than the model without it. A one-off spike (demand
+    doubled on days 120-126, normal again on day 127) misleads the update, and the check
+    says so."""
+    from pipeline_lib.config import DataConfig
+    from pipeline_lib.model.online import check_on_held_out_day
+
+    frame, config, panel, model = trained_before_a_shift
+    shift = check_on_held_out_day(model, panel, {k: np.arange(140, 148) for k in range(len(panel.series))})
+    assert shift.improved and shift.windows == len(panel.series), shift
+
+    day = _day_index(frame)
+    spiked = frame.assign(units=frame["units"].where((day < 120) | (day > 126), frame["units"] * 2))
+    spiked.to_csv(tmp_path / "spike.csv", index=False)
+    spike_panel = load_panel(DataConfig(path=tmp_path / "spike.csv"), config.window)
+    spike = check_on_held_out_day(model, spike_panel, {k: np.arange(120, 128) for k in range(len(panel.series))})
+    assert not spike.improved, spike
+    print(shift.describe(), "|", spike.describe())
 
 
 def test_hmc_recovers_the_conjugate_posterior_of_a_linear_gaussian_model():

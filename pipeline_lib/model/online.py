@@ -15,20 +15,29 @@ With few new days the KL keeps the network close to what it knew; days that cont
 (a level or scale shift) move the weights they need.
 
 Cost: ``steps`` mini-batch steps on the new windows (seconds), against a full retrain's tens
-of epochs over the whole history. The monitoring uses it as the first response to a breach
+of epochs over the whole history.
+
+An update is only as good as the days it learned from: a one-off spike (a promotion week)
+looks like a shift to it. :func:`check_on_held_out_day` therefore repeats the update without
+each series' last day and asks whether it forecasts that day better than the model it
+started from (CRPS of the one-day-ahead samples); the monitoring promotes an update only
+then. The monitoring uses it as the first response to a breach
 streak when ``monitoring.first_response`` is ``online_update`` (docs/monitoring.md).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
-from pipeline_lib.data.features import WindowSet
+from pipeline_lib.data.features import WindowSet, actuals_for
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import TrainingDivergedError
+from pipeline_lib.evaluation.metrics import crps_from_samples
 from pipeline_lib.model.forecast import ForecastModel
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.training import make_train_step
@@ -103,3 +112,45 @@ def online_update(model: ForecastModel, windows: WindowSet, steps: int = 60, lea
         if not np.isfinite(float(loss)):
             raise TrainingDivergedError(f"online update diverged at step {i + 1}: loss {float(loss)}")
     return updated
+
+
+@dataclass(frozen=True)
+class HeldOutCheck:
+    """An update learned without each series' last day, scored on that day against the model
+    it started from. ``crps_*``: mean CRPS in units over the ``windows`` held-out windows."""
+
+    crps_before: float
+    crps_after: float
+    windows: int
+
+    @property
+    def improved(self) -> bool:
+        return self.crps_after <= self.crps_before
+
+    def describe(self) -> str:
+        verdict = "better" if self.improved else "worse"
+        return (f"on the held-out last day ({self.windows} series) the update is {verdict}: CRPS "
+                f"{self.crps_after:.3f} vs {self.crps_before:.3f} without it")
+
+
+def check_on_held_out_day(model: ForecastModel, panel: Panel, days: dict[int, np.ndarray], seed: int = 0,
+                          num_samples: int = 200, **update) -> HeldOutCheck:
+    """Update ``model`` on ``days`` minus each series' last day, then score both models'
+    one-day-ahead forecasts of those last days (same seed, ``num_samples`` paths).
+    ``update``: keyword arguments of :func:`online_update`.
+
+    Raises:
+        ValueError: no series has two or more days (nothing to learn from and to hold out).
+    """
+    learned = {k: d[:-1] for k, d in days.items() if len(d) >= 2}
+    held_out = {k: d[-1:] for k, d in days.items() if len(d) >= 2}
+    if not learned:
+        raise ValueError("an update check needs two or more new days of a series")
+    probe = online_update(model, update_windows(model, panel, learned), seed=seed, **update)
+    actuals, _ = actuals_for(panel, held_out)
+
+    def crps(candidate: ForecastModel) -> float:
+        samples = candidate.one_step(panel, held_out, num_samples=num_samples, seed=seed).samples
+        return float(np.mean(crps_from_samples(actuals, samples)))
+
+    return HeldOutCheck(crps(model), crps(probe), len(held_out))
