@@ -99,6 +99,12 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
     log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
     strategy = make_strategy(config.train.distribute, config.train.devices)
+    import tf_keras
+
+    # Python's, NumPy's and TensorFlow's generators: tf_keras draws the seeds of unseeded
+    # initializers from Python's `random`, so TensorFlow's seed alone leaves the initial
+    # weights different in every process.
+    tf_keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():  # the network's variables must live on the strategy's devices
         model = ForecastModel.create(spec, scalers, config.model)
     try:

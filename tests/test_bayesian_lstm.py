@@ -194,3 +194,41 @@ def test_bayesian_attention_at_zero_variance_is_plain_attention():
     for n in (2, 64):
         draws = sample_one_step(network, np.repeat(X, 11, axis=0)[:n], num_samples=5, samples_per_draw=1)
         assert draws.samples.shape == (5, n) and np.isfinite(draws.samples).all()
+
+
+TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, sys
+import numpy as np
+from pipeline_lib import pipeline
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.data.validate import load_panel
+
+config = PipelineConfig(
+    workdir=sys.argv[2], data={"path": sys.argv[1]},
+    window={"context_length": 14, "validation_days": 14, "test_days": 14, "min_train_days": 14},
+    model={"lstm_units": (8, 4)}, train={"epochs": 2, "batch_size": 64},
+    evaluation={"num_samples": 20, "recalibrate": False})
+model = pipeline.train(config, load_panel(config.data, config.window), progress=False).model
+print(hashlib.sha256(b"".join(w.tobytes() for w in model.network.get_weights())).hexdigest())
+"""
+
+
+@pytest.mark.model
+def test_the_same_config_trains_the_same_model_in_every_process(tmp_path):
+    """Two fresh processes, one config: bit-identical weights. (tf_keras seeds unseeded
+    initializers from Python's ``random``, so seeding TensorFlow alone was not enough.)"""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import synthetic_demand
+
+    synthetic_demand(n_series=3, n_days=100).to_csv(tmp_path / "demand.csv", index=False)
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    digests = []
+    for run in range(2):
+        done = subprocess.run([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS, str(tmp_path / "demand.csv"),
+                               str(tmp_path / f"work{run}")], capture_output=True, text=True, env=env, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        digests.append(done.stdout.strip().splitlines()[-1])
+    assert digests[0] == digests[1]
