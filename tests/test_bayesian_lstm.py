@@ -215,8 +215,9 @@ print(hashlib.sha256(b"".join(w.tobytes() for w in model.network.get_weights()))
 
 @pytest.mark.model
 def test_the_same_config_trains_the_same_model_in_every_process(tmp_path):
-    """Two fresh processes, one config: bit-identical weights. (tf_keras seeds unseeded
-    initializers from Python's ``random``, so seeding TensorFlow alone was not enough.)"""
+    """Two fresh processes at once, one config: bit-identical weights. (tf_keras seeds
+    unseeded initializers from Python's ``random``, so seeding TensorFlow alone was not
+    enough.)"""
     import os
     import subprocess
     import sys
@@ -225,10 +226,12 @@ def test_the_same_config_trains_the_same_model_in_every_process(tmp_path):
 
     synthetic_demand(n_series=3, n_days=100).to_csv(tmp_path / "demand.csv", index=False)
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    children = [subprocess.Popen([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS, str(tmp_path / "demand.csv"),
+                                  str(tmp_path / f"work{run}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env) for run in range(2)]
     digests = []
-    for run in range(2):
-        done = subprocess.run([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS, str(tmp_path / "demand.csv"),
-                               str(tmp_path / f"work{run}")], capture_output=True, text=True, env=env, check=False)
-        assert done.returncode == 0, done.stderr[-3000:]
-        digests.append(done.stdout.strip().splitlines()[-1])
+    for child in children:
+        out, err = child.communicate()
+        assert child.returncode == 0, err[-3000:]
+        digests.append(out.strip().splitlines()[-1])
     assert digests[0] == digests[1]
