@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tf_keras
 
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
@@ -99,8 +100,6 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
     log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
     strategy = make_strategy(config.train.distribute, config.train.devices)
-    import tf_keras
-
     # Python's, NumPy's and TensorFlow's generators: tf_keras draws the seeds of unseeded
     # initializers from Python's `random`, so TensorFlow's seed alone leaves the initial
     # weights different in every process.

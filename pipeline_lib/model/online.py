@@ -15,14 +15,14 @@ With few new days the KL keeps the network close to what it knew; days that cont
 (a level or scale shift) move the weights they need.
 
 Cost: ``steps`` mini-batch steps on the new windows (seconds), against a full retrain's tens
-of epochs over the whole history.
+of epochs over the whole history. The monitoring uses it as the first response to a breach
+streak when ``monitoring.first_response`` is ``online_update`` (docs/monitoring.md).
 
 An update is only as good as the days it learned from: a one-off spike (a promotion week)
 looks like a shift to it. :func:`check_on_held_out_day` therefore repeats the update without
 each series' last day and asks whether it forecasts that day better than the model it
 started from (CRPS of the one-day-ahead samples); the monitoring promotes an update only
-then. The monitoring uses it as the first response to a breach
-streak when ``monitoring.first_response`` is ``online_update`` (docs/monitoring.md).
+then.
 """
 
 from __future__ import annotations
