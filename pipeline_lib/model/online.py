@@ -21,7 +21,7 @@ streak when ``monitoring.first_response`` is ``online_update`` (docs/monitoring.
 An update is only as good as the days it learned from: a one-off spike (a promotion week)
 looks like a shift to it. :func:`check_on_held_out_day` therefore repeats the update without
 each series' last day and asks whether it forecasts that day better than the model it
-started from (CRPS of the one-day-ahead samples); the monitoring promotes an update only
+started from (scaled CRPS of the one-day-ahead samples); the monitoring promotes an update only
 then.
 """
 
@@ -37,7 +37,7 @@ import tf_keras
 from pipeline_lib.data.features import WindowSet, actuals_for
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import TrainingDivergedError
-from pipeline_lib.evaluation.metrics import crps_from_samples
+from pipeline_lib.evaluation.metrics import crps_from_samples, seasonal_naive_scale
 from pipeline_lib.model.forecast import ForecastModel
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.training import make_train_step
@@ -117,7 +117,8 @@ def online_update(model: ForecastModel, windows: WindowSet, steps: int = 60, lea
 @dataclass(frozen=True)
 class HeldOutCheck:
     """An update learned without each series' last day, scored on that day against the model
-    it started from. ``crps_*``: mean CRPS in units over the ``windows`` held-out windows."""
+    it started from. ``crps_*``: scaled CRPS (each series' CRPS over its in-sample seasonal
+    naive MAE, as in the promotion gate) averaged over the ``windows`` held-out series."""
 
     crps_before: float
     crps_after: float
@@ -129,7 +130,7 @@ class HeldOutCheck:
 
     def describe(self) -> str:
         verdict = "better" if self.improved else "worse"
-        return (f"on the held-out last day ({self.windows} series) the update is {verdict}: CRPS "
+        return (f"on the held-out last day ({self.windows} series) the update is {verdict}: scaled CRPS "
                 f"{self.crps_after:.3f} vs {self.crps_before:.3f} without it")
 
 
@@ -148,9 +149,11 @@ def check_on_held_out_day(model: ForecastModel, panel: Panel, days: dict[int, np
         raise ValueError("an update check needs two or more new days of a series")
     probe = online_update(model, update_windows(model, panel, learned), seed=seed, **update)
     actuals, _ = actuals_for(panel, held_out)
+    # one held-out window per series, so the mean over windows is the mean over series
+    scales = np.array([seasonal_naive_scale(panel.series[k].target[:d[0]]) for k, d in held_out.items()])
 
-    def crps(candidate: ForecastModel) -> float:
+    def scaled_crps(candidate: ForecastModel) -> float:
         samples = candidate.one_step(panel, held_out, num_samples=num_samples, seed=seed).samples
-        return float(np.mean(crps_from_samples(actuals, samples)))
+        return float(np.mean(crps_from_samples(actuals, samples) / scales))
 
-    return HeldOutCheck(crps(model), crps(probe), len(held_out))
+    return HeldOutCheck(scaled_crps(model), scaled_crps(probe), len(held_out))
