@@ -1,19 +1,32 @@
-"""Forecast quality on a 28-day one-day-ahead rolling backtest, our model and its peers.
+"""Forecast quality on rolling-origin one-day-ahead backtests, our model and its peers.
 
-    python benchmarks/quality.py [--data PATH --id-col C --time-col C --target-col C] [--epochs N] [--json]
+    python benchmarks/quality.py [--dataset bundled|retail|smooth|PATH] [--folds 3] [--seeds 42,43,44]
+                                 [--models naive,ets,arima,oracle,lstm] [--multi-day] [--json] [--out FILE]
 
-Models: seasonal naive (period 7) with empirical residual quantiles; statsforecast AutoETS
-(optional extra ``bench``); the Bayesian LSTM
-(served = recalibrated, and raw); an MC-dropout LSTM with an inherent-noise term (Uber 2017).
+Datasets: ``bundled`` (the 50 Online Retail II SKUs), ``retail`` and ``smooth`` (synthetic
+series with a known generating process, :mod:`pipeline_lib.data.synthetic`; 730 days,
+seed 0), or a long-format file (``--id-col --time-col --target-col``).
 
-Protocol (same split and days for every model): the last 28 days of each series are the
-test period; each test day is forecast one day ahead with the actuals up to the day before
-(no refit). Metrics per model: PICP 80/90/95, MPIW90 scaled by the mean absolute actual,
-crps_scaled (2 x mean pinball loss over the 23 levels 0.005, 0.025, 0.05, ..., 0.95, 0.975,
-0.995, divided per series by its in-sample mean absolute seasonal-naive(7) error before the
-test window, then averaged over series) and MASE (median forecast, same scale).
+Protocol (the same days for every model): fold ``f`` cuts ``f * test_days`` days off the end
+of every series; its last ``test_days`` (28) are the test period; each test day is forecast
+one day ahead from the actuals up to the day before (no refit inside the window). The
+Bayesian LSTM is trained once per fold and seed exactly as a training run on the day before
+the test period makes the served model (``pipeline.backtest_model``: evaluation fit, refit
+on every day, recalibration); the peers do not depend on the seed.
 
-With ``--json`` the last line is one JSON object: ``{model: {picp80, ..., mase}}``.
+Models: ``naive`` seasonal naive (period 7) with empirical residual quantiles; ``ets`` /
+``arima`` statsforecast AutoETS / AutoARIMA (extra ``bench``); ``oracle`` the true
+predictive distribution (synthetic data only: the physical limit); ``lstm`` the served
+Bayesian LSTM (``lstm_raw``: before recalibration); ``mc_dropout`` an MC-dropout LSTM
+(Uber 2017) on the same windows.
+
+Metrics: PICP 80/90/95 (pooled over folds and seeds) and the same on days with demand
+(``_nonzero``), ``crps_scaled`` (2 x mean pinball over the 23 levels, per series divided by
+its mean absolute seasonal-naive(7) error before the test window, averaged over series;
+mean and standard deviation over the fold x seed runs), ``pit_calibration_error``
+(randomised PIT, 23 levels, pooled), MASE. With ``--multi-day`` also the LSTM's sample
+paths over all 28 test days from one origin (``lstm_28d``). ``--json`` ends with one JSON
+object; ``--out`` writes it to a file.
 """
 
 from __future__ import annotations
@@ -21,8 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -30,84 +45,196 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-KEYS = {"picp80": "picp_80", "picp90": "picp_90", "picp95": "picp_95", "mpiw90_scaled": "mpiw_90_scaled",
-        "crps_scaled": "crps_scaled", "mase": "mase"}
+SHOWN = ("picp_80", "picp_90", "picp_95", "picp_90_nonzero", "pit_calibration_error", "mpiw_90_scaled",
+         "crps_scaled", "mase")
+POOLED = ("picp_80", "picp_90", "picp_95", "picp_80_nonzero", "picp_90_nonzero", "picp_95_nonzero",
+          "mpiw_90_scaled", "mase", "calibration_error")
+
+
+def load_dataset(args, config):
+    """The panel to backtest and, for synthetic data, its generator (the oracle)."""
+    from pipeline_lib.data.synthetic import synthetic_panel
+    from pipeline_lib.data.validate import load_panel, minimum_series_days, validate_table
+
+    if args.dataset in ("retail", "smooth"):
+        data = synthetic_panel(args.dataset, n_series=args.series, n_days=730, seed=args.data_seed)
+        return validate_table(data.frame, config.data, minimum_series_days(config.window),
+                              source=f"synthetic {args.dataset}"), data
+    return load_panel(config.data, config.window), None
+
+
+def peer_samples(name, fold_panel, days, fit_end, oracle, non_negative):
+    from pipeline_lib.evaluation import baselines
+
+    if name == "naive":
+        return baselines.seasonal_naive_samples(fold_panel, days, fit_end, non_negative=non_negative)
+    if name == "ets":
+        return baselines.auto_ets_samples(fold_panel, days, fit_end, non_negative=non_negative)
+    if name == "arima":
+        return baselines.auto_arima_samples(fold_panel, days, fit_end, non_negative=non_negative)
+    if name == "oracle":
+        if oracle is None:
+            return None
+        index = {sid: i for i, sid in enumerate(oracle.frame["series_id"].unique())}
+        return oracle.oracle_samples({index[fold_panel.series[k].series_id]: d for k, d in days.items()})
+    raise ValueError(f"unknown model {name!r}")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per model: pooled coverage, mean and spread of crps_scaled over the runs."""
+    from pipeline_lib.evaluation.metrics import pit_calibration_error
+
+    summary = {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        mine = [r for r in runs if r["model"] == model]
+        crps = np.array([r["metrics"]["crps_scaled"] for r in mine])
+        row = {"runs": len(mine), "crps_scaled": float(crps.mean()), "crps_scaled_std": float(crps.std()),
+               "seconds": float(np.mean([r["seconds"] for r in mine]))}
+        weights = np.array([r["n"] for r in mine], dtype=float)
+        for key in POOLED:
+            values = [r["metrics"].get(key) for r in mine]
+            if all(v is not None for v in values):
+                row[key] = float(np.average(values, weights=weights))
+        if all("pit" in r for r in mine):
+            row["pit_calibration_error"] = pit_calibration_error(np.concatenate([r["pit"] for r in mine]))
+        summary[model] = row
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--dataset", default="bundled", help="bundled | retail | smooth | a file path")
     parser.add_argument("--id-col", default=None)
     parser.add_argument("--time-col", default=None)
     parser.add_argument("--target-col", default=None)
+    parser.add_argument("--series", type=int, default=50, help="synthetic data: number of series")
+    parser.add_argument("--data-seed", type=int, default=0, help="synthetic data: generator seed")
+    parser.add_argument("--folds", type=int, default=1)
+    parser.add_argument("--seeds", default="42", help="comma-separated training seeds")
+    parser.add_argument("--models", default="naive,ets,arima,oracle,lstm")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (default: the defaults)")
+    parser.add_argument("--set", action="append", default=[], help="override, e.g. model.head=count")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--plots", type=Path, default=None, help="write calibration and sharpness PNGs here")
+    parser.add_argument("--multi-day", action="store_true", help="also score 28-day sample paths")
+    parser.add_argument("--plots", type=Path, default=None, help="write the calibration PNG here")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
+    import yaml
+
     from pipeline_lib import pipeline
-    from pipeline_lib.config import PipelineConfig
-    from pipeline_lib.data.features import (
-        actuals_for,
-        build_windows,
-        inverse_transform,
-        part_days,
-        split_points,
-    )
-    from pipeline_lib.data.validate import load_panel
-    from pipeline_lib.evaluation.metrics import calibration_curve
-    from pipeline_lib.evaluation.plots import calibration_plot, sharpness_calibration_scatter
-    from pipeline_lib.evaluation.report import evaluate_samples
+    from pipeline_lib.config import load_config
+    from pipeline_lib.data.features import actuals_for, part_days, split_points
+    from pipeline_lib.evaluation.metrics import calibration_curve, probability_integral_transform
+    from pipeline_lib.evaluation.report import evaluate_samples, score_forecast_table
+
+    config = load_config(args.config)
+    overrides: dict[str, dict] = {"window": {"test_days": 28}, "train": {"epochs": args.epochs}}
+    if args.dataset not in ("bundled", "retail", "smooth"):
+        overrides["data"] = {"path": Path(args.dataset), "id_col": args.id_col, "time_col": args.time_col,
+                             "target_col": args.target_col}
+    elif args.dataset != "bundled":
+        overrides["data"] = {"id_col": "series_id", "time_col": "date", "target_col": "units"}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        overrides.setdefault(section, {})[field] = yaml.safe_load(value)
+    config = config.updated(**overrides)
+    models = args.models.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    panel, oracle = load_dataset(args, config)
+    n_test = config.window.test_days
+    history = panel.to_frame()
+
+    runs, curves = [], {}
+    for fold in range(args.folds):
+        fold_panel = pipeline.truncate(panel, {k: len(s) - fold * n_test for k, s in enumerate(panel.series)})
+        days = part_days(fold_panel, config.window, "test")
+        actuals, series_index = actuals_for(fold_panel, days)
+        scales = pipeline.seasonal_scales(fold_panel, config)
+        fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(fold_panel.series)}
+
+        def record(model, samples, seconds, seed=None):
+            metrics = evaluate_samples(actuals, samples, series_index, scales)
+            runs.append({"model": model, "fold": fold, "seed": seed, "n": len(actuals), "seconds": seconds,
+                         "metrics": metrics, "pit": probability_integral_transform(actuals, samples)})
+            curves.setdefault(model, []).append((actuals, samples))
+            print(f"fold {fold} seed {seed} {model:12s} crps_scaled {metrics['crps_scaled']:.4f} "
+                  f"picp90 {metrics['picp_90']:.3f} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+
+        for name in (m for m in models if m not in ("lstm", "mc_dropout")):
+            start = time.perf_counter()
+            try:
+                samples = peer_samples(name, fold_panel, days, fit_end, oracle, config.data.non_negative)
+            except ImportError:
+                print(f"{name} skipped: install the optional peers with pip install -e '.[bench]'", file=sys.stderr)
+                continue
+            if samples is not None:
+                record(name, samples, time.perf_counter() - start)
+        if "lstm" not in models and "mc_dropout" not in models:
+            continue
+        for seed in seeds:
+            seeded = config.updated(train={"seed": seed})
+            start = time.perf_counter()
+            trained = pipeline.backtest_model(seeded, fold_panel, progress=sys.stderr.isatty())
+            evaluation = pipeline.evaluate(seeded, trained.model, fold_panel, by_horizon=False)
+            seconds = time.perf_counter() - start
+            if "lstm" in models:
+                record("lstm", evaluation.sampled.samples, seconds, seed)
+                if evaluation.raw_samples is not None:
+                    record("lstm_raw", evaluation.raw_samples, seconds, seed)
+                if args.multi_day:
+                    frame = pipeline.backtest_forecasts(seeded, trained.model, fold_panel, horizon=n_test)
+                    scored = score_forecast_table(frame, history)
+                    runs.append({"model": "lstm_28d", "fold": fold, "seed": seed, "n": int(scored["n"]),
+                                 "seconds": seconds, "metrics": scored})
+            if "mc_dropout" in models:
+                start = time.perf_counter()
+                record("mc_dropout", mc_dropout_samples(seeded, trained.model, fold_panel), time.perf_counter() - start,
+                       seed)
+
+    summary = summarise(runs)
+    header = f"{'model':12s} {'runs':>4s} " + " ".join(f"{k[:13]:>13s}" for k in SHOWN) + f" {'std':>6s} {'sec':>6s}"
+    print(header)
+    for name, row in summary.items():
+        cells = " ".join(f"{row[k]:13.3f}" if k in row else f"{'-':>13s}" for k in SHOWN)
+        print(f"{name:12s} {row['runs']:4d} {cells} {row['crps_scaled_std']:6.3f} {row['seconds']:6.1f}")
+    if "oracle" in summary:
+        for name, row in summary.items():
+            print(f"{name}: CRPS / oracle = {row['crps_scaled'] / summary['oracle']['crps_scaled']:.3f}")
+
+    if args.plots:
+        from pipeline_lib.evaluation.plots import calibration_plot
+
+        args.plots.mkdir(parents=True, exist_ok=True)
+        pooled = {name: calibration_curve(np.concatenate([a for a, _ in parts]),
+                                          np.concatenate([_resample(s, 200) for _, s in parts], axis=1))
+                  for name, parts in curves.items()}
+        calibration_plot(pooled, args.plots / f"quality_calibration_{Path(args.dataset).stem}.png")
+    result = {"dataset": args.dataset, "folds": args.folds, "seeds": seeds,
+              "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "overrides": args.set,
+              "summary": summary,
+              "runs": [{k: v for k, v in r.items() if k != "pit"} for r in runs]}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(summary))
+
+
+def _resample(samples: np.ndarray, k: int) -> np.ndarray:
+    """The same number of rows for every model (evenly spaced order statistics)."""
+    from pipeline_lib.contract import sample_quantiles
+
+    return sample_quantiles(samples, (np.arange(k) + 0.5) / k)
+
+
+def mc_dropout_samples(config, model, panel) -> np.ndarray:
+    """MC-dropout LSTM (Uber 2017) on the same windows, scalers and test days as ``model``."""
+    from pipeline_lib.data.features import build_windows, inverse_transform
     from pipeline_lib.model.mc_dropout import McDropoutLSTM
 
-    config = PipelineConfig().updated(
-        data={"path": args.data, "id_col": args.id_col, "time_col": args.time_col, "target_col": args.target_col},
-        window={"test_days": 28},
-        train={"epochs": args.epochs, "seed": args.seed},
-    )
-    panel = load_panel(config.data, config.window)
-    days = part_days(panel, config.window, "test")
-    actuals, series_index = actuals_for(panel, days)
-    scales = pipeline.seasonal_scales(panel, config)
-
-    def score(samples):
-        full = evaluate_samples(actuals, samples, series_index, scales)
-        return {short: round(full[long], 4) for short, long in KEYS.items()}
-
-    results, seconds = {}, {}
-    fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(panel.series)}
-
-    try:
-        from pipeline_lib.evaluation.baselines import auto_ets_samples
-
-        start = time.perf_counter()
-        samples_ets = auto_ets_samples(panel, days, fit_end, non_negative=config.data.non_negative)
-        results["auto_ets"] = score(samples_ets)
-        seconds["auto_ets"] = time.perf_counter() - start
-    except ImportError:
-        print("AutoETS skipped: install the optional peers with pip install -e '.[bench]'", file=sys.stderr)
-        samples_ets = None
-
-    start = time.perf_counter()
-    trained = pipeline.train(config, panel, progress=sys.stderr.isatty())
-    evaluation = pipeline.evaluate(config, trained.model, panel)
-    seconds["bayesian_lstm"] = time.perf_counter() - start
-    naive_samples = evaluation.peer_samples["seasonal naive"]  # same days, computed by evaluate()
-    results["seasonal_naive"] = score(naive_samples)
-    seconds["seasonal_naive"] = 0.0
-    results["bayesian_lstm"] = score(evaluation.sampled.samples)
-    samples = {"seasonal_naive": naive_samples, "bayesian_lstm": evaluation.sampled.samples}
-    if samples_ets is not None:
-        samples["auto_ets"] = samples_ets
-    if evaluation.raw_samples is not None:
-        results["bayesian_lstm_uncalibrated"] = score(evaluation.raw_samples)
-        seconds["bayesian_lstm_uncalibrated"] = seconds["bayesian_lstm"]
-        samples["bayesian_lstm_uncalibrated"] = evaluation.raw_samples
-
-    # MC-dropout LSTM (Uber 2017) on the same windows, scalers and days.
-    start = time.perf_counter()
-    model = trained.model
     windows = {part: build_windows(panel, model.scalers, model.spec, config.window, part)
                for part in ("train", "validation", "test")}
     dropout = McDropoutLSTM(model.spec.num_features, seed=config.train.seed).fit(windows["train"], windows["validation"])
@@ -116,23 +243,7 @@ def main() -> None:
     ids = [panel.series[k].series_id for k in windows["test"].series_index]
     locs = np.array([model.scalers[i].loc for i in ids])
     scale = np.array([model.scalers[i].scale for i in ids])
-    samples["mc_dropout_lstm"] = inverse_transform(z, locs[None], scale[None], model.spec.transform)
-    results["mc_dropout_lstm"] = score(samples["mc_dropout_lstm"])
-    seconds["mc_dropout_lstm"] = time.perf_counter() - start
-
-    if args.plots:
-        args.plots.mkdir(parents=True, exist_ok=True)
-        calibration_plot({name: calibration_curve(actuals, s) for name, s in samples.items()},
-                         args.plots / "quality_calibration.png")
-        sharpness_calibration_scatter({name: (row["picp90"], row["mpiw90_scaled"]) for name, row in results.items()},
-                                      args.plots / "quality_sharpness_calibration.png")
-
-    header = f"{'model':28s} " + " ".join(f"{k:>13s}" for k in KEYS) + f" {'seconds':>8s}"
-    print(header)
-    for name, row in results.items():
-        print(f"{name:28s} " + " ".join(f"{row[k]:13.3f}" for k in KEYS) + f" {seconds[name]:8.1f}")
-    if args.json:
-        print(json.dumps(results))
+    return inverse_transform(z, locs[None], scale[None], model.spec.transform)
 
 
 if __name__ == "__main__":

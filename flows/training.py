@@ -1,5 +1,9 @@
 """Training flow: ingest -> validate -> train -> mc_sample_chunks -> mc_evaluate ->
-[rolling_origin_backtest] -> [inventory_backtest] -> promotion_gate -> register.
+[rolling_origin_backtest] -> [inventory_backtest] -> promotion_gate -> [refit] -> register.
+
+``train`` is the evaluation fit (the test days unseen): the evaluation, the backtests and
+the gate judge it. With ``train.refit`` (default) the registered model is its refit on
+every day, with the same configuration and epoch count (``pipeline.refit``).
 
 The Monte Carlo samples of the test split are drawn chunk by chunk of series
 (``runtime.chunk_series``), mapped over Prefect tasks on the configured task runner
@@ -57,6 +61,14 @@ def train(config: PipelineConfig, panel, progress: bool = True):
                           trained.training.epochs_run, trained.training.best_epoch,
                           trained.training.best_validation_nll, trained.training.seconds)
     return trained
+
+
+@task(name="refit", **NO_CACHE_TASK)
+def refit(config: PipelineConfig, panel, trained, progress: bool = True):
+    served = pipeline.refit(config, panel, trained, progress=progress)
+    get_run_logger().info("refitted on every day for %d epochs in %.0f s (the registered model)",
+                          served.training.epochs_run, served.training.seconds)
+    return served
 
 
 @functools.lru_cache(maxsize=2)
@@ -140,7 +152,8 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
                 evaluation.metrics.update(report.metrics())
                 plots = [*plots, report.chart]
         gate = promotion_gate(config, panel, evaluation, champion_failing)
-        outcome = register(config, panel, trained, evaluation, plots, gate)
+        served = refit(config, panel, trained, progress) if config.train.refit else trained
+        outcome = register(config, panel, served, evaluation, plots, gate)
     _publish(outcome)
     return outcome
 

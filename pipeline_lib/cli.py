@@ -320,11 +320,11 @@ def inventory_backtest(
     _say(f"[1/3] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
     from pipeline_lib.inventory.run import inventory_backtest as run_backtest
-    from pipeline_lib.pipeline import log_inventory_run
-    from pipeline_lib.pipeline import train as train_model
+    from pipeline_lib.pipeline import backtest_model, log_inventory_run
 
-    _say(f"[2/3] training on {len(panel.series)} series before the last {cfg.window.test_days} days")
-    trained = train_model(cfg, panel)
+    _say(f"[2/3] training on {len(panel.series)} series before the last {cfg.window.test_days} days"
+         + (" (evaluation fit, then the served refit on every day before them)" if cfg.train.refit else ""))
+    trained = backtest_model(cfg, panel)
     _say(f"[3/3] simulating {cfg.window.test_days} days of ordering (lead time {cfg.inventory.lead_time_days} d, "
          f"review every {cfg.inventory.review_period_days} d, target {cfg.inventory.service_level:.0%})")
     report = run_backtest(cfg, trained.model, panel, cfg.reports_dir / "inventory")

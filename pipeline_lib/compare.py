@@ -34,14 +34,16 @@ from pipeline_lib.errors import ConfigError
 from pipeline_lib.model.forecast import SampledForecast
 
 BASE = "bayes_normal"
+# Each variant changes one thing against the Normal-head base (which the distilled student
+# and the MCMC output layer need: both work in model space), whatever ``head: auto`` picks.
 CONFIG_VARIANTS: dict[str, dict] = {
-    BASE: {},
+    BASE: {"model": {"head": "normal"}},
     "head_student_t": {"model": {"head": "student_t"}},
     "head_count": {"model": {"head": "count"}},
     "head_quantile": {"model": {"head": "quantile"}},
-    "prior_student_t": {"model": {"prior": "student_t"}},
-    "prior_scale_mixture": {"model": {"prior": "scale_mixture"}},
-    "attention": {"model": {"attention_units": 16}},
+    "prior_student_t": {"model": {"head": "normal", "prior": "student_t"}},
+    "prior_scale_mixture": {"model": {"head": "normal", "prior": "scale_mixture"}},
+    "attention": {"model": {"head": "normal", "attention_units": 16}},
 }
 DERIVED_VARIANTS = ("distilled", "mcmc_output_layer")
 ALL_VARIANTS = (*CONFIG_VARIANTS, *DERIVED_VARIANTS)

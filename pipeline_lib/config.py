@@ -97,9 +97,10 @@ class ModelConfig(_Strict):
     mixture_weight: float = Field(0.5, gt=0, lt=1, description="scale_mixture: weight of the wide component")
     mixture_scales: tuple[float, float] = Field((1.0, 0.0025), description="scale_mixture: (wide, narrow) stds")
     posterior_init_std: float = Field(1e-3, gt=0, description="initial posterior std of every weight")
-    head: Literal["normal", "student_t", "count", "quantile"] = Field(
-        "normal", description="predictive distribution: normal | student_t (heavy tails) | count "
-        "(zero-inflated negative binomial, integer forecasts) | quantile (pinball loss)")
+    head: Literal["auto", "normal", "student_t", "count", "quantile"] = Field(
+        "auto", description="predictive distribution: auto (count when every target is a whole "
+        "non-negative number, else normal; the choice is logged) | normal | student_t (heavy tails) | "
+        "count (zero-inflated negative binomial, integer forecasts) | quantile (pinball loss)")
     quantile_levels: tuple[float, ...] = Field((0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975),
                                                description="quantile head: the levels it learns")
     min_scale: float = Field(1e-3, gt=0, description="floor of the predicted std (scaled units)")
@@ -133,6 +134,9 @@ class TrainConfig(_Strict):
     kl_annealing: Literal["none", "linear", "step"] = "linear"
     kl_ramp_epochs: int = Field(10, ge=1)
     validation_samples: int = Field(8, ge=1)
+    refit: bool = Field(True, description="serve a refit on every day (the evaluation fit's epoch count; "
+                        "its holdout metrics are the version's) instead of the evaluation fit, whose "
+                        "weights never see the last validation_days + test_days")
     seed: int = 42
     distribute: Literal["none", "mirrored"] = Field(
         "none", description="tf.distribute strategy: none = one device; mirrored = MirroredStrategy "
@@ -247,6 +251,14 @@ class PipelineConfig(_Strict):
         if self.model.head == "count" and not self.data.non_negative:
             raise ValueError("model.head 'count' needs non-negative demand (data.non_negative: true)")
         return self
+
+    def resolved_model(self, targets_are_counts: bool) -> ModelConfig:
+        """``model`` with ``head: auto`` resolved: the count head for integer demand (what
+        the data is made of: whole units, closed-day zeros), the Normal head otherwise."""
+        if self.model.head != "auto":
+            return self.model
+        head = "count" if targets_are_counts and self.data.non_negative else "normal"
+        return self.model.model_copy(update={"head": head})
 
     # Derived locations. All state of a run lives under ``workdir``.
     @property

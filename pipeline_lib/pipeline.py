@@ -83,17 +83,26 @@ def data_fingerprint(panel: Panel) -> dict:
 # --- train -----------------------------------------------------------------------------
 @dataclass
 class TrainedModel:
+    """A trained model and how it was trained. ``evaluation_fit``: for a refit (the served
+    model), the training of the evaluation fit whose epoch count and holdout it reuses."""
+
     model: ForecastModel
     training: TrainingResult
+    evaluation_fit: TrainingResult | None = None
 
 
 def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
-    """Fit scalers on each series' training part, then the Bayesian LSTM (ELBO, early stop)."""
-    if config.model.head == "count":
-        for s in panel.series:
-            if not np.array_equal(s.target, np.round(s.target)):
-                raise DataValidationError(f"{panel.source}: series {s.series_id!r} has non-integer targets; "
-                                          "model.head 'count' needs whole numbers (use normal or student_t)")
+    """The evaluation fit: scalers fitted on each series' training part, then the Bayesian
+    LSTM (ELBO, early stopping on the validation days); the test days stay unseen, so its
+    holdout metrics measure the training procedure (see :func:`refit`)."""
+    fractional = next((s for s in panel.series if not np.array_equal(s.target, np.round(s.target))), None)
+    if config.model.head == "count" and fractional is not None:
+        raise DataValidationError(f"{panel.source}: series {fractional.series_id!r} has non-integer targets; "
+                                  "model.head 'count' needs whole numbers (use normal or student_t)")
+    model_config = config.resolved_model(targets_are_counts=fractional is None)
+    if config.model.head == "auto":
+        log.info("head: %s (auto: %s targets)", model_config.head,
+                 "whole-number" if fractional is None else "fractional or signed")
     transform = "log1p" if config.data.non_negative else "none"
     scalers, spec = fit_scalers(panel, config.window, transform, config.model.level_days)
     train_windows = build_windows(panel, scalers, spec, config.window, "train")
@@ -105,7 +114,7 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     # weights different in every process.
     tf_keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():  # the network's variables must live on the strategy's devices
-        model = ForecastModel.create(spec, scalers, config.model)
+        model = ForecastModel.create(spec, scalers, model_config)
     try:
         result = train_model(model.network, train_windows, validation_windows, config.train, progress=progress,
                              strategy=strategy)
@@ -117,6 +126,52 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     return TrainedModel(model=model, training=result)
 
 
+def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: bool = True) -> TrainedModel:
+    """The model that is served: the evaluation fit's configuration trained on *every* day
+    (scalers refitted too) for the number of epochs its early stopping chose, so the
+    weights learn the latest weeks, which the evaluation fit held out (scikit-learn's
+    ``refit=True``). Its recalibration is fitted on the evaluation fit's out-of-sample
+    predictions of the holdout (validation and test days): no refitted model has unseen days
+    left to calibrate on. The holdout metrics of ``fitted`` describe this model's procedure.
+    """
+    transform = "log1p" if config.data.non_negative else "none"
+    scalers, spec = fit_scalers(panel, config.window, transform, config.model.level_days, part="all")
+    windows = build_windows(panel, scalers, spec, config.window, "all")
+    log.info("refitting on all %d windows for %d epochs", len(windows), fitted.training.best_epoch)
+    strategy = make_strategy(config.train.distribute, config.train.devices)
+    tf_keras.utils.set_random_seed(config.train.seed)
+    with strategy.scope():  # the evaluation fit's model config: its resolved head
+        model = ForecastModel.create(spec, scalers, fitted.model.model_config)
+    try:
+        result = train_model(model.network, windows, None, config.train, progress=progress, strategy=strategy,
+                             epochs=fitted.training.best_epoch)
+    except TrainingDivergedError as exc:
+        record_failure(config, "refit", exc)
+        raise
+    if config.evaluation.recalibrate:
+        model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout")
+    return TrainedModel(model=model, training=result, evaluation_fit=fitted.training)
+
+
+def fit_served(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
+    """What a training run serves for ``panel``: the refit on every day (``train.refit``),
+    else the evaluation fit itself."""
+    fitted = train(config, panel, progress=progress)
+    return refit(config, panel, fitted, progress=progress) if config.train.refit else fitted
+
+
+def backtest_model(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
+    """The model a backtest of ``panel``'s test days judges: with ``train.refit``, the served
+    model trained (evaluation fit + refit) on every day before them, as a training run on
+    that day would have made it; without, the evaluation fit of ``panel`` itself (trained on
+    its training part, early-stopped on its validation days)."""
+    if not config.train.refit:
+        return train(config, panel, progress=progress)
+    n_test = config.window.test_days
+    known = truncate(panel, {k: len(s) - n_test for k, s in enumerate(panel.series)})
+    return fit_served(config, known, progress=progress)
+
+
 def record_failure(config: PipelineConfig, stage: str, error: BaseException) -> str | None:
     """Leave a FAILED run in MLflow saying which stage stopped and why (nothing registered)."""
     registry.configure(config.tracking_uri)
@@ -124,9 +179,12 @@ def record_failure(config: PipelineConfig, stage: str, error: BaseException) -> 
                                       f"failed-{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}", stage, str(error))
 
 
-def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel) -> PitRecalibration:
-    """PIT recalibration from one-day-ahead forecasts of the validation days (never the test days)."""
-    days = part_days(panel, config.window, "validation")
+def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
+                      part: str = "validation") -> PitRecalibration:
+    """PIT recalibration from ``model``'s one-day-ahead forecasts of days it never trained
+    on: the ``validation`` days (an evaluation fit, which keeps the test days for scoring),
+    or the ``holdout`` (validation + test days, for the refit served in its place)."""
+    days = part_days(panel, config.window, part)
     sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
                              calibrated=False)
     actuals, _ = actuals_for(panel, days)
@@ -352,12 +410,18 @@ def _delete_quietly(model_name: str, version: str) -> None:
 def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
                       plots: list[Path], gate: GateOutcome, run, on_version) -> tuple[str, list[str], tuple]:
     registry.log_params(_flatten(config.model_dump(mode="json", exclude={"workdir"})))
-    registry.log_params({"train.epochs_run": trained.training.epochs_run,
-                         "train.best_epoch": trained.training.best_epoch})
-    for record in trained.training.history:
-        registry.log_metrics({f"train_{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-    registry.log_metrics({**evaluation.metrics, "validation_nll": trained.training.best_validation_nll,
-                          "training_seconds": trained.training.seconds})
+    # Both fits are logged: the evaluation fit (early stopping, holdout metrics) as train_*,
+    # the refit that is registered and served as refit_*.
+    evaluation_fit = trained.evaluation_fit or trained.training
+    registry.log_params({"train.epochs_run": evaluation_fit.epochs_run, "train.best_epoch": evaluation_fit.best_epoch,
+                         "model.head_resolved": trained.model.model_config.head,
+                         "served_model": "refit on all days" if trained.evaluation_fit else "evaluation fit"})
+    for prefix, fit in (("train", evaluation_fit), ("refit", trained.training if trained.evaluation_fit else None)):
+        for record in fit.history if fit is not None else ():
+            registry.log_metrics({f"{prefix}_{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    registry.log_metrics({**evaluation.metrics, "validation_nll": evaluation_fit.best_validation_nll,
+                          "training_seconds": evaluation_fit.seconds
+                          + (trained.training.seconds if trained.evaluation_fit else 0.0)})
     plot_uris = tuple(registry.log_artifact(path, "plots") for path in plots)
     registry.log_dict(config.model_dump(mode="json"), "config.json")
     fingerprint = data_fingerprint(panel)
@@ -532,7 +596,8 @@ def rolling_origin_backtest(config: PipelineConfig, panel: Panel, folds: int, ho
 
     Fold 0 holds out the last ``test_days`` of each series, fold 1 the ``test_days`` before
     those, and so on; each fold trains its own model on everything before its test days
-    (so no fold sees its own future) and forecasts them as :func:`backtest_forecasts`.
+    (:func:`backtest_model`, so no fold sees its own future) and forecasts them as
+    :func:`backtest_forecasts`.
     Returns the forecast table (with a ``fold`` column when ``folds > 1``) and per-fold
     metrics computed from the table's quantiles.
     """
@@ -548,7 +613,7 @@ def rolling_origin_backtest(config: PipelineConfig, panel: Panel, folds: int, ho
     frames, scores = [], []
     for fold in range(folds):
         fold_panel = truncate(panel, {k: len(s) - fold * n_test for k, s in enumerate(panel.series)})
-        trained = train(config, fold_panel, progress=progress)
+        trained = backtest_model(config, fold_panel, progress=progress)
         frame = backtest_forecasts(config, trained.model, fold_panel, horizon)
         scores.append({"fold": fold, **score_forecast_table(frame, history)})
         frames.append(frame.assign(fold=fold) if folds > 1 else frame)

@@ -51,7 +51,7 @@ def test_zero_posterior_variance_equals_keras_lstm(return_sequences, path):
 def test_stepping_from_a_carried_state_equals_the_extended_sequence(attention_units):
     """What multi-day sample paths rely on: a window, then one day at a time from the
     carried state, gives the same outputs as the whole longer sequence at once."""
-    network = BayesianForecaster(3, ModelConfig(lstm_units=(8, 4), posterior_init_std=0.05,
+    network = BayesianForecaster(3, ModelConfig(head="normal", lstm_units=(8, 4), posterior_init_std=0.05,
                                                 attention_units=attention_units)).build_for(10)
     draws = network.draw(5, X.shape[0], TILED, tf.constant([3, 4]))
     x = tf.constant(np.stack([X] * 5))  # (S, B, T, F)
@@ -81,7 +81,7 @@ def test_analytic_kl_matches_monte_carlo():
 
 @pytest.mark.parametrize("strategy", [TILED, FLIPOUT])
 def test_tiled_samples_use_independent_weights(strategy):
-    model = BayesianForecaster(3, ModelConfig(lstm_units=(8, 4), posterior_init_std=0.1)).build_for(10)
+    model = BayesianForecaster(3, ModelConfig(head="normal", lstm_units=(8, 4), posterior_init_std=0.1)).build_for(10)
     x = np.repeat(X[:1], 4, axis=0)  # the same window four times
     draws = sample_one_step(model, x, num_samples=200, samples_per_draw=1, seed=1, strategy=strategy)
     means = draws.draw_means  # (S, B): per-draw means
@@ -101,7 +101,7 @@ def test_tiled_samples_use_independent_weights(strategy):
 
 
 def test_predictive_variance_decomposes():
-    model = BayesianForecaster(3, ModelConfig(lstm_units=(8, 4), posterior_init_std=0.05)).build_for(10)
+    model = BayesianForecaster(3, ModelConfig(head="normal", lstm_units=(8, 4), posterior_init_std=0.05)).build_for(10)
     out = predict_distribution(model, X, num_samples=200, samples_per_draw=20, seed=0)
     total = out.epistemic_variance + out.aleatoric_variance
     # Law of total variance: the sample variance of y estimates epistemic + aleatoric.
@@ -122,7 +122,7 @@ def _regression_data(n, seed):
 def test_training_lowers_loss_and_learns_heteroscedastic_noise():
     train, _ = _regression_data(2000, 0)
     validation, _ = _regression_data(300, 1)
-    model = BayesianForecaster(2, ModelConfig(lstm_units=(16, 8))).build_for(6)
+    model = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(16, 8))).build_for(6)
     result = train_model(model, train, validation,
                          TrainConfig(epochs=8, batch_size=64, learning_rate=1e-2, patience=8, kl_ramp_epochs=2),
                          progress=False)
@@ -147,7 +147,7 @@ def test_nan_guard_stops_training():
 
     train, _ = _regression_data(256, 0)
     train.targets[:] = np.nan
-    model = BayesianForecaster(2, ModelConfig(lstm_units=(4, 4))).build_for(6)
+    model = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(4, 4))).build_for(6)
     with pytest.raises(TrainingDivergedError, match="diverged"):
         train_model(model, train, train, TrainConfig(epochs=1, batch_size=64), progress=False)
 
@@ -160,7 +160,7 @@ def test_epistemic_variance_falls_as_training_data_grows():
     for n, epochs in ((128, 150), (4096, 5)):  # about the same number of gradient steps
         train, _ = _regression_data(n, 0)
         tf.random.set_seed(0)
-        model = BayesianForecaster(2, ModelConfig(lstm_units=(8, 4), posterior_init_std=0.05)).build_for(6)
+        model = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(8, 4), posterior_init_std=0.05)).build_for(6)
         train_model(model, train, test,
                     TrainConfig(epochs=epochs, batch_size=64, learning_rate=1e-2, patience=epochs,
                                 kl_annealing="none"), progress=False)
@@ -190,7 +190,7 @@ def test_bayesian_attention_at_zero_variance_is_plain_attention():
         got = layer.forward(tf.constant(np.stack([h] * 3)), draw).numpy()
         assert np.abs(got - expected[None]).max() < 1e-5
     # A network with attention samples in both strategies (Flipout LSTMs + full attention draws).
-    network = BayesianForecaster(3, ModelConfig(lstm_units=(8, 4), attention_units=4)).build_for(10)
+    network = BayesianForecaster(3, ModelConfig(head="normal", lstm_units=(8, 4), attention_units=4)).build_for(10)
     for n in (2, 64):
         draws = sample_one_step(network, np.repeat(X, 11, axis=0)[:n], num_samples=5, samples_per_draw=1)
         assert draws.samples.shape == (5, n) and np.isfinite(draws.samples).all()

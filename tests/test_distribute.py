@@ -34,7 +34,7 @@ CHILD = textwrap.dedent("""
     def one_step(strategy):
         tf.random.set_seed(0)
         with strategy.scope():
-            model = BayesianForecaster(3, ModelConfig(lstm_units=(5, 4))).build_for(6)
+            model = BayesianForecaster(3, ModelConfig(head="normal", lstm_units=(5, 4))).build_for(6)
             # Near-zero posterior std: the sampled weights are the means, so both runs see
             # the same network and must compute the same gradient.
             for v in model.trainable_variables:
@@ -55,7 +55,7 @@ CHILD = textwrap.dedent("""
     train = WindowSet(rng.normal(size=(50, 6, 3)).astype("float32"), rng.normal(size=50).astype("float32"),
                       np.zeros(50, int), np.arange(50), np.zeros(50, np.float32))
     with mirrored.scope():
-        model = BayesianForecaster(3, ModelConfig(lstm_units=(5, 4))).build_for(6)
+        model = BayesianForecaster(3, ModelConfig(head="normal", lstm_units=(5, 4))).build_for(6)
     result = train_model(model, train, train, TrainConfig(epochs=2, batch_size=16, kl_ramp_epochs=1),
                          progress=False, strategy=mirrored)
     print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "weight_diff": diff,

@@ -273,7 +273,7 @@ def test_the_configured_prior_reaches_every_variational_layer():
     """``model.prior`` and its parameters reach every variational layer (LSTM, attention,
     output), and a network under a Monte Carlo KL prior trains with a finite loss."""
     for name, prior in PRIORS.items():
-        network = BayesianForecaster(2, ModelConfig(lstm_units=(4, 4), attention_units=4, **prior)).build_for(5)
+        network = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(4, 4), attention_units=4, **prior)).build_for(5)
         w = np.linspace(-0.3, 0.3, 7)
         for layer in network.variational_layers():
             assert layer.prior_name == prior["prior"], (name, layer.name)

@@ -23,7 +23,8 @@ def teacher(tmp_path_factory):
     config = PipelineConfig(
         workdir=tmp / "work", data={"path": tmp / "demand.csv"},
         window={"context_length": 14, "validation_days": 14, "test_days": 14, "min_train_days": 14},
-        model={"lstm_units": (16, 8)}, train={"epochs": 15, "batch_size": 64, "patience": 15, "learning_rate": 1e-2},
+        model={"lstm_units": (16, 8), "head": "normal"},
+        train={"epochs": 15, "batch_size": 64, "patience": 15, "learning_rate": 1e-2},
         evaluation={"num_samples": 50, "recalibrate": False})
     panel = load_panel(config.data, config.window)
     return config, panel, pipeline.train(config, panel, progress=False).model

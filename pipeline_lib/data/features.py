@@ -32,6 +32,11 @@ from pipeline_lib.data.validate import Panel, Series
 
 N_WEEKDAYS = 7
 _INPUT_CLIP = 50.0  # scaled values beyond this carry no extra signal but can blow up gates
+# No predictive sample of demand exceeds this multiple of the series' largest fitted day. A
+# heavy-tailed head (Student-t in log space) otherwise draws a few samples of 1e6-1e13 units
+# that dominate sample means, sample CRPS and any order quantity built from the paths; ten
+# times the record day is beyond any demand a planner would stock for.
+SAMPLE_CEILING_FACTOR = 10.0
 
 
 def inverse_transform(z: np.ndarray, loc, scale, transform: str) -> np.ndarray:
@@ -55,6 +60,15 @@ class SeriesScaler:
     scale: float
     covariate_loc: tuple[float, ...]
     covariate_scale: tuple[float, ...]
+    peak: float | None = None  # largest target of the fitted days, units (None: models saved before it)
+
+    @property
+    def sample_ceiling(self) -> float:
+        """Largest value a predictive sample of this series may take, in units: ``inf`` for
+        models saved before the peak was stored, and without the ``log1p`` transform."""
+        if self.peak is None or self.transform != "log1p":
+            return np.inf
+        return SAMPLE_CEILING_FACTOR * max(self.peak, 1.0)
 
     def forward(self, y: np.ndarray) -> np.ndarray:
         """Units -> model space."""
@@ -128,15 +142,20 @@ def fit_scaler(series: Series, fit_end: int, transform: str) -> SeriesScaler:
         c_loc, c_scale = _robust_scale(series.covariates[:fit_end, j], floor=1e-6)
         cov_loc.append(c_loc)
         cov_scale.append(c_scale)
-    return SeriesScaler(transform, loc, scale, tuple(cov_loc), tuple(cov_scale))
+    peak = float(np.max(y)) if len(y) else 0.0
+    return SeriesScaler(transform, loc, scale, tuple(cov_loc), tuple(cov_scale), peak)
 
 
 def fit_scalers(
-    panel: Panel, window: WindowConfig, transform: str, level_days: int = 0
+    panel: Panel, window: WindowConfig, transform: str, level_days: int = 0, part: str = "train"
 ) -> tuple[dict[str, SeriesScaler], FeatureSpec]:
-    """Fit every series' scaler on its training part and the cross-series magnitude feature."""
+    """Fit every series' scaler on its ``part`` (``train``, or ``all`` days for the refit of
+    the served model) and the cross-series magnitude feature."""
+    if part not in ("train", "all"):
+        raise ValueError(f"scalers are fitted on 'train' or 'all' days, not {part!r}")
     scalers = {
-        s.series_id: fit_scaler(s, split_points(s, window).validation_start, transform) for s in panel.series
+        s.series_id: fit_scaler(s, split_points(s, window).validation_start if part == "train" else len(s), transform)
+        for s in panel.series
     }
     magnitudes = np.array([sc.loc for sc in scalers.values()])
     spec = FeatureSpec(
@@ -209,9 +228,9 @@ def center_windows(inputs: np.ndarray, level_days: int) -> tuple[np.ndarray, np.
 
 
 def part_days(panel: Panel, window: WindowConfig, part: str) -> dict[int, np.ndarray]:
-    """Day indices of ``part`` (``train``, ``validation``, ``test`` or ``fit`` = train +
-    validation) for each series, keyed by its position in ``panel.series``. Training days
-    start at 1, because day 0 has no observed lag."""
+    """Day indices of ``part`` (``train``, ``validation``, ``test``, ``holdout`` = validation +
+    test, or ``all``: what the served model is refitted on) for each series, keyed by its
+    position in ``panel.series``. Training days start at 1, because day 0 has no observed lag."""
     days = {}
     for k, s in enumerate(panel.series):
         points = split_points(s, window)
@@ -219,7 +238,8 @@ def part_days(panel: Panel, window: WindowConfig, part: str) -> dict[int, np.nda
             "train": (1, points.validation_start),
             "validation": (points.validation_start, points.test_start),
             "test": (points.test_start, len(s)),
-            "fit": (1, points.test_start),
+            "holdout": (points.validation_start, len(s)),
+            "all": (1, len(s)),
         }[part]
         days[k] = np.arange(*bounds)
     return days
@@ -283,10 +303,8 @@ def build_windows(
     window: WindowConfig,
     part: str,
 ) -> WindowSet:
-    """One-day-ahead windows for ``part`` in ``{'train', 'validation', 'test', 'fit'}``.
-
-    ``fit`` is train + validation (what a final refit would use). Training targets start at
-    day 1, because day 0 has no observed lag.
+    """One-day-ahead windows for ``part`` (see :func:`part_days`). Training targets start
+    at day 1, because day 0 has no observed lag.
     """
     inputs, targets, units, series_index, day_index, locs, scales = [], [], [], [], [], [], []
     for k, days in part_days(panel, window, part).items():

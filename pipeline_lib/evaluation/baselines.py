@@ -31,22 +31,39 @@ def seasonal_naive_samples(panel: Panel, days: dict[int, np.ndarray], fit_end: d
 
 def auto_ets_samples(panel: Panel, days: dict[int, np.ndarray], fit_end: dict[int, int],
                      period: int = 7, num_samples: int = 1000, non_negative: bool = True) -> np.ndarray:
-    """statsforecast AutoETS fitted once per series on days ``[0, fit_end[k])``, then run
-    forward (no refit) to forecast each day of ``days`` one day ahead from the actuals
-    before it. Its predictive distribution is Normal; samples ``(num_samples, N)`` are its
-    quantiles at evenly spaced levels, clipped at 0 for demand.
+    """statsforecast AutoETS, one day ahead: see :func:`statsforecast_samples`."""
+    from statsforecast.models import AutoETS
+
+    return statsforecast_samples(lambda: AutoETS(season_length=period), panel, days, fit_end, num_samples,
+                                 non_negative)
+
+
+def auto_arima_samples(panel: Panel, days: dict[int, np.ndarray], fit_end: dict[int, int],
+                       period: int = 7, num_samples: int = 1000, non_negative: bool = True) -> np.ndarray:
+    """statsforecast AutoARIMA, one day ahead: see :func:`statsforecast_samples`."""
+    from statsforecast.models import AutoARIMA
+
+    return statsforecast_samples(lambda: AutoARIMA(season_length=period), panel, days, fit_end, num_samples,
+                                 non_negative)
+
+
+def statsforecast_samples(make_model, panel: Panel, days: dict[int, np.ndarray], fit_end: dict[int, int],
+                          num_samples: int = 1000, non_negative: bool = True) -> np.ndarray:
+    """A statsforecast model (``make_model()``) fitted once per series on days
+    ``[0, fit_end[k])``, then run forward (no refit) to forecast each day of ``days`` one
+    day ahead from the actuals before it. Its predictive distribution is Normal; samples
+    ``(num_samples, N)`` are its quantiles at evenly spaced levels, clipped at 0 for demand.
 
     Needs the optional extra ``bench`` (``pip install -e .[bench]``).
     """
     from scipy.stats import norm
-    from statsforecast.models import AutoETS
 
     standard = norm.ppf((np.arange(num_samples) + 0.5) / num_samples)[:, None]  # (K, 1)
     z95 = norm.ppf(0.975)
     columns = []
     for k, day_index in days.items():
         y = panel.series[k].target.astype(float)
-        model = AutoETS(season_length=period).fit(y[: fit_end[k]])
+        model = make_model().fit(y[: fit_end[k]])
         means, stds = [], []
         for day in day_index:
             forecast = model.forward(y=y[:day], h=1, level=[95])

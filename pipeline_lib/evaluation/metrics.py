@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline_lib.contract import sample_quantiles
+from pipeline_lib.contract import CRPS_LEVELS, sample_quantiles
 
 
 def interval_from_samples(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +119,20 @@ def calibration_curve(y: np.ndarray, samples: np.ndarray,
     y = np.asarray(y, dtype=float)[None, :]
     observed = np.mean((y >= lower) & (y <= upper), axis=1)
     return nominal, observed
+
+
+def pit_calibration_error(pit: np.ndarray, levels=None) -> float:
+    """Mean absolute gap ``|P(PIT <= tau) - tau|`` over ``levels`` (default: the 23 CRPS
+    levels): one number for the calibration of every quantile a forecast publishes.
+
+    Use the randomised PIT (:func:`probability_integral_transform`) for integer demand:
+    it is uniform for a calibrated discrete forecast, where interval coverage is not (an
+    interval that starts at 0 covers a zero day whatever its width).
+    """
+    tau = np.asarray(CRPS_LEVELS if levels is None else levels, dtype=float)
+    pit = np.sort(np.asarray(pit, dtype=float))
+    observed = np.searchsorted(pit, tau, side="right") / len(pit)
+    return float(np.mean(np.abs(observed - tau)))
 
 
 def calibration_error(nominal: np.ndarray, observed: np.ndarray) -> float:

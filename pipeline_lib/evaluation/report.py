@@ -42,6 +42,11 @@ def evaluate_samples(
         result[f"mpiw_{key}"] = m.mean_interval_width(lower, upper)
         result[f"mpiw_{key}_scaled"] = result[f"mpiw_{key}"] / max(float(np.mean(np.abs(y))), 1e-12)
         result[f"interval_score_{key}"] = m.interval_score(y, lower, upper, level)
+        # Closed days sell 0 and any interval starting at 0 covers them for free: coverage of
+        # the days with demand says whether the intervals hold where it matters.
+        nonzero = y > 0
+        if nonzero.any():
+            result[f"picp_{key}_nonzero"] = m.prediction_interval_coverage(y[nonzero], lower[nonzero], upper[nonzero])
     quantiles = sample_quantiles(samples, CRPS_LEVELS, axis=0)
     per_target_crps_q = m.crps_from_quantiles(y, quantiles, CRPS_LEVELS)
     per_target_abs = np.abs(y - median)
@@ -57,6 +62,7 @@ def evaluate_samples(
     result["rmse"] = m.rmse(y, mean)
     nominal, observed = m.calibration_curve(y, samples)
     result["calibration_error"] = m.calibration_error(nominal, observed)
+    result["pit_calibration_error"] = m.pit_calibration_error(m.probability_integral_transform(y, samples))
     return result
 
 

@@ -106,6 +106,7 @@ class OneStepInputs:
     scales: np.ndarray
     series_ids: np.ndarray
     dates: np.ndarray
+    ceilings: np.ndarray  # (N,) largest sample allowed, units (SeriesScaler.sample_ceiling)
 
     @property
     def context(self) -> np.ndarray:
@@ -210,7 +211,7 @@ class ForecastModel:
         ``panel.series``), each ending the day before its target day, and how to map the
         head's samples for them back to units."""
         self._check_covariates(panel)
-        inputs, locs, scales, ids, dates = [], [], [], [], []
+        inputs, locs, scales, ceilings, ids, dates = [], [], [], [], [], []
         for k, day_index in days.items():
             series = panel.series[k]
             scaler = self.scaler_for(series)
@@ -218,11 +219,12 @@ class ForecastModel:
             inputs.append(windows_for_days(rows, day_index, self.spec.context_length))
             locs.append(np.full(len(day_index), scaler.loc))
             scales.append(np.full(len(day_index), scaler.scale))
+            ceilings.append(np.full(len(day_index), scaler.sample_ceiling))
             ids.append(np.full(len(day_index), series.series_id, dtype=object))
             dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
         centred, levels = center_windows(np.concatenate(inputs), self.spec.level_days)
         return OneStepInputs(centred, levels, np.concatenate(locs), np.concatenate(scales), np.concatenate(ids),
-                             np.concatenate([np.asarray(d) for d in dates]))
+                             np.concatenate([np.asarray(d) for d in dates]), np.concatenate(ceilings))
 
     def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
                  samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
@@ -241,7 +243,7 @@ class ForecastModel:
         """Head-space samples ``(K, N)`` for ``inputs`` -> a forecast in units, recalibrated by
         ``calibration`` when given (also used by models that reuse these inputs: the
         distilled student, the MCMC output layer)."""
-        units = self._to_units(samples, inputs.levels, inputs.locs, inputs.scales)
+        units = self._to_units(samples, inputs.levels, inputs.locs, inputs.scales, inputs.ceilings)
         return SampledForecast(samples=units if calibration is None else calibration.apply(units),
                                series_ids=inputs.series_ids, dates=inputs.dates, epistemic_share=epistemic_share)
 
@@ -251,9 +253,10 @@ class ForecastModel:
         calibration remaps each day's marginal and keeps every path's ranks)."""
         self._check_covariates(panel)
         L = self.spec.context_length
-        inputs, future, locs, scales, ids, dates = [], [], [], [], [], []
+        inputs, future, locs, scales, ceilings, ids, dates = [], [], [], [], [], [], []
         for series in panel.series:
             scaler = self.scaler_for(series)
+            ceilings.append(np.full(horizon, scaler.sample_ceiling))
             n = len(series)
             rows = feature_rows(series, scaler, self.spec)
             inputs.append(windows_for_days(rows, np.array([n]), L)[0])
@@ -276,7 +279,8 @@ class ForecastModel:
         paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         return SampledForecast(
-            samples=self._calibrate(self._to_units(flat, np.repeat(levels, horizon), locs, scales), calibrated),
+            samples=self._calibrate(self._to_units(flat, np.repeat(levels, horizon), locs, scales,
+                                                   np.concatenate(ceilings)), calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate(dates),
             epistemic_share=np.full(flat.shape[1], np.nan),
@@ -287,9 +291,13 @@ class ForecastModel:
             return self.calibration.apply(samples)
         return samples
 
-    def _to_units(self, samples: np.ndarray, levels: np.ndarray, locs: np.ndarray, scales: np.ndarray) -> np.ndarray:
-        """Head samples ``(K, N)`` -> units: a model-space head's samples are centred on each
-        window's ``levels`` and standardised; a units head's samples already are counts."""
+    def _to_units(self, samples: np.ndarray, levels: np.ndarray, locs: np.ndarray, scales: np.ndarray,
+                  ceilings: np.ndarray) -> np.ndarray:
+        """Head samples ``(K, N)`` -> units, at most ``ceilings`` ``(N,)``: a model-space head's
+        samples are centred on each window's ``levels`` and standardised; a units head's
+        samples already are counts."""
         if self.network.head.space == UNITS_SPACE:
-            return samples.astype(float)
-        return inverse_transform(samples + levels[None, :], locs[None, :], scales[None, :], self.spec.transform)
+            units = samples.astype(float)
+        else:
+            units = inverse_transform(samples + levels[None, :], locs[None, :], scales[None, :], self.spec.transform)
+        return np.minimum(units, ceilings[None, :])

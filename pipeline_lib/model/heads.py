@@ -183,4 +183,7 @@ def make_head(kind: str, min_scale: float, quantile_levels: tuple[float, ...] = 
         return CountHead()
     if kind == "quantile":
         return QuantileHead(quantile_levels, min_scale)
+    if kind == "auto":
+        raise ValueError("head 'auto' is resolved from the data before a network is built "
+                         "(PipelineConfig.resolved_model); pass a concrete head")
     raise ValueError(f"unknown head {kind!r}")

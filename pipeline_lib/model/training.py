@@ -121,15 +121,18 @@ def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf
 def train_model(
     model: BayesianForecaster,
     train: WindowSet,
-    validation: WindowSet,
+    validation: WindowSet | None,
     config: TrainConfig,
     progress: bool = True,
     strategy: tf.distribute.Strategy | None = None,
+    epochs: int | None = None,
 ) -> TrainingResult:
     """Fit ``model`` in place; restores the weights of the best validation epoch.
 
-    ``strategy``: the ``tf.distribute`` strategy whose scope created ``model``'s variables
-    (default: none); the optimizer is created in the same scope.
+    ``validation=None`` (the refit of the served model on every day): no early stopping,
+    exactly ``epochs`` epochs (the count the evaluation fit's early stopping chose), the
+    last weights are kept. ``strategy``: the ``tf.distribute`` strategy whose scope created
+    ``model``'s variables (default: none); the optimizer is created in the same scope.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite (nothing is kept).
@@ -143,13 +146,15 @@ def train_model(
         beta = tf.Variable(0.0, trainable=False, dtype=tf.float32)
     train_step = make_train_step(model, optimizer, n_train, beta, config.clip_norm, strategy)
 
-    validation_log_prob = make_mixture_log_prob(model, config.validation_samples)
+    if validation is None and epochs is None:
+        raise ValueError("training without validation days needs a fixed number of epochs")
+    validation_log_prob = make_mixture_log_prob(model, config.validation_samples) if validation is not None else None
     targets, context = train.head_targets(model.head.space), train.head_context()
     result = TrainingResult()
     best_weights = model.get_weights()
     started = time.perf_counter()
-    epochs = tqdm(range(config.epochs), desc="training", unit="epoch", file=sys.stderr,
-                  disable=not progress, leave=True)
+    epochs = tqdm(range(epochs or config.epochs), desc="training" if validation is not None else "refit on all days",
+                  unit="epoch", file=sys.stderr, disable=not progress, leave=True)
     for epoch in epochs:
         beta.assign(kl_beta(epoch, config))
         order = rng.permutation(n_train)
@@ -166,9 +171,15 @@ def train_model(
                 )
             totals += (loss, float(nll), float(kl))
             batches += 1
-        val_nll = mixture_nll(validation_log_prob, validation, model.head.space, seed=config.seed)
         record = {"epoch": epoch + 1, "loss": totals[0] / batches, "nll": totals[1] / batches,
-                  "kl": totals[2] / batches, "beta": float(beta.numpy()), "val_nll": val_nll}
+                  "kl": totals[2] / batches, "beta": float(beta.numpy())}
+        if validation is None:
+            result.history.append(record)
+            result.best_epoch, best_weights = epoch + 1, None
+            epochs.set_postfix(loss=f"{record['loss']:.3f}")
+            continue
+        val_nll = mixture_nll(validation_log_prob, validation, model.head.space, seed=config.seed)
+        record["val_nll"] = val_nll
         result.history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.3f}", val_nll=f"{val_nll:.3f}")
         if not math.isfinite(val_nll):
@@ -182,6 +193,7 @@ def train_model(
         elif ramp_done and epoch + 1 - result.best_epoch >= config.patience:
             result.stopped_early = True
             break
-    model.set_weights(best_weights)
+    if best_weights is not None:
+        model.set_weights(best_weights)
     result.seconds = time.perf_counter() - started
     return result

@@ -1,0 +1,177 @@
+"""Forecast quality against known answers: the synthetic oracle, the PIT calibration error,
+the default model's calibration, the served refit and the bounded samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pipeline_lib import pipeline
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.data.features import SAMPLE_CEILING_FACTOR, actuals_for, part_days
+from pipeline_lib.data.synthetic import synthetic_panel
+from pipeline_lib.data.validate import validate_table
+from pipeline_lib.evaluation import metrics as m
+from pipeline_lib.evaluation.baselines import seasonal_naive_samples
+from pipeline_lib.evaluation.report import evaluate_samples
+
+
+def _synthetic(kind: str, n_series: int, n_days: int, seed: int = 0):
+    data = synthetic_panel(kind, n_series=n_series, n_days=n_days, seed=seed)
+    config_data = PipelineConfig().data.model_copy(update={"target_col": "units"})
+    return data, validate_table(data.frame, config_data, 1)
+
+
+# --- metrics against independent computations ------------------------------------------
+def test_pit_calibration_error_is_zero_for_uniform_and_exact_for_a_known_distortion():
+    rng = np.random.default_rng(0)
+    assert m.pit_calibration_error(rng.uniform(size=200_000)) < 0.003
+    # PIT = U**2 has P(PIT <= tau) = sqrt(tau): the error is the mean of sqrt(tau) - tau.
+    tau = np.array([0.005, 0.025, *np.round(np.arange(0.05, 0.951, 0.05), 3), 0.975, 0.995])
+    expected = float(np.mean(np.sqrt(tau) - tau))
+    assert m.pit_calibration_error(rng.uniform(size=200_000) ** 2) == pytest.approx(expected, abs=0.003)
+
+
+def test_randomised_pit_of_a_calibrated_count_forecast_is_uniform_where_coverage_is_not():
+    """Poisson(0.3) forecasts of Poisson(0.3) demand: the 80% interval [0, 1] covers 96% of
+    days (most are zeros), yet the randomised PIT is uniform."""
+    rng = np.random.default_rng(1)
+    y = rng.poisson(0.3, size=20_000).astype(float)
+    samples = rng.poisson(0.3, size=(400, 20_000)).astype(float)
+    lower, upper = m.interval_from_samples(samples, 0.8)
+    assert m.prediction_interval_coverage(y, lower, upper) > 0.95
+    assert m.pit_calibration_error(m.probability_integral_transform(y, samples)) < 0.01
+
+
+# --- the synthetic benchmark -----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["retail", "smooth"])
+def test_synthetic_oracle_is_the_distribution_the_data_was_drawn_from(kind):
+    data, panel = _synthetic(kind, n_series=40, n_days=400)
+    days = {k: np.arange(300, 400) for k in range(len(panel.series))}
+    actuals, _ = actuals_for(panel, days)
+    oracle = data.oracle_samples(days, num_samples=400)
+    # Calibrated by construction: randomised PIT uniform, central intervals at nominal.
+    assert m.pit_calibration_error(m.probability_integral_transform(actuals, oracle)) < 0.015
+    lower, upper = m.interval_from_samples(oracle, 0.9)
+    inside = m.prediction_interval_coverage(actuals, lower, upper)
+    assert inside >= 0.9 - 0.015  # discrete quantiles can only cover more
+    # Its exact quantiles agree with scipy's negative binomial where there is no zero inflation.
+    k = int(np.argmax(data.zero_share == 0))
+    mu, r = data.mean[k, 350], data.dispersion[k]
+    assert data.oracle_quantiles([0.1, 0.9], k, np.array([350]))[:, 0] == pytest.approx(
+        stats.nbinom.ppf([0.1, 0.9], r, r / (r + mu)))
+
+
+def test_oracle_beats_seasonal_naive_on_the_metric_every_benchmark_uses():
+    data, panel = _synthetic("retail", n_series=30, n_days=400, seed=3)
+    days = {k: np.arange(372, 400) for k in range(len(panel.series))}
+    actuals, series_index = actuals_for(panel, days)
+    scales = np.array([m.seasonal_naive_scale(s.target[:372]) for s in panel.series])
+    oracle = evaluate_samples(actuals, data.oracle_samples(days), series_index, scales)
+    naive = evaluate_samples(actuals, seasonal_naive_samples(panel, days, {k: 372 for k in days}), series_index,
+                             scales)
+    assert oracle["crps_scaled"] < 0.8 * naive["crps_scaled"]
+
+
+def test_synthetic_rejects_unknown_kinds():
+    with pytest.raises(ValueError, match="unknown synthetic kind 'weekly'"):
+        synthetic_panel("weekly")
+
+
+# --- the default model ---------------------------------------------------------------
+def _small_default(tmp_path, **train) -> PipelineConfig:
+    """The default configuration (head, refit, recalibration) at a size that trains in seconds."""
+    return PipelineConfig(
+        workdir=tmp_path / "work",
+        data={"target_col": "units"},
+        window={"context_length": 14, "validation_days": 28, "test_days": 28, "min_train_days": 28},
+        model={"lstm_units": (16, 8)},
+        train={"epochs": 6, "batch_size": 128, "patience": 2, "kl_ramp_epochs": 2, **train},
+        evaluation={"num_samples": 100},
+    )
+
+
+@pytest.mark.model
+def test_default_model_is_calibrated_on_synthetic_demand_and_a_miscalibrated_one_is_not(tmp_path):
+    """Randomised-PIT calibration error over the 23 levels, pooled over the test days of a
+    synthetic retail set: the served default model stays within 0.05 (the oracle's is about
+    0.01 on this many points); the same forecasts with their spread halved around the median
+    (over-confident) or doubled (too wide) fail the same bound."""
+    config = _small_default(tmp_path)
+    _, panel = _synthetic("retail", n_series=24, n_days=300, seed=5)
+    trained = pipeline.backtest_model(config, panel, progress=False)
+    assert trained.model.model_config.head == "count"  # head: auto on whole-number demand
+    days = part_days(panel, config.window, "test")
+    actuals, _ = actuals_for(panel, days)
+    samples = trained.model.one_step(panel, days, config.evaluation.num_samples, seed=1).samples
+    served = m.pit_calibration_error(m.probability_integral_transform(actuals, samples))
+    median = np.median(samples, axis=0)
+    narrow = np.round(np.maximum(median + 0.5 * (samples - median), 0.0))
+    wide = np.round(np.maximum(median + 2.0 * (samples - median), 0.0))
+    errors = {name: m.pit_calibration_error(m.probability_integral_transform(actuals, s))
+              for name, s in (("narrow", narrow), ("wide", wide))}
+    assert served < 0.05, served
+    assert min(errors.values()) > 0.05, errors
+
+
+@pytest.mark.model
+def test_served_model_is_refitted_on_every_day_for_the_epochs_early_stopping_chose(tmp_path):
+    config = _small_default(tmp_path, epochs=4, patience=1)
+    data, panel = _synthetic("retail", n_series=6, n_days=200, seed=2)
+    # A record day inside the test days: only a model fitted on every day has seen it.
+    k = 0
+    series = panel.series[k]
+    series.target[-3] = series.target.max() * 5 + 10
+    fitted = pipeline.train(config, panel, progress=False)
+    served = pipeline.refit(config, panel, fitted, progress=False)
+    assert served.evaluation_fit is fitted.training
+    assert served.training.epochs_run == fitted.training.best_epoch
+    assert served.model.scalers[series.series_id].peak == series.target.max()
+    assert fitted.model.scalers[series.series_id].peak < series.target.max()
+    # The refit's calibration comes from the evaluation fit's out-of-sample holdout days.
+    holdout = sum(len(d) for d in part_days(panel, config.window, "holdout").values())
+    assert served.model.calibration.n_calibration == holdout
+    # refit: false serves the evaluation fit itself.
+    assert pipeline.fit_served(config.updated(train={"refit": False}), panel, progress=False).evaluation_fit is None
+
+
+def test_auto_head_is_count_for_whole_numbers_and_normal_otherwise():
+    config = PipelineConfig()
+    assert config.model.head == "auto"
+    assert config.resolved_model(targets_are_counts=True).head == "count"
+    assert config.resolved_model(targets_are_counts=False).head == "normal"
+    assert config.updated(data={"non_negative": False}).resolved_model(targets_are_counts=True).head == "normal"
+    assert config.updated(model={"head": "student_t"}).resolved_model(targets_are_counts=True).head == "student_t"
+
+
+# --- no head produces absurd samples -------------------------------------------------
+@pytest.mark.model
+@pytest.mark.parametrize("head", ["normal", "student_t", "count", "quantile"])
+def test_no_head_draws_samples_beyond_the_ceiling_even_with_exploding_tails(tmp_path, head):
+    """Each head's output layer is pushed to a huge spread (and, for the Student-t, df near
+    2): without the ceiling the samples reach 1e6+ units; with it, none exceeds
+    SAMPLE_CEILING_FACTOR times the series' largest fitted day, and all are finite."""
+    from dataclasses import replace
+
+    config = _small_default(tmp_path, epochs=1).updated(model={"head": head})
+    _, panel = _synthetic("retail", n_series=4, n_days=160, seed=4)
+    trained = pipeline.train(config.updated(evaluation={"recalibrate": False}), panel, progress=False)
+    model = trained.model
+    bias = model.network.output_layer.bias_loc  # raw head parameters of every window
+    spread = np.full(bias.shape, 8.0, np.float32)  # scale / gaps softplus(8) = 8 standard units
+    spread[0] = 0.0
+    if head == "student_t":
+        spread[2] = -20.0  # df = 2 + softplus(-20): the heaviest tail the head allows
+    if head == "count":
+        spread[:] = (8.0, -20.0, -20.0)  # log-mean 8 standard units up, dispersion 0.01, no zeros
+    bias.assign(spread)
+    days = part_days(panel, config.window, "test")
+    samples = model.one_step(panel, days, num_samples=200, seed=0).samples
+    ceilings = np.concatenate([np.full(len(d), model.scalers[panel.series[k].series_id].peak) for k, d in days.items()])
+    assert np.isfinite(samples).all()
+    assert (samples <= SAMPLE_CEILING_FACTOR * np.maximum(ceilings, 1.0) + 1e-9).all()
+    # The ceiling is what holds them: the same model without a stored peak explodes.
+    model.scalers = {sid: replace(sc, peak=None) for sid, sc in model.scalers.items()}
+    unbounded = model.one_step(panel, days, num_samples=200, seed=0).samples
+    assert unbounded.max() > 100 * SAMPLE_CEILING_FACTOR * ceilings.max()
