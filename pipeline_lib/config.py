@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline_lib.errors import ConfigError
 
 WORKDIR_ENV = "BAYES_PIPELINE_WORKDIR"
+AUTO_COUNT_MIN_ZERO_SHARE = 0.05  # head: auto picks the count head from this share of zero days
 DEFAULT_WORKDIR = Path(".bayes-pipeline")
 
 
@@ -98,8 +99,8 @@ class ModelConfig(_Strict):
     mixture_scales: tuple[float, float] = Field((1.0, 0.0025), description="scale_mixture: (wide, narrow) stds")
     posterior_init_std: float = Field(1e-3, gt=0, description="initial posterior std of every weight")
     head: Literal["auto", "normal", "student_t", "count", "quantile"] = Field(
-        "auto", description="predictive distribution: auto (count when every target is a whole "
-        "non-negative number, else normal; the choice is logged) | normal | student_t (heavy tails) | "
+        "auto", description="predictive distribution: auto (count for whole-number demand with at least "
+        "5% zero days, else normal; the choice is logged) | normal | student_t (heavy tails) | "
         "count (zero-inflated negative binomial, integer forecasts) | quantile (pinball loss)")
     quantile_levels: tuple[float, ...] = Field((0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975),
                                                description="quantile head: the levels it learns")
@@ -108,6 +109,9 @@ class ModelConfig(_Strict):
                                  "the last LSTM layer's sequence outputs; 0 = none")
     level_days: int = Field(7, ge=0, description="centre each window on the mean of its last N observed "
                             "days (forecasts follow level shifts); 0 = off")
+    weekday_profile: bool = Field(True, description="take each series' own weekday shape (fitted with its "
+                                  "scaler) out of the lags and the target, ES-RNN style; the network "
+                                  "learns what is left")
 
     @field_validator("quantile_levels")
     @classmethod
@@ -252,13 +256,16 @@ class PipelineConfig(_Strict):
             raise ValueError("model.head 'count' needs non-negative demand (data.non_negative: true)")
         return self
 
-    def resolved_model(self, targets_are_counts: bool) -> ModelConfig:
-        """``model`` with ``head: auto`` resolved: the count head for integer demand (what
-        the data is made of: whole units, closed-day zeros), the Normal head otherwise."""
+    def resolved_model(self, targets_are_counts: bool, zero_share: float) -> ModelConfig:
+        """``model`` with ``head: auto`` resolved: the count head for intermittent integer
+        demand (whole units and at least ``AUTO_COUNT_MIN_ZERO_SHARE`` of the days at zero:
+        slow movers, closed days), the Normal head in log space otherwise (smooth demand,
+        where a count likelihood's discreteness buys nothing and its dispersion is hard to
+        learn; see benchmarks/RESULTS.md)."""
         if self.model.head != "auto":
             return self.model
-        head = "count" if targets_are_counts and self.data.non_negative else "normal"
-        return self.model.model_copy(update={"head": head})
+        counts = targets_are_counts and self.data.non_negative and zero_share >= AUTO_COUNT_MIN_ZERO_SHARE
+        return self.model.model_copy(update={"head": "count" if counts else "normal"})
 
     # Derived locations. All state of a run lives under ``workdir``.
     @property

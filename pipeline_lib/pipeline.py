@@ -99,12 +99,14 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     if config.model.head == "count" and fractional is not None:
         raise DataValidationError(f"{panel.source}: series {fractional.series_id!r} has non-integer targets; "
                                   "model.head 'count' needs whole numbers (use normal or student_t)")
-    model_config = config.resolved_model(targets_are_counts=fractional is None)
+    zero_share = float(np.mean(np.concatenate([s.target for s in panel.series]) == 0))
+    model_config = config.resolved_model(targets_are_counts=fractional is None, zero_share=zero_share)
     if config.model.head == "auto":
-        log.info("head: %s (auto: %s targets)", model_config.head,
-                 "whole-number" if fractional is None else "fractional or signed")
+        log.info("head: %s (auto: %s targets, %.0f%% zero days)", model_config.head,
+                 "whole-number" if fractional is None else "fractional", 100 * zero_share)
     transform = "log1p" if config.data.non_negative else "none"
-    scalers, spec = fit_scalers(panel, config.window, transform, config.model.level_days)
+    scalers, spec = fit_scalers(panel, config.window, transform, config.model.level_days,
+                                weekday_profile=config.model.weekday_profile)
     train_windows = build_windows(panel, scalers, spec, config.window, "train")
     validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
     log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
@@ -135,7 +137,8 @@ def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: 
     left to calibrate on. The holdout metrics of ``fitted`` describe this model's procedure.
     """
     transform = "log1p" if config.data.non_negative else "none"
-    scalers, spec = fit_scalers(panel, config.window, transform, config.model.level_days, part="all")
+    scalers, spec = fit_scalers(panel, config.window, transform, config.model.level_days, part="all",
+                                weekday_profile=config.model.weekday_profile)
     windows = build_windows(panel, scalers, spec, config.window, "all")
     log.info("refitting on all %d windows for %d epochs", len(windows), fitted.training.best_epoch)
     strategy = make_strategy(config.train.distribute, config.train.devices)

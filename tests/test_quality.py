@@ -136,13 +136,16 @@ def test_served_model_is_refitted_on_every_day_for_the_epochs_early_stopping_cho
     assert pipeline.fit_served(config.updated(train={"refit": False}), panel, progress=False).evaluation_fit is None
 
 
-def test_auto_head_is_count_for_whole_numbers_and_normal_otherwise():
+def test_auto_head_is_count_for_intermittent_whole_numbers_and_normal_otherwise():
     config = PipelineConfig()
     assert config.model.head == "auto"
-    assert config.resolved_model(targets_are_counts=True).head == "count"
-    assert config.resolved_model(targets_are_counts=False).head == "normal"
-    assert config.updated(data={"non_negative": False}).resolved_model(targets_are_counts=True).head == "normal"
-    assert config.updated(model={"head": "student_t"}).resolved_model(targets_are_counts=True).head == "student_t"
+    assert config.resolved_model(targets_are_counts=True, zero_share=0.25).head == "count"
+    assert config.resolved_model(targets_are_counts=True, zero_share=0.0).head == "normal"  # smooth volumes
+    assert config.resolved_model(targets_are_counts=False, zero_share=0.25).head == "normal"
+    negative = config.updated(data={"non_negative": False})
+    assert negative.resolved_model(targets_are_counts=True, zero_share=0.25).head == "normal"
+    pinned = config.updated(model={"head": "student_t"})
+    assert pinned.resolved_model(targets_are_counts=True, zero_share=0.25).head == "student_t"
 
 
 # --- no head produces absurd samples -------------------------------------------------
@@ -164,7 +167,7 @@ def test_no_head_draws_samples_beyond_the_ceiling_even_with_exploding_tails(tmp_
     if head == "student_t":
         spread[2] = -20.0  # df = 2 + softplus(-20): the heaviest tail the head allows
     if head == "count":
-        spread[:] = (8.0, -20.0, -20.0)  # log-mean 8 standard units up, dispersion 0.01, no zeros
+        spread[:] = (8.0, -20.0, -20.0)  # log-mean 8 standard units up, total count 0.01, no zeros
     bias.assign(spread)
     days = part_days(panel, config.window, "test")
     samples = model.one_step(panel, days, num_samples=200, seed=0).samples
@@ -175,3 +178,42 @@ def test_no_head_draws_samples_beyond_the_ceiling_even_with_exploding_tails(tmp_
     model.scalers = {sid: replace(sc, peak=None) for sid, sc in model.scalers.items()}
     unbounded = model.one_step(panel, days, num_samples=200, seed=0).samples
     assert unbounded.max() > 100 * SAMPLE_CEILING_FACTOR * ceilings.max()
+
+
+# --- per-series weekday profile (ES-RNN style normalisation) ---------------------------
+@pytest.mark.model
+def test_a_path_feeds_back_the_lag_a_one_step_forecast_reads(tmp_path):
+    """With the weight noise and the head's noise switched off, day 2 of a sample path
+    (conditioned on the path's own day 1) must equal the one-day-ahead forecast of day 2
+    given that day 1 as an actual: the weekday offsets are taken out of the fed-back value
+    and put back on every day exactly as for observed lags."""
+    from dataclasses import replace
+
+    # No level centring: a path keeps its origin's level for every day, a one-step forecast
+    # re-centres on the latest week, so only without centring are the two the same function.
+    config = _small_default(tmp_path, epochs=1).updated(
+        model={"head": "normal", "weekday_profile": True, "level_days": 0}, evaluation={"recalibrate": False})
+    _, panel = _synthetic("smooth", n_series=3, n_days=160, seed=6)
+    model = pipeline.train(config, panel, progress=False).model
+    assert any(abs(v) > 0.05 for sc in model.scalers.values() for v in sc.weekday_profile)
+    for layer in model.network.variational_layers():
+        for name in layer._posterior_names:
+            getattr(layer, f"{name}_rho").assign(np.full(getattr(layer, f"{name}_rho").shape, -30.0, np.float32))
+    head_bias = model.network.output_layer.bias_loc.numpy()
+    head_bias[1] = -30.0  # scale = min_scale: samples are the location
+    model.network.output_layer.bias_loc.assign(head_bias)
+    kernel = model.network.output_layer.kernel_loc.numpy()
+    kernel[:, 1] = 0.0
+    model.network.output_layer.kernel_loc.assign(kernel)
+
+    paths = model.forecast(panel, horizon=3, num_samples=4, seed=0, calibrated=False)
+    days = paths.samples[0].reshape(len(panel.series), 3)  # (series, day) in units
+    extended = replace(panel, series=tuple(
+        replace(s, dates=s.dates.append(s.dates[-1:] + np.timedelta64(1, "D")),
+                target=np.append(s.target, days[k, 0]), covariates=np.vstack([s.covariates, s.covariates[-1:]]))
+        for k, s in enumerate(panel.series)))
+    # Day index len(s) of the extended series is the path's second day ("tomorrow" of it).
+    one_step = model.one_step(extended, {k: np.array([len(s)]) for k, s in enumerate(extended.series)},
+                              num_samples=4, seed=0, calibrated=False).samples[0]
+    np.testing.assert_allclose(days[:, 1], one_step, rtol=0.01)
+    assert np.abs(days[:, 1] / days[:, 0] - 1).max() > 0.02  # weekday offsets differ: the check has teeth

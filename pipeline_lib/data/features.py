@@ -61,6 +61,15 @@ class SeriesScaler:
     covariate_loc: tuple[float, ...]
     covariate_scale: tuple[float, ...]
     peak: float | None = None  # largest target of the fitted days, units (None: models saved before it)
+    weekday_profile: tuple[float, ...] = ()  # 7 model-space offsets, Monday first (empty: none)
+
+    def profile_at(self, weekdays: np.ndarray) -> np.ndarray:
+        """The series' weekday offsets at ``weekdays`` (ints, Monday = 0), model space;
+        zeros without a profile."""
+        weekdays = np.asarray(weekdays) % N_WEEKDAYS
+        if not self.weekday_profile:
+            return np.zeros(weekdays.shape, dtype=np.float32)
+        return np.asarray(self.weekday_profile, dtype=np.float32)[weekdays]
 
     @property
     def sample_ceiling(self) -> float:
@@ -97,6 +106,7 @@ class FeatureSpec:
     magnitude_loc: float
     magnitude_scale: float
     level_days: int = 0  # 0: no window centring (models saved before it existed)
+    weekday_profile: bool = False  # lags and targets net of each series' weekday offsets
 
     @property
     def num_features(self) -> int:
@@ -132,29 +142,45 @@ def _robust_scale(values: np.ndarray, floor: float) -> tuple[float, float]:
     return loc, max(std, floor)
 
 
-def fit_scaler(series: Series, fit_end: int, transform: str) -> SeriesScaler:
-    """Fit on ``series`` days ``[0, fit_end)`` only (the training part)."""
+def fit_scaler(series: Series, fit_end: int, transform: str, weekday_profile: bool = False) -> SeriesScaler:
+    """Fit on ``series`` days ``[0, fit_end)`` only (the training part).
+
+    ``weekday_profile``: also the series' own weekly shape, ES-RNN style: the mean
+    standardised value of each weekday minus the mean over weekdays (zeros with fewer than
+    two weeks), which the features take out of every lag and the target.
+    """
     y = series.target[:fit_end]
     z = np.log1p(np.maximum(y, 0.0)) if transform == "log1p" else y
     loc, scale = _robust_scale(z, floor=0.1 if transform == "log1p" else 1e-6)
+    profile: tuple[float, ...] = ()
+    if weekday_profile:
+        weekdays = series.dates[:fit_end].dayofweek.to_numpy()
+        standard = (np.asarray(z, dtype=float) - loc) / scale
+        means = np.zeros(N_WEEKDAYS)
+        if len(standard) >= 2 * N_WEEKDAYS:
+            means = np.array([standard[weekdays == w].mean() for w in range(N_WEEKDAYS)])
+            means -= means.mean()
+        profile = tuple(float(v) for v in means)
     cov_loc, cov_scale = [], []
     for j in range(series.covariates.shape[1]):
         c_loc, c_scale = _robust_scale(series.covariates[:fit_end, j], floor=1e-6)
         cov_loc.append(c_loc)
         cov_scale.append(c_scale)
     peak = float(np.max(y)) if len(y) else 0.0
-    return SeriesScaler(transform, loc, scale, tuple(cov_loc), tuple(cov_scale), peak)
+    return SeriesScaler(transform, loc, scale, tuple(cov_loc), tuple(cov_scale), peak, profile)
 
 
 def fit_scalers(
-    panel: Panel, window: WindowConfig, transform: str, level_days: int = 0, part: str = "train"
+    panel: Panel, window: WindowConfig, transform: str, level_days: int = 0, part: str = "train",
+    weekday_profile: bool = False,
 ) -> tuple[dict[str, SeriesScaler], FeatureSpec]:
     """Fit every series' scaler on its ``part`` (``train``, or ``all`` days for the refit of
     the served model) and the cross-series magnitude feature."""
     if part not in ("train", "all"):
         raise ValueError(f"scalers are fitted on 'train' or 'all' days, not {part!r}")
     scalers = {
-        s.series_id: fit_scaler(s, split_points(s, window).validation_start if part == "train" else len(s), transform)
+        s.series_id: fit_scaler(s, split_points(s, window).validation_start if part == "train" else len(s), transform,
+                                weekday_profile)
         for s in panel.series
     }
     magnitudes = np.array([sc.loc for sc in scalers.values()])
@@ -165,6 +191,7 @@ def fit_scalers(
         magnitude_loc=float(magnitudes.mean()),
         magnitude_scale=float(max(magnitudes.std(), 1e-3)),
         level_days=level_days,
+        weekday_profile=weekday_profile,
     )
     return scalers, spec
 
@@ -186,7 +213,10 @@ def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target
     L = spec.context_length
     y = series.target if target is None else target
     n = len(y)
+    first_weekday = series.dates[0].dayofweek
     z = np.clip(scaler.forward(y), -_INPUT_CLIP, _INPUT_CLIP)
+    if spec.weekday_profile:  # each lag net of its own weekday's offset
+        z = z - scaler.profile_at(first_weekday + np.arange(n))
     covariates = scaler.scale_covariates(series.covariates)
     rows = np.zeros((L + n + 1, spec.num_features), dtype=np.float32)
     # Day t (row t + L) sees z(t-1): rows L+1 .. L+n hold days 1 .. n.
@@ -195,7 +225,6 @@ def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target
     n_cov = covariates.shape[1]
     if n_cov:
         rows[L + 1 :, 2 : 2 + n_cov] = covariates
-    first_weekday = series.dates[0].dayofweek
     weekdays = first_weekday + np.arange(-L, n + 1)
     rows[:, 2 + n_cov : 2 + n_cov + N_WEEKDAYS] = weekday_one_hot(weekdays)
     rows[:, -1] = magnitude_feature(scaler, spec)
@@ -208,6 +237,15 @@ def windows_for_days(rows: np.ndarray, days: np.ndarray, context_length: int) ->
     view = np.lib.stride_tricks.sliding_window_view(rows, L, axis=0)  # (rows - L + 1, F, L)
     # The window ending on day d covers rows d+1 .. d+L, i.e. view index d+1.
     return np.ascontiguousarray(view[np.asarray(days) + 1].transpose(0, 2, 1))
+
+
+def target_offsets(scaler: SeriesScaler, spec: FeatureSpec, series: Series, days: np.ndarray) -> np.ndarray:
+    """``(len(days),)`` model-space offset of each target day beyond its window's level: the
+    series' weekday offset of that day with ``spec.weekday_profile``, else zeros. Day ``d``
+    may lie beyond the series (forecast days)."""
+    if not spec.weekday_profile:
+        return np.zeros(len(days), dtype=np.float32)
+    return scaler.profile_at(series.dates[0].dayofweek + np.asarray(days))
 
 
 def center_windows(inputs: np.ndarray, level_days: int) -> tuple[np.ndarray, np.ndarray]:
@@ -257,7 +295,8 @@ class WindowSet:
     """Model-ready arrays for one part of the split.
 
     ``inputs``: ``(N, L, F)`` float32; ``targets``: ``(N,)`` float32 in model space, both
-    centred on each window's recent level (``levels``, ``(N,)``; zeros without centring);
+    centred on each window's recent level; ``levels`` ``(N,)``: where each target is centred
+    (the level plus the target day's weekday offset; zeros without centring or profile);
     ``series_index``/``day_index``: which series and which day of it each window predicts.
     """
 
@@ -306,7 +345,7 @@ def build_windows(
     """One-day-ahead windows for ``part`` (see :func:`part_days`). Training targets start
     at day 1, because day 0 has no observed lag.
     """
-    inputs, targets, units, series_index, day_index, locs, scales = [], [], [], [], [], [], []
+    inputs, targets, offsets, units, series_index, day_index, locs, scales = [], [], [], [], [], [], [], []
     for k, days in part_days(panel, window, part).items():
         s = panel.series[k]
         if len(days) == 0:
@@ -315,12 +354,14 @@ def build_windows(
         rows = feature_rows(s, scaler, spec)
         inputs.append(windows_for_days(rows, days, spec.context_length))
         targets.append(scaler.forward(s.target[days]).astype(np.float32))
+        offsets.append(target_offsets(scaler, spec, s, days))
         units.append(s.target[days].astype(np.float32))
         series_index.append(np.full(len(days), k))
         day_index.append(days)
         locs.append(np.full(len(days), scaler.loc))
         scales.append(np.full(len(days), scaler.scale))
     centred, levels = center_windows(np.concatenate(inputs).astype(np.float32), spec.level_days)
+    levels = (levels + np.concatenate(offsets)).astype(np.float32)  # where each target is centred
     return WindowSet(
         inputs=centred,
         targets=np.concatenate(targets) - levels,

@@ -27,6 +27,7 @@ from pipeline_lib.data.features import (
     feature_rows,
     fit_scaler,
     inverse_transform,
+    target_offsets,
     window_context,
     windows_for_days,
 )
@@ -174,7 +175,8 @@ class ForecastModel:
             meta = json.loads((directory / CONFIG_FILE).read_text())
             scalers = {
                 sid: SeriesScaler(**{**raw, "covariate_loc": tuple(raw["covariate_loc"]),
-                                     "covariate_scale": tuple(raw["covariate_scale"])})
+                                     "covariate_scale": tuple(raw["covariate_scale"]),
+                                     "weekday_profile": tuple(raw.get("weekday_profile", ()))})
                 for sid, raw in json.loads((directory / SCALERS_FILE).read_text()).items()
             }
             with np.load(directory / WEIGHTS_FILE) as stored:
@@ -195,7 +197,7 @@ class ForecastModel:
         scaler = self.scalers.get(series.series_id)
         if scaler is None:
             log.warning("series %r was not in the training data; scaling it on its own history", series.series_id)
-            scaler = fit_scaler(series, len(series), self.spec.transform)
+            scaler = fit_scaler(series, len(series), self.spec.transform, self.spec.weekday_profile)
         return scaler
 
     def _check_covariates(self, panel: Panel) -> None:
@@ -211,18 +213,20 @@ class ForecastModel:
         ``panel.series``), each ending the day before its target day, and how to map the
         head's samples for them back to units."""
         self._check_covariates(panel)
-        inputs, locs, scales, ceilings, ids, dates = [], [], [], [], [], []
+        inputs, offsets, locs, scales, ceilings, ids, dates = [], [], [], [], [], [], []
         for k, day_index in days.items():
             series = panel.series[k]
             scaler = self.scaler_for(series)
             rows = feature_rows(series, scaler, self.spec)
             inputs.append(windows_for_days(rows, day_index, self.spec.context_length))
+            offsets.append(target_offsets(scaler, self.spec, series, day_index))
             locs.append(np.full(len(day_index), scaler.loc))
             scales.append(np.full(len(day_index), scaler.scale))
             ceilings.append(np.full(len(day_index), scaler.sample_ceiling))
             ids.append(np.full(len(day_index), series.series_id, dtype=object))
             dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
         centred, levels = center_windows(np.concatenate(inputs), self.spec.level_days)
+        levels = (levels + np.concatenate(offsets)).astype(np.float32)
         return OneStepInputs(centred, levels, np.concatenate(locs), np.concatenate(scales), np.concatenate(ids),
                              np.concatenate([np.asarray(d) for d in dates]), np.concatenate(ceilings))
 
@@ -253,11 +257,12 @@ class ForecastModel:
         calibration remaps each day's marginal and keeps every path's ranks)."""
         self._check_covariates(panel)
         L = self.spec.context_length
-        inputs, future, locs, scales, ceilings, ids, dates = [], [], [], [], [], [], []
+        inputs, future, offsets, locs, scales, ceilings, ids, dates = [], [], [], [], [], [], [], []
         for series in panel.series:
             scaler = self.scaler_for(series)
             ceilings.append(np.full(horizon, scaler.sample_ceiling))
             n = len(series)
+            offsets.append(target_offsets(scaler, self.spec, series, n + np.arange(horizon)))
             rows = feature_rows(series, scaler, self.spec)
             inputs.append(windows_for_days(rows, np.array([n]), L)[0])
             # Known parts of the rows of days n+1 .. n+horizon: covariates stay at their
@@ -273,13 +278,17 @@ class ForecastModel:
             dates.append(np.asarray(series.dates[-1] + pd.to_timedelta(np.arange(1, horizon + 1), unit="D")))
         # Paths run in the centred space of their origin window (one level per series, kept
         # for every day of the path, so fed-back samples stay comparable with the lags).
+        # The weekday offsets of each day come on top (a path's sampled value, net of them,
+        # is exactly the lag the next day reads).
         centred, levels = center_windows(np.stack(inputs), self.spec.level_days)
+        day_levels = levels[:, None] + np.stack(offsets)  # (B, H)
         locs, scales = np.concatenate(locs), np.concatenate(scales)  # (B * H,), constant per series
-        context = window_context(locs[::horizon], scales[::horizon], levels)
+        context = np.stack([window_context(locs[::horizon], scales[::horizon], day_levels[:, h])
+                            for h in range(horizon)])  # (H, B, 2)
         paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         return SampledForecast(
-            samples=self._calibrate(self._to_units(flat, np.repeat(levels, horizon), locs, scales,
+            samples=self._calibrate(self._to_units(flat, day_levels.reshape(-1), locs, scales,
                                                    np.concatenate(ceilings)), calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate(dates),

@@ -169,8 +169,9 @@ def sample_paths(
     state (``T + H - 1`` steps instead of ``H`` reruns of ``T``-step windows), so day ``h``
     is conditioned on the window plus the ``h - 1`` sampled days.
 
-    ``context`` ``(B, 2)``: as in :func:`sample_one_step`; a head in units feeds its samples
-    back through ``head.to_lag``.
+    ``context`` ``(B, 2)``, or ``(H, B, 2)`` for one per day (weekday offsets): as in
+    :func:`sample_one_step`; a head in units feeds its samples back through ``head.to_lag``
+    with the context of the day it was drawn for.
 
     Returns ``(num_samples, B, H)`` samples in the head's space.
     """
@@ -181,13 +182,14 @@ def sample_paths(
     first_day, next_day = _compiled(model, ("path",), lambda: _path_steps(model))
     x = tf.tile(tf.constant(inputs)[None], [num_samples, 1, 1, 1])
     known = tf.constant(future_rows)
-    context = tf.constant(neutral_context(batch) if context is None else context)
-    y, states = first_day(x, draws, context, tf.random.experimental.stateless_fold_in(base_seed, 0))
+    context = np.asarray(neutral_context(batch) if context is None else context, dtype=np.float32)
+    daily = tf.constant(np.broadcast_to(context, (horizon, batch, 2)) if context.ndim == 2 else context)
+    y, states = first_day(x, draws, daily[0], tf.random.experimental.stateless_fold_in(base_seed, 0))
     paths = [y]
     for h in range(1, horizon):
         rest = tf.broadcast_to(known[h - 1][None, :, 1:], [num_samples, batch, known.shape[-1] - 1])
-        lag = tf.clip_by_value(model.head.to_lag(y, context[None]), -50.0, 50.0)
+        lag = tf.clip_by_value(model.head.to_lag(y, daily[h - 1][None]), -50.0, 50.0)
         row = tf.concat([lag[..., None], rest], axis=-1)
-        y, states = next_day(row, draws, states, context, tf.random.experimental.stateless_fold_in(base_seed, h))
+        y, states = next_day(row, draws, states, daily[h], tf.random.experimental.stateless_fold_in(base_seed, h))
         paths.append(y)
     return tf.stack(paths, axis=-1).numpy()
