@@ -25,8 +25,9 @@ Metrics: PICP 80/90/95 (pooled over folds and seeds) and the same on days with d
 its mean absolute seasonal-naive(7) error before the test window, averaged over series;
 mean and standard deviation over the fold x seed runs), ``pit_calibration_error``
 (randomised PIT, 23 levels, pooled), MASE. With ``--multi-day`` also the LSTM's sample
-paths over all 28 test days from one origin (``lstm_28d``). ``--json`` ends with one JSON
-object; ``--out`` writes it to a file.
+paths over all 28 test days from one origin (``lstm_28d``). The run ends with a Markdown
+table; ``--json`` adds one JSON object; ``--out`` writes the full result (every run) to a
+file, and ``--report FILE`` prints a saved one as Markdown again.
 """
 
 from __future__ import annotations
@@ -119,7 +120,11 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=None, help="write the calibration PNG here")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--report", type=Path, default=None, help="print a saved --out file as Markdown and stop")
     args = parser.parse_args()
+    if args.report:
+        print(markdown_report(json.loads(args.report.read_text())))
+        return
 
     import yaml
 
@@ -217,10 +222,35 @@ def main() -> None:
               "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "overrides": args.set,
               "summary": summary,
               "runs": [{k: v for k, v in r.items() if k != "pit"} for r in runs]}
+    print(markdown_report(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(summary))
+
+
+def markdown_report(result: dict) -> str:
+    """A saved result (``--out``) as a Markdown table: pooled coverage, crps_scaled mean +-
+    standard deviation over the fold x seed runs, the mean per fold, and seconds per run."""
+    summary, runs = result["summary"], result["runs"]
+    folds = sorted({r["fold"] for r in runs})
+    oracle = summary.get("oracle", {}).get("crps_scaled")
+    lines = [f"{result['dataset']}, {result['folds']} fold(s) x seeds {result['seeds']}, {result['date']}, "
+             f"{result['machine']}" + (f"; overrides {result['overrides']}" if result["overrides"] else ""), "",
+             "| model | runs | PICP80 | PICP90 | PICP95 | PICP90 days>0 | PIT cal. error | MPIW90 scaled | "
+             "crps_scaled (mean +- sd) | " + " | ".join(f"fold {f}" for f in folds)
+             + (" | / oracle" if oracle else "") + " | s / run |",
+             "|---" * (10 + len(folds) + (1 if oracle else 0)) + "|"]
+    for name, row in summary.items():
+        per_fold = [np.mean([r["metrics"]["crps_scaled"] for r in runs if r["model"] == name and r["fold"] == f])
+                    for f in folds]
+        cell = lambda key: f"{row[key]:.3f}" if key in row else "-"  # noqa: E731
+        lines.append(f"| {name} | {row['runs']} | {cell('picp_80')} | {cell('picp_90')} | {cell('picp_95')} | "
+                     f"{cell('picp_90_nonzero')} | {cell('pit_calibration_error')} | {cell('mpiw_90_scaled')} | "
+                     f"{row['crps_scaled']:.3f} +- {row['crps_scaled_std']:.3f} | "
+                     + " | ".join(f"{v:.3f}" for v in per_fold)
+                     + (f" | {row['crps_scaled'] / oracle:.3f}" if oracle else "") + f" | {row['seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def _resample(samples: np.ndarray, k: int) -> np.ndarray:

@@ -24,11 +24,20 @@ CRPS_LEVELS: tuple[float, ...] = tuple(q for q in QUANTILE_LEVELS if q not in (0
 
 
 
-def sample_quantiles(samples: np.ndarray, levels, axis: int = 0) -> np.ndarray:
-    """``np.quantile`` of predictive samples. Integer-valued samples (the count head) get
-    integer quantiles, read off the empirical CDF (``inverted_cdf``) instead of interpolated:
-    "order 3 units", never 2.4."""
-    method = "inverted_cdf" if np.array_equal(samples, np.round(samples)) else "linear"
+def sample_quantiles(samples: np.ndarray, levels, axis: int = 0, continuous_method: str = "weibull") -> np.ndarray:
+    """``np.quantile`` of predictive samples.
+
+    Integer-valued samples (the count head) get integer quantiles, read off the empirical
+    CDF (``inverted_cdf``) instead of interpolated: "order 3 units", never 2.4. Continuous
+    samples use the Weibull plotting position ``p (n + 1)`` (Hyndman & Fan type 6), whose
+    order statistic has expected CDF equal to the level, so an interval read off ``n``
+    samples of a perfect forecast covers its nominal share on average. numpy's default
+    (``linear``, ``p (n - 1)``) pulls both ends inwards: the 95% interval of 100 samples
+    covered 93.1% of a perfect forecaster's outcomes (50 samples: 91.6%), enough to make
+    the monitoring's PIC-below-90% rule fire on calibrated models.
+    ``continuous_method="linear"`` is for resampling (the recalibration), not for reporting.
+    """
+    method = "inverted_cdf" if np.array_equal(samples, np.round(samples)) else continuous_method
     return np.quantile(samples, levels, axis=axis, method=method)
 
 
