@@ -100,9 +100,15 @@ def test_count_head_log_mean_follows_the_context():
     r = 1e-2 + np.log1p(np.exp(3.0))
     p_zero = pi + (1 - pi) * (r / (r + nb_mean)) ** r
     assert np.isclose(float(distribution.prob(0.0)[0]), p_zero, rtol=1e-4)
-    # The sampled count goes back to the network as its standardised, centred log1p lag.
+    # The sampled count goes back to the network as its standardised, centred log1p lag,
+    # net of the day's weekday offset (third context column) when there is one; the offset
+    # never moves the mean (a closed day's log1p(0) = 0 would make it e^0 = 1 unit).
     lag = head.to_lag(tf.constant([[9.0]]), context)
     assert np.isclose(float(lag[0, 0]), (np.log1p(9.0) - np.log(20.0)) / 0.4, rtol=1e-5)
+    shifted = tf.constant([[np.log(20.0), 0.4, -1.5]], tf.float32)
+    lag = head.to_lag(tf.constant([[9.0]]), shifted)
+    assert np.isclose(float(lag[0, 0]), (np.log1p(9.0) - np.log(20.0)) / 0.4 + 1.5, rtol=1e-5)
+    assert np.isclose(float(head.distribution(params, shifted).mean()[0]), (1 - pi) * nb_mean, rtol=1e-4)
 
 
 def test_quantile_head_never_crosses_and_samples_its_quantile_function():

@@ -306,7 +306,7 @@ class WindowSet:
     day_index: np.ndarray
     levels: np.ndarray
     units: np.ndarray | None = None  # (N,) the targets in units (count heads learn these)
-    context: np.ndarray | None = None  # (N, 2) [offset, scale] of log-demand, see head_context
+    context: np.ndarray | None = None  # (N, 3) [offset, scale, shift] of log-demand, see window_context
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -320,19 +320,26 @@ class WindowSet:
         return self.units
 
     def head_context(self) -> np.ndarray:
-        """``(N, 2)`` float32; ``[0, 1]`` rows when the windows carry no context."""
+        """``(N, 3)`` float32; ``[0, 1, 0]`` rows when the windows carry no context."""
         return neutral_context(len(self)) if self.context is None else self.context
 
 
 def neutral_context(n: int) -> np.ndarray:
-    """``(n, 2)`` rows ``[0, 1]``: the context of heads in model space, which ignore it."""
-    return np.tile(np.array([[0.0, 1.0]], np.float32), (n, 1))
+    """``(n, 3)`` rows ``[0, 1, 0]``: the context of heads in model space, which ignore it."""
+    return np.tile(np.array([[0.0, 1.0, 0.0]], np.float32), (n, 1))
 
 
-def window_context(locs: np.ndarray, scales: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` ``[loc + level * scale, scale]``: a centred model-space value ``z`` is
-    ``(log1p(y) - offset) / scale`` in units ``y`` (what heads in units need)."""
-    return np.stack([locs + levels * scales, scales], axis=1).astype(np.float32)
+def window_context(locs: np.ndarray, scales: np.ndarray, levels: np.ndarray,
+                   shifts: np.ndarray | None = None) -> np.ndarray:
+    """``(N, 3)`` ``[loc + level * scale, scale, shift]`` for heads in units: the first two
+    map the head's output to log-demand (``log(mean) = p0 * scale + offset``); ``shift`` is
+    the target day's weekday offset, which the lag of a sampled value is net of
+    (``(log1p(y) - offset) / scale - shift``). A units head learns the weekday's effect on
+    its mean from the weekday input, as without a profile: ``log1p(0) = 0`` put into the
+    offset would make a closed day's baseline mean e^0 = 1 unit, not 0.
+    """
+    shifts = np.zeros_like(levels) if shifts is None else shifts
+    return np.stack([locs + levels * scales, scales, shifts], axis=1).astype(np.float32)
 
 
 def build_windows(
@@ -361,13 +368,13 @@ def build_windows(
         locs.append(np.full(len(days), scaler.loc))
         scales.append(np.full(len(days), scaler.scale))
     centred, levels = center_windows(np.concatenate(inputs).astype(np.float32), spec.level_days)
-    levels = (levels + np.concatenate(offsets)).astype(np.float32)  # where each target is centred
+    offsets = np.concatenate(offsets).astype(np.float32)
     return WindowSet(
         inputs=centred,
-        targets=np.concatenate(targets) - levels,
+        targets=np.concatenate(targets) - (levels + offsets),
         series_index=np.concatenate(series_index),
         day_index=np.concatenate(day_index),
-        levels=levels,
+        levels=levels + offsets,  # where each model-space target is centred
         units=np.concatenate(units),
-        context=window_context(np.concatenate(locs), np.concatenate(scales), levels),
+        context=window_context(np.concatenate(locs), np.concatenate(scales), levels, offsets),
     )

@@ -108,10 +108,11 @@ class OneStepInputs:
     series_ids: np.ndarray
     dates: np.ndarray
     ceilings: np.ndarray  # (N,) largest sample allowed, units (SeriesScaler.sample_ceiling)
+    shifts: np.ndarray  # (N,) the target day's weekday offset, part of ``levels``
 
     @property
     def context(self) -> np.ndarray:
-        return window_context(self.locs, self.scales, self.levels)
+        return window_context(self.locs, self.scales, self.levels - self.shifts, self.shifts)
 
 
 @dataclass(frozen=True)
@@ -226,9 +227,10 @@ class ForecastModel:
             ids.append(np.full(len(day_index), series.series_id, dtype=object))
             dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
         centred, levels = center_windows(np.concatenate(inputs), self.spec.level_days)
-        levels = (levels + np.concatenate(offsets)).astype(np.float32)
-        return OneStepInputs(centred, levels, np.concatenate(locs), np.concatenate(scales), np.concatenate(ids),
-                             np.concatenate([np.asarray(d) for d in dates]), np.concatenate(ceilings))
+        offsets = np.concatenate(offsets).astype(np.float32)
+        return OneStepInputs(centred, levels + offsets, np.concatenate(locs), np.concatenate(scales),
+                             np.concatenate(ids), np.concatenate([np.asarray(d) for d in dates]),
+                             np.concatenate(ceilings), offsets)
 
     def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
                  samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
@@ -283,8 +285,8 @@ class ForecastModel:
         centred, levels = center_windows(np.stack(inputs), self.spec.level_days)
         day_levels = levels[:, None] + np.stack(offsets)  # (B, H)
         locs, scales = np.concatenate(locs), np.concatenate(scales)  # (B * H,), constant per series
-        context = np.stack([window_context(locs[::horizon], scales[::horizon], day_levels[:, h])
-                            for h in range(horizon)])  # (H, B, 2)
+        context = np.stack([window_context(locs[::horizon], scales[::horizon], levels, np.stack(offsets)[:, h])
+                            for h in range(horizon)])  # (H, B, 3)
         paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         return SampledForecast(

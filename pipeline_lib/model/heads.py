@@ -9,10 +9,12 @@ Two target spaces (``Head.space``):
 
 - ``model``: ``y`` is the centred, standardised target of :mod:`pipeline_lib.data.features`;
   samples go back to units through the series' scaler.
-- ``units``: ``y`` is the raw count. The head needs each window's ``context`` ``(..., 2)`` =
-  ``[offset, scale]`` of the log-demand, so that ``log(mean) = p0 * scale + offset`` with
-  ``offset = loc + level * scale`` (the scaler's location plus the window's recent level):
-  the network still learns on standardised inputs, the likelihood sees integers.
+- ``units``: ``y`` is the raw count. The head needs each window's ``context`` ``(..., 3)`` =
+  ``[offset, scale, shift]`` of the log-demand, so that ``log(mean) = p0 * scale + offset``
+  with ``offset = loc + level * scale`` (the scaler's location plus the window's recent
+  level; ``shift`` is the weekday offset its fed-back lags are net of, see
+  :func:`pipeline_lib.data.features.window_context`): the network still learns on
+  standardised inputs, the likelihood sees integers.
 
 Heads (``model.head``):
 
@@ -83,7 +85,7 @@ class CountHead:
 
     def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
         if context is None:
-            raise ValueError("the count head needs each window's [offset, scale] context")
+            raise ValueError("the count head needs each window's [offset, scale, shift] context")
         log_mean = tf.minimum(params[..., 0] * context[..., 1] + context[..., 0], _MAX_LOG_MEAN)
         total_count = 1e-2 + tf.nn.softplus(params[..., 1])
         negative_binomial = tfd.NegativeBinomial(total_count=total_count, logits=log_mean - tf.math.log(total_count))
@@ -94,8 +96,10 @@ class CountHead:
         )
 
     def to_lag(self, y: tf.Tensor, context: tf.Tensor | None = None) -> tf.Tensor:
-        """Counts -> the standardised, centred log1p lag the network reads."""
-        return (tf.math.log1p(tf.maximum(y, 0.0)) - context[..., 0]) / context[..., 1]
+        """Counts -> the standardised, centred log1p lag the network reads (net of the
+        day's weekday offset, ``context[..., 2]``, when the context carries one)."""
+        lag = (tf.math.log1p(tf.maximum(y, 0.0)) - context[..., 0]) / context[..., 1]
+        return lag - context[..., 2] if context.shape[-1] > 2 else lag
 
 
 class QuantileHead(NormalHead):

@@ -118,5 +118,5 @@ class BayesianForecaster(tf_keras.Model):
 
     def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None):
         """The head's predictive distribution; ``context`` ``(..., 2)`` = per-window
-        ``[offset, scale]``, needed by heads in units (see :mod:`pipeline_lib.model.heads`)."""
+        ``[offset, scale, shift]``, needed by heads in units (see :mod:`pipeline_lib.model.heads`)."""
         return self.head.distribution(params, context)

@@ -87,7 +87,7 @@ def sample_one_step(
 ) -> PredictiveSamples:
     """Sample the one-day-ahead predictive mixture for windows ``inputs`` ``(N, T, F)``.
 
-    ``context`` ``(N, 2)``: per-window ``[offset, scale]`` for heads in units (samples are
+    ``context`` ``(N, 3)``: per-window ``[offset, scale, shift]`` for heads in units (samples are
     then in units); ignored by heads in model space.
 
     ``num_samples`` weight draws run as one batched call per chunk of ``batch_size``
@@ -169,7 +169,7 @@ def sample_paths(
     state (``T + H - 1`` steps instead of ``H`` reruns of ``T``-step windows), so day ``h``
     is conditioned on the window plus the ``h - 1`` sampled days.
 
-    ``context`` ``(B, 2)``, or ``(H, B, 2)`` for one per day (weekday offsets): as in
+    ``context`` ``(B, 3)``, or ``(H, B, 3)`` for one per day (weekday offsets): as in
     :func:`sample_one_step`; a head in units feeds its samples back through ``head.to_lag``
     with the context of the day it was drawn for.
 
@@ -183,7 +183,7 @@ def sample_paths(
     x = tf.tile(tf.constant(inputs)[None], [num_samples, 1, 1, 1])
     known = tf.constant(future_rows)
     context = np.asarray(neutral_context(batch) if context is None else context, dtype=np.float32)
-    daily = tf.constant(np.broadcast_to(context, (horizon, batch, 2)) if context.ndim == 2 else context)
+    daily = tf.constant(np.broadcast_to(context, (horizon, *context.shape)) if context.ndim == 2 else context)
     y, states = first_day(x, draws, daily[0], tf.random.experimental.stateless_fold_in(base_seed, 0))
     paths = [y]
     for h in range(1, horizon):
