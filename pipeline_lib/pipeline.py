@@ -606,7 +606,9 @@ def rolling_origin_backtest(config: PipelineConfig, panel: Panel, folds: int, ho
     """
     n_test = config.window.test_days
     shortest = min(len(s) for s in panel.series)
-    needed = minimum_series_days(config.window) + (folds - 1) * n_test
+    # With train.refit each fold's model is trained by a whole training run on the days
+    # before its test window, which holds out test_days of its own.
+    needed = minimum_series_days(config.window) + (folds - 1 + int(config.train.refit)) * n_test
     if shortest < needed:
         raise DataValidationError(
             f"{panel.source}: {folds} folds of {n_test} test days need series of at least {needed} days; "

@@ -131,3 +131,19 @@ def test_compare_rejects_an_unknown_variant_before_training(foreign_data, tmp_pa
                                       "--config", str(config), "--workdir", str(tmp_path / "cmp")])
     assert result.exit_code == 2 and "unknown variant(s) lasso" in result.output
     assert not (tmp_path / "cmp").exists()
+
+
+def test_backtest_of_too_short_series_says_how_long_they_must_be(tmp_path):
+    """Each fold's served model is trained before its window by a run that holds out its own
+    test days: 14 + 14 + 7 + 7 days for one fold of 7, a clear error below that."""
+    from pipeline_lib import pipeline
+    from pipeline_lib.config import PipelineConfig
+    from pipeline_lib.data.validate import validate_table
+    from pipeline_lib.errors import DataValidationError
+
+    config = PipelineConfig(window={"context_length": 14, "validation_days": 14, "test_days": 7,
+                                    "min_train_days": 14})
+    panel = validate_table(synthetic_demand(n_series=2, n_days=41), config.data.model_copy(
+        update={"target_col": "units"}), 1)
+    with pytest.raises(DataValidationError, match="need series of at least 42 days; the shortest has 41"):
+        pipeline.rolling_origin_backtest(config, panel, folds=1, horizon=1, progress=False)
