@@ -143,7 +143,6 @@ def test_backtest_of_too_short_series_says_how_long_they_must_be(tmp_path):
 
     config = PipelineConfig(window={"context_length": 14, "validation_days": 14, "test_days": 7,
                                     "min_train_days": 14})
-    panel = validate_table(synthetic_demand(n_series=2, n_days=41), config.data.model_copy(
-        update={"target_col": "units"}), 1)
+    panel = validate_table(synthetic_demand(n_series=2, n_days=41), config.data, 1)
     with pytest.raises(DataValidationError, match="need series of at least 42 days; the shortest has 41"):
         pipeline.rolling_origin_backtest(config, panel, folds=1, horizon=1, progress=False)

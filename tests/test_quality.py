@@ -19,8 +19,7 @@ from pipeline_lib.evaluation.report import evaluate_samples
 
 def _synthetic(kind: str, n_series: int, n_days: int, seed: int = 0):
     data = synthetic_panel(kind, n_series=n_series, n_days=n_days, seed=seed)
-    config_data = PipelineConfig().data.model_copy(update={"target_col": "units"})
-    return data, validate_table(data.frame, config_data, 1)
+    return data, validate_table(data.frame, PipelineConfig().data, 1)
 
 
 # --- metrics against independent computations ------------------------------------------
@@ -84,7 +83,6 @@ def _small_default(tmp_path, **train) -> PipelineConfig:
     """The default configuration (head, refit, recalibration) at a size that trains in seconds."""
     return PipelineConfig(
         workdir=tmp_path / "work",
-        data={"target_col": "units"},
         window={"context_length": 14, "validation_days": 28, "test_days": 28, "min_train_days": 28},
         model={"lstm_units": (16, 8)},
         train={"epochs": 6, "batch_size": 128, "patience": 2, "kl_ramp_epochs": 2, **train},

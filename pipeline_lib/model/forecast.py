@@ -283,9 +283,10 @@ class ForecastModel:
         # The weekday offsets of each day come on top (a path's sampled value, net of them,
         # is exactly the lag the next day reads).
         centred, levels = center_windows(np.stack(inputs), self.spec.level_days)
-        day_levels = levels[:, None] + np.stack(offsets)  # (B, H)
+        offsets = np.stack(offsets)  # (B, H)
+        day_levels = levels[:, None] + offsets
         locs, scales = np.concatenate(locs), np.concatenate(scales)  # (B * H,), constant per series
-        context = np.stack([window_context(locs[::horizon], scales[::horizon], levels, np.stack(offsets)[:, h])
+        context = np.stack([window_context(locs[::horizon], scales[::horizon], levels, offsets[:, h])
                             for h in range(horizon)])  # (H, B, 3)
         paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
