@@ -54,12 +54,13 @@ def main() -> None:
     from pipeline_lib.config import PipelineConfig
     from pipeline_lib.data.features import fit_scalers
     from pipeline_lib.data.validate import validate_table
+    from pipeline_lib.forecasting.daily import daily_forecast
     from pipeline_lib.model.forecast import ForecastModel
-    from pipeline_lib.monitoring.daily import daily_forecast, history_until, monitor_day
-    from pipeline_lib.monitoring.store import ForecastStore
+    from pipeline_lib.monitoring.daily import monitor_day
+    from pipeline_lib.store import ForecastStore
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = PipelineConfig(workdir=Path(tmp), evaluation={"num_samples": args.samples},
+        config = PipelineConfig(workdir=Path(tmp), serving={"num_samples": args.samples},
                                 runtime={"chunk_series": args.chunk})
         start = time.perf_counter()
         panel = validate_table(synthetic(args.series, 120), config.data, min_days=1)
@@ -68,7 +69,7 @@ def main() -> None:
         model = ForecastModel.create(spec, scalers, config.model)
         store = ForecastStore(config.store_url).create()
         day = panel.series[0].dates[-1].date()
-        known = history_until(panel, day - pd.Timedelta(days=1).to_pytimedelta())
+        known = panel.until(day - pd.Timedelta(days=1).to_pytimedelta())
         # Warm-up on a few series: tf.function tracing is a one-off cost per process.
         warm = type(known)(known.series[:8], known.covariate_names, known.source)
         daily_forecast(config, store, warm, day, model, "0")
@@ -85,7 +86,7 @@ def main() -> None:
 
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "series": args.series, "samples": args.samples, "horizon": config.monitoring.horizon,
+        "series": args.series, "samples": args.samples, "horizon": config.serving.horizon,
         "rows_written": run.rows, "chunk_series": args.chunk,
         "seconds_validate": round(seconds_validate, 1), "seconds_forecast": round(seconds_forecast, 1),
         "seconds_monitor": round(seconds_monitor, 1),

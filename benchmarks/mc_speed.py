@@ -91,7 +91,7 @@ def _train_epoch_seconds(model, loss_fn, x, y, batch_size=256) -> float:
             loss = loss_fn(model, xb, yb)
         grads = tape.gradient(loss, model.trainable_variables)
         grads, _ = tf.clip_by_global_norm(grads, 5.0)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 
     def epoch():
@@ -142,7 +142,8 @@ def main() -> None:
     n_train = float(len(x_train))
 
     def bayesian_loss(model, xb, yb):
-        return -tf.reduce_mean(model.distribution(model(xb, training=True)).log_prob(yb)) + model.kl_divergence() / n_train
+        nll = -tf.reduce_mean(model.distribution(model(xb, training=True)).log_prob(yb))
+        return nll + model.kl_divergence() / n_train
 
     def deterministic_loss(model, xb, yb):
         params = model(xb, training=True)

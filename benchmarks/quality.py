@@ -11,7 +11,7 @@ Protocol (the same days for every model): fold ``f`` cuts ``f * test_days`` days
 of every series; its last ``test_days`` (28) are the test period; each test day is forecast
 one day ahead from the actuals up to the day before (no refit inside the window). The
 Bayesian LSTM is trained once per fold and seed exactly as a training run on the day before
-the test period makes the served model (``pipeline.backtest_model``: evaluation fit, refit
+the test period makes the served model (``stages.backtest_model``: evaluation fit, refit
 on every day, recalibration); the peers do not depend on the seed.
 
 Models: ``naive`` seasonal naive (period 7) with empirical residual quantiles; ``ets`` /
@@ -102,7 +102,7 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="bundled", help="bundled | retail | smooth | a file path")
     parser.add_argument("--id-col", default=None)
@@ -121,20 +121,15 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=None, help="print a saved --out file as Markdown and stop")
-    args = parser.parse_args()
-    if args.report:
-        print(markdown_report(json.loads(args.report.read_text())))
-        return
+    return parser.parse_args()
 
+
+def build_config(args: argparse.Namespace):
+    """The defaults (or ``--config``) with 28 test days, the dataset's columns and ``--set``."""
     import yaml
 
-    from pipeline_lib import pipeline
     from pipeline_lib.config import load_config
-    from pipeline_lib.data.features import actuals_for, part_days, split_points
-    from pipeline_lib.evaluation.metrics import calibration_curve, probability_integral_transform
-    from pipeline_lib.evaluation.report import evaluate_samples, score_forecast_table
 
-    config = load_config(args.config)
     overrides: dict[str, dict] = {"window": {"test_days": 28}, "train": {"epochs": args.epochs}}
     if args.dataset not in ("bundled", "retail", "smooth"):
         overrides["data"] = {"path": Path(args.dataset), "id_col": args.id_col, "time_col": args.time_col,
@@ -145,61 +140,78 @@ def main() -> None:
         key, _, value = item.partition("=")
         section, _, field = key.partition(".")
         overrides.setdefault(section, {})[field] = yaml.safe_load(value)
-    config = config.updated(**overrides)
-    models = args.models.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    panel, oracle = load_dataset(args, config)
+    return load_config(args.config).updated(**overrides)
+
+
+class Runs:
+    """Every scored run (model x fold x seed) and the samples behind the calibration plot."""
+
+    def __init__(self):
+        self.runs: list[dict] = []
+        self.curves: dict[str, list] = {}
+
+    def record(self, model: str, fold: int, seed, actuals, samples, series_index, scales, seconds: float) -> None:
+        from pipeline_lib.evaluation.metrics import probability_integral_transform
+        from pipeline_lib.evaluation.report import evaluate_samples
+
+        metrics = evaluate_samples(actuals, samples, series_index, scales)
+        self.runs.append({"model": model, "fold": fold, "seed": seed, "n": len(actuals), "seconds": seconds,
+                          "metrics": metrics, "pit": probability_integral_transform(actuals, samples)})
+        self.curves.setdefault(model, []).append((actuals, samples))
+        print(f"fold {fold} seed {seed} {model:12s} crps_scaled {metrics['crps_scaled']:.4f} "
+              f"picp90 {metrics['picp_90']:.3f} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
+def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: list[int], runs: Runs) -> None:
+    """Score every model on fold ``fold`` (its test window ends ``fold * test_days`` days
+    before the data's last day); each LSTM seed trains as a training run on that day would."""
+    from pipeline_lib import stages
+    from pipeline_lib.data.features import actuals_for, part_days, split_points
+    from pipeline_lib.evaluation.report import score_forecast_table
+
     n_test = config.window.test_days
-    history = panel.to_frame()
+    fold_panel = panel.truncate([len(s) - fold * n_test for s in panel.series])
+    days = part_days(fold_panel, config.window, "test")
+    actuals, series_index = actuals_for(fold_panel, days)
+    scales = stages.seasonal_scales(fold_panel, config)
+    fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(fold_panel.series)}
 
-    runs, curves = [], {}
-    for fold in range(args.folds):
-        fold_panel = pipeline.truncate(panel, {k: len(s) - fold * n_test for k, s in enumerate(panel.series)})
-        days = part_days(fold_panel, config.window, "test")
-        actuals, series_index = actuals_for(fold_panel, days)
-        scales = pipeline.seasonal_scales(fold_panel, config)
-        fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(fold_panel.series)}
+    def record(model, samples, seconds, seed=None):
+        runs.record(model, fold, seed, actuals, samples, series_index, scales, seconds)
 
-        def record(model, samples, seconds, seed=None):
-            metrics = evaluate_samples(actuals, samples, series_index, scales)
-            runs.append({"model": model, "fold": fold, "seed": seed, "n": len(actuals), "seconds": seconds,
-                         "metrics": metrics, "pit": probability_integral_transform(actuals, samples)})
-            curves.setdefault(model, []).append((actuals, samples))
-            print(f"fold {fold} seed {seed} {model:12s} crps_scaled {metrics['crps_scaled']:.4f} "
-                  f"picp90 {metrics['picp_90']:.3f} ({seconds:.1f} s)", file=sys.stderr, flush=True)
-
-        for name in (m for m in models if m not in ("lstm", "mc_dropout")):
-            start = time.perf_counter()
-            try:
-                samples = peer_samples(name, fold_panel, days, fit_end, oracle, config.data.non_negative)
-            except ImportError:
-                print(f"{name} skipped: install the optional peers with pip install -e '.[bench]'", file=sys.stderr)
-                continue
-            if samples is not None:
-                record(name, samples, time.perf_counter() - start)
-        if "lstm" not in models and "mc_dropout" not in models:
+    for name in (m for m in models if m not in ("lstm", "mc_dropout")):
+        start = time.perf_counter()
+        try:
+            samples = peer_samples(name, fold_panel, days, fit_end, oracle, config.data.non_negative)
+        except ImportError:
+            print(f"{name} skipped: install the optional peers with pip install -e '.[bench]'", file=sys.stderr)
             continue
-        for seed in seeds:
-            seeded = config.updated(train={"seed": seed})
+        if samples is not None:
+            record(name, samples, time.perf_counter() - start)
+    if "lstm" not in models and "mc_dropout" not in models:
+        return
+    for seed in seeds:
+        seeded = config.updated(train={"seed": seed})
+        start = time.perf_counter()
+        trained = stages.backtest_model(seeded, fold_panel, progress=sys.stderr.isatty())
+        evaluation = stages.evaluate(seeded, trained.model, fold_panel, by_horizon=False)
+        seconds = time.perf_counter() - start
+        if "lstm" in models:
+            record("lstm", evaluation.sampled.samples, seconds, seed)
+            if evaluation.raw_samples is not None:
+                record("lstm_raw", evaluation.raw_samples, seconds, seed)
+            if args.multi_day:
+                frame = stages.backtest_forecasts(seeded, trained.model, fold_panel, horizon=n_test)
+                scored = score_forecast_table(frame, panel.to_frame())
+                runs.runs.append({"model": "lstm_28d", "fold": fold, "seed": seed, "n": int(scored["n"]),
+                                  "seconds": seconds, "metrics": scored})
+        if "mc_dropout" in models:
             start = time.perf_counter()
-            trained = pipeline.backtest_model(seeded, fold_panel, progress=sys.stderr.isatty())
-            evaluation = pipeline.evaluate(seeded, trained.model, fold_panel, by_horizon=False)
-            seconds = time.perf_counter() - start
-            if "lstm" in models:
-                record("lstm", evaluation.sampled.samples, seconds, seed)
-                if evaluation.raw_samples is not None:
-                    record("lstm_raw", evaluation.raw_samples, seconds, seed)
-                if args.multi_day:
-                    frame = pipeline.backtest_forecasts(seeded, trained.model, fold_panel, horizon=n_test)
-                    scored = score_forecast_table(frame, history)
-                    runs.append({"model": "lstm_28d", "fold": fold, "seed": seed, "n": int(scored["n"]),
-                                 "seconds": seconds, "metrics": scored})
-            if "mc_dropout" in models:
-                start = time.perf_counter()
-                record("mc_dropout", mc_dropout_samples(seeded, trained.model, fold_panel), time.perf_counter() - start,
-                       seed)
+            record("mc_dropout", mc_dropout_samples(seeded, trained.model, fold_panel), time.perf_counter() - start,
+                   seed)
 
-    summary = summarise(runs)
+
+def print_summary(summary: dict) -> None:
     header = f"{'model':12s} {'runs':>4s} " + " ".join(f"{k[:13]:>13s}" for k in SHOWN) + f" {'std':>6s} {'sec':>6s}"
     print(header)
     for name, row in summary.items():
@@ -209,19 +221,36 @@ def main() -> None:
         for name, row in summary.items():
             print(f"{name}: CRPS / oracle = {row['crps_scaled'] / summary['oracle']['crps_scaled']:.3f}")
 
+
+def main() -> None:
+    args = parse_args()
+    if args.report:
+        print(markdown_report(json.loads(args.report.read_text())))
+        return
+    config = build_config(args)
+    models = args.models.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    panel, oracle = load_dataset(args, config)
+    runs = Runs()
+    for fold in range(args.folds):
+        run_fold(args, config, panel, oracle, fold, models, seeds, runs)
+
+    summary = summarise(runs.runs)
+    print_summary(summary)
     if args.plots:
+        from pipeline_lib.evaluation.metrics import calibration_curve
         from pipeline_lib.evaluation.plots import calibration_plot
 
         args.plots.mkdir(parents=True, exist_ok=True)
         pooled = {name: calibration_curve(np.concatenate([a for a, _ in parts]),
                                           np.concatenate([_resample(s, 200) for _, s in parts], axis=1))
-                  for name, parts in curves.items()}
+                  for name, parts in runs.curves.items()}
         calibration_plot(pooled, args.plots / f"quality_calibration_{Path(args.dataset).stem}.png")
     result = {"dataset": args.dataset, "folds": args.folds, "seeds": seeds,
               "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "overrides": args.set,
               "summary": summary,
-              "runs": [{k: v for k, v in r.items() if k != "pit"} for r in runs]}
+              "runs": [{k: v for k, v in r.items() if k != "pit"} for r in runs.runs]}
     print(markdown_report(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
@@ -244,7 +273,9 @@ def markdown_report(result: dict) -> str:
     for name, row in summary.items():
         per_fold = [np.mean([r["metrics"]["crps_scaled"] for r in runs if r["model"] == name and r["fold"] == f])
                     for f in folds]
-        cell = lambda key: f"{row[key]:.3f}" if key in row else "-"  # noqa: E731
+        def cell(key: str, row: dict = row) -> str:
+            return f"{row[key]:.3f}" if key in row else "-"
+
         lines.append(f"| {name} | {row['runs']} | {cell('picp_80')} | {cell('picp_90')} | {cell('picp_95')} | "
                      f"{cell('picp_90_nonzero')} | {cell('pit_calibration_error')} | {cell('mpiw_90_scaled')} | "
                      f"{row['crps_scaled']:.3f} +- {row['crps_scaled_std']:.3f} | "
@@ -267,7 +298,8 @@ def mc_dropout_samples(config, model, panel) -> np.ndarray:
 
     windows = {part: build_windows(panel, model.scalers, model.spec, config.window, part)
                for part in ("train", "validation", "test")}
-    dropout = McDropoutLSTM(model.spec.num_features, seed=config.train.seed).fit(windows["train"], windows["validation"])
+    dropout = McDropoutLSTM(model.spec.num_features, seed=config.train.seed)
+    dropout.fit(windows["train"], windows["validation"])
     z = dropout.sample(windows["test"].inputs, config.evaluation.num_samples, seed=config.evaluation.seed)
     z = z + windows["test"].levels[None]
     ids = [panel.series[k].series_id for k in windows["test"].series_index]

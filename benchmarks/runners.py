@@ -32,14 +32,14 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.forecasting import daily_forecast_flow
-    from pipeline_lib import pipeline, registry
+    from pipeline_lib import registry, stages
     from pipeline_lib.config import PipelineConfig
     from pipeline_lib.data.features import fit_scalers
     from pipeline_lib.data.validate import validate_table
     from pipeline_lib.evaluation.gate import GateDecision
     from pipeline_lib.model.forecast import ForecastModel
     from pipeline_lib.model.training import TrainingResult
-    from pipeline_lib.monitoring.store import ForecastStore
+    from pipeline_lib.store import ForecastStore
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -48,12 +48,12 @@ def main() -> None:
         config = PipelineConfig(workdir=tmp / "work", data={"path": data}, inventory={"in_training_run": False})
         panel = validate_table(pd.read_parquet(data), config.data, min_days=1)
         scalers, spec = fit_scalers(panel, config.window, "log1p", config.model.level_days)
-        untrained = pipeline.TrainedModel(ForecastModel.create(spec, scalers, config.model),
+        untrained = stages.TrainedModel(ForecastModel.create(spec, scalers, config.model),
                                           TrainingResult(best_validation_nll=float("nan")))
         small = validate_table(pd.read_parquet(data).head(120 * 8), config.data, min_days=1)
-        evaluation = pipeline.evaluate(config, untrained.model, small)
-        pipeline.register(config, small, untrained, evaluation, [],
-                          pipeline.GateOutcome(GateDecision(True, ("benchmark",)), None, None))
+        evaluation = stages.evaluate(config, untrained.model, small)
+        stages.register(config, small, untrained, evaluation, [],
+                          stages.GateOutcome(GateDecision(True, ("benchmark",)), None, None))
         registry.configure(config.tracking_uri)
         seconds, tables = {}, {}
         with prefect_test_harness(server_startup_timeout=120):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.events import emit_event
 
-from flows.training import NO_CACHE_TASK
+from flows.common import NO_CACHE_TASK
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.monitoring.alerts import Alert, notify
 

@@ -4,7 +4,7 @@ Scheduled at 06:00 by ``infra/prefect.yaml``; ``bayes-pipeline replay`` runs it 
 replayed day. The series are split into chunks (``runtime.chunk_series``) mapped over
 Prefect tasks on the configured task runner: threads in-process by default, or a Dask
 cluster (``runtime.task_runner: dask``; LocalCluster unless ``runtime.dask_address``).
-Chunk ``k`` always uses seed ``monitoring.seed + k``: every runner gives the same numbers.
+Chunk ``k`` always uses seed ``serving.seed + k``: every runner gives the same numbers.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
 
 from flows.alerting import retry_unless_user_error, send_alert
+from flows.common import NO_CACHE_TASK, ingest
 from flows.runners import task_runner
-from flows.training import NO_CACHE_TASK, ingest
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.errors import ModelLoadError
-from pipeline_lib.monitoring import daily
+from pipeline_lib.forecasting import daily
 from pipeline_lib.monitoring.alerts import Alert
-from pipeline_lib.monitoring.store import ForecastStore
+from pipeline_lib.store import ForecastStore
 
 
 @task(name="resolve_champion", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error,
@@ -33,10 +33,9 @@ def resolve_champion(config: PipelineConfig) -> tuple[str, str]:
     """``models:/<name>/<version>`` of the champion (pinned, so a promotion during the run
     cannot mix versions) and the version; loading it once here fails fast if it is corrupt."""
     registry.configure(config.tracking_uri)
-    version = registry.resolve_version(registry.champion_uri(config.registry.model_name))
-    uri = f"models:/{config.registry.model_name}/{version}"
-    _model(config.tracking_uri, uri)
-    return uri, version
+    champion = registry.require_champion(config.registry.model_name)
+    _model(config.tracking_uri, champion.uri)
+    return champion.uri, champion.version
 
 
 @functools.lru_cache(maxsize=2)
@@ -69,9 +68,10 @@ def store_forecasts(config: PipelineConfig, run_date: dt.date, frames: list, ver
 
 
 @flow(name="daily_forecast", log_prints=True)
-def daily_forecast_flow(config: PipelineConfig = PipelineConfig(), run_date: dt.date | None = None) -> daily.ForecastRun:
+def daily_forecast_flow(config: PipelineConfig = PipelineConfig(),
+                        run_date: dt.date | None = None) -> daily.ForecastRun:
     """Forecast ``run_date`` (default: the day after the data's last day) and the following
-    ``monitoring.horizon - 1`` days for every series with the champion model."""
+    ``serving.horizon - 1`` days for every series with the champion model."""
     raw = ingest(config)
     panel = validate_table(raw, config.data, min_days=1)
     if run_date is None:
@@ -82,7 +82,7 @@ def daily_forecast_flow(config: PipelineConfig = PipelineConfig(), run_date: dt.
         _alert_model_error(config, run_date, exc)
         raise
     current, skipped = daily.forecastable(panel, run_date)
-    parts = daily.chunks(current, config.runtime.chunk_series)
+    parts = current.chunks(config.runtime.chunk_series)
     frames = forecast_chunks.with_options(task_runner=task_runner(config))(config, model_uri, parts)
     run = store_forecasts(config, run_date, frames, version, skipped)
     get_run_logger().info("forecast %d series (%d chunks, %s runner) for %s..+%d days with version %s "

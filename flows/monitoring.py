@@ -18,24 +18,23 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.alerting import send_alert
-from flows.training import NO_CACHE_TASK, ingest, training_pipeline
-from pipeline_lib import pipeline, registry
+from flows.common import NO_CACHE_TASK, ingest
+from flows.training import training_pipeline
+from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import daily
 from pipeline_lib.monitoring.alerts import Alert
-from pipeline_lib.monitoring.policy import ONLINE_UPDATE
-from pipeline_lib.monitoring.store import ForecastStore
+from pipeline_lib.monitoring.retrain import respond_and_record
+from pipeline_lib.store import ForecastStore
 
 
 @task(name="champion_version", retries=2, retry_delay_seconds=5, **NO_CACHE_TASK)
 def champion_version(config: PipelineConfig) -> tuple[str, dt.date | None]:
     """The champion's version and the last day of its training data (drift reference)."""
     registry.configure(config.tracking_uri)
-    name = config.registry.model_name
-    version = registry.resolve_version(registry.champion_uri(name))
-    last = registry.version_tags(name, version).get("data.last_date")
-    return version, (dt.date.fromisoformat(last) if last else None)
+    champion = registry.require_champion(config.registry.model_name)
+    return champion.version, champion.last_data_day()
 
 
 @task(name="evaluate_coverage", retries=2, retry_delay_seconds=10, **NO_CACHE_TASK)
@@ -79,53 +78,39 @@ def _deployment_available(name: str) -> bool:
         return False
 
 
-@task(name="online_update", **NO_CACHE_TASK)
-def online_update(config: PipelineConfig, panel, day: dt.date) -> tuple[str, str | None, bool | None]:
-    """The cheap first response: update the champion's posterior on the recent days."""
-    outcome = pipeline.online_update_champion(config, panel, day)
-    promoted = "champion" in outcome.aliases
-    return (f"online update in {outcome.metrics['update_seconds']:.0f} s: version {outcome.version} "
-            f"({outcome.gate}); a full retrain follows if the breaches go on"), outcome.version, promoted
-
-
-def retrain(config: PipelineConfig, request: daily.RetrainRequest, panel) -> tuple[str, str | None, bool | None]:
-    """Start the retrain (or the online update); returns (what happened, new version, promoted)."""
-    if request.response == ONLINE_UPDATE:
-        return online_update(config, panel, request.day)
+def _dispatcher(config: PipelineConfig, request: daily.RetrainRequest):
+    """Starts the training deployment when ``monitoring.retrain`` asks for it (``auto``: when
+    a Prefect server has it); None: train in this process."""
     mode = config.monitoring.retrain
-    if mode in ("auto", "deployment") and (mode == "deployment"
-                                           or _deployment_available(config.monitoring.training_deployment)):
+    if mode not in ("auto", "deployment") or (mode == "auto"
+                                               and not _deployment_available(config.monitoring.training_deployment)):
+        return None
+
+    def dispatch() -> str:
         from prefect.deployments import run_deployment
 
         flow_run = run_deployment(config.monitoring.training_deployment,
                                   parameters={"config": config.model_dump(mode="json"), "champion_failing": True},
                                   timeout=0, idempotency_key=f"retrain-{request.streak_start}")
-        return f"started deployment {config.monitoring.training_deployment} (flow run {flow_run.id})", None, None
-    outcome = training_pipeline(config, progress=False, champion_failing=True)
-    promoted = "champion" in outcome.aliases
-    return (f"trained version {outcome.version}: {outcome.gate}", outcome.version, promoted)
+        return f"flow run {flow_run.id}"
+
+    return dispatch
 
 
 def _retrain_and_record(config: PipelineConfig, request: daily.RetrainRequest, panel) -> Alert:
-    """Retrain, record the outcome on the claimed retrain event and send the retrain alert;
+    """Retrain (:func:`pipeline_lib.monitoring.retrain.respond_and_record`) and send the alert;
     a failed retrain is recorded and alerted too, then fails the flow."""
     store = ForecastStore(config.store_url).create()
-    failure = None
     try:
-        text, new_version, promoted = retrain(config, request, panel)
-        store.finish_retrain(request.streak_start, "completed" if new_version else "dispatched",
-                             new_version, promoted, text)
-    except Exception as exc:  # noqa: BLE001 - recorded and alerted, then re-raised
-        failure = exc
-        text = f"retraining failed ({exc.__class__.__name__}: {exc}); the champion is unchanged"
-        store.finish_retrain(request.streak_start, "failed", detail=text)
-    alert = daily.retrain_alert(request, text, config.monitoring.consecutive_days)
-    if store.add_alert(alert.day, alert.kind, alert.model_version, alert.message):
-        send_alert(alert)
-    store.dispose()
-    if failure is not None:
-        raise failure
-    return alert
+        record = respond_and_record(config, store, request, panel, _dispatcher(config, request),
+                                    lambda: training_pipeline(config, progress=False, champion_failing=True))
+    finally:
+        store.dispose()
+    if record.alert_is_new:
+        send_alert(record.alert)
+    if record.failure is not None:
+        raise record.failure
+    return record.alert
 
 
 @flow(name="daily_monitoring", log_prints=True)

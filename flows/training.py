@@ -3,13 +3,13 @@
 
 ``train`` is the evaluation fit (the test days unseen): the evaluation, the backtests and
 the gate judge it. With ``train.refit`` (default) the registered model is its refit on
-every day, with the same configuration and epoch count (``pipeline.refit``).
+every day, with the same configuration and epoch count (``stages.refit``).
 
 The Monte Carlo samples of the test split are drawn chunk by chunk of series
 (``runtime.chunk_series``), mapped over Prefect tasks on the configured task runner
 (threads, or Dask; see :mod:`flows.runners`), with the same numbers on any runner.
 
-Each task calls one plain function of :mod:`pipeline_lib.pipeline`; the flow adds
+Each task calls one plain function of :mod:`pipeline_lib.stages`; the flow adds
 retries, logging and the Prefect artifacts (metrics table, run link).
 """
 
@@ -21,16 +21,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
+from flows.common import NO_CACHE_TASK, ingest
 from flows.runners import task_runner
-from pipeline_lib import pipeline
+from pipeline_lib import stages
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.model.forecast import ForecastModel, ModelFiles, SampledForecast
-
-# Inputs are data frames and models: hashing them for Prefect's cache would cost more
-# than the tasks and would never hit.
-NO_CACHE_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 @task(name="check_registry", **NO_CACHE_TASK)
@@ -41,14 +37,9 @@ def check_registry(config: PipelineConfig) -> None:
     registry.check_reachable(config.tracking_uri)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5, **NO_CACHE_TASK)
-def ingest(config: PipelineConfig):
-    return pipeline.ingest(config)
-
-
 @task(name="validate", **NO_CACHE_TASK)
 def validate(config: PipelineConfig, raw):
-    panel = pipeline.validate(config, raw)
+    panel = stages.validate(config, raw)
     get_run_logger().info("validated %d series from %s%s", len(panel.series), panel.source,
                           "".join(f"; {note}" for note in panel.notes))
     return panel
@@ -56,7 +47,7 @@ def validate(config: PipelineConfig, raw):
 
 @task(name="train", **NO_CACHE_TASK)
 def train(config: PipelineConfig, panel, progress: bool = True):
-    trained = pipeline.train(config, panel, progress=progress)
+    trained = stages.train(config, panel, progress=progress)
     get_run_logger().info("trained %d epochs (best %d, validation NLL %.4f) in %.0f s",
                           trained.training.epochs_run, trained.training.best_epoch,
                           trained.training.best_validation_nll, trained.training.seconds)
@@ -65,7 +56,7 @@ def train(config: PipelineConfig, panel, progress: bool = True):
 
 @task(name="refit", **NO_CACHE_TASK)
 def refit(config: PipelineConfig, panel, trained, progress: bool = True):
-    served = pipeline.refit(config, panel, trained, progress=progress)
+    served = stages.refit(config, panel, trained, progress=progress)
     get_run_logger().info("refitted on every day for %d epochs in %.0f s (the registered model)",
                           served.training.epochs_run, served.training.seconds)
     return served
@@ -79,7 +70,7 @@ def _loaded(model_files: ModelFiles) -> ForecastModel:
 
 @task(name="mc_sample_chunk", **NO_CACHE_TASK)
 def mc_sample_chunk(config: PipelineConfig, model_files: ModelFiles, chunk, k: int) -> SampledForecast:
-    return pipeline.sample_test_chunk(config, _loaded(model_files), chunk, k)
+    return stages.sample_test_chunk(config, _loaded(model_files), chunk, k)
 
 
 @flow(name="mc_sample_chunks")
@@ -92,14 +83,14 @@ def mc_sample_chunks(config: PipelineConfig, model_files: ModelFiles, chunks: li
 
 @task(name="mc_evaluate", **NO_CACHE_TASK)
 def mc_evaluate(config: PipelineConfig, trained, panel, raw: SampledForecast, plot_dir: Path):
-    evaluation = pipeline.evaluate(config, trained.model, panel, raw)
-    plots = pipeline.write_plots(config, panel, evaluation, plot_dir)
+    evaluation = stages.evaluate(config, trained.model, panel, raw)
+    plots = stages.write_plots(config, panel, evaluation, plot_dir)
     return evaluation, plots
 
 
 @task(name="rolling_origin_backtest", **NO_CACHE_TASK)
 def rolling_origin_backtest(config: PipelineConfig, panel) -> dict:
-    return pipeline.backtest_summary(config, panel)
+    return stages.backtest_summary(config, panel)
 
 
 @task(name="inventory_backtest", **NO_CACHE_TASK)
@@ -117,19 +108,19 @@ def inventory_backtest(config: PipelineConfig, trained, panel, out_dir: Path):
 
 @task(name="promotion_gate", **NO_CACHE_TASK)
 def promotion_gate(config: PipelineConfig, panel, evaluation, champion_failing: bool = False):
-    gate = pipeline.promotion_gate(config, panel, evaluation, champion_failing)
+    gate = stages.promotion_gate(config, panel, evaluation, champion_failing)
     get_run_logger().info("promotion gate: %s", gate.decision.summary())
     return gate
 
 
 @task(name="register", **NO_CACHE_TASK)
 def register(config: PipelineConfig, panel, trained, evaluation, plots, gate):
-    return pipeline.register(config, panel, trained, evaluation, plots, gate)
+    return stages.register(config, panel, trained, evaluation, plots, gate)
 
 
 @flow(name="training_pipeline", log_prints=True)
 def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool = True,
-                      champion_failing: bool = False) -> pipeline.TrainingOutcome:
+                      champion_failing: bool = False) -> stages.TrainingOutcome:
     """Train, evaluate, gate and register a Bayesian LSTM (champion only through the gate).
 
     ``champion_failing``: set by the monitoring when the champion breached its coverage
@@ -140,7 +131,7 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
     panel = validate(config, raw)
     trained = train(config, panel, progress)
     with tempfile.TemporaryDirectory() as tmp:
-        chunks = pipeline.evaluation_chunks(config, panel)
+        chunks = panel.chunks(config.runtime.chunk_series)
         raw = mc_sample_chunks.with_options(task_runner=task_runner(config))(
             config, ModelFiles.of(trained.model), chunks)
         evaluation, plots = mc_evaluate(config, trained, panel, raw, Path(tmp))
@@ -158,7 +149,7 @@ def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool 
     return outcome
 
 
-def _publish(outcome: pipeline.TrainingOutcome) -> None:
+def _publish(outcome: stages.TrainingOutcome) -> None:
     keys = ["picp_80", "picp_90", "picp_95", "mpiw_95", "crps", "crps_scaled", "mae", "mase", "epistemic_share",
             "uncalibrated_picp_90", "uncalibrated_picp_95", "uncalibrated_crps_scaled",
             "peer_seasonal_naive_picp_90", "peer_seasonal_naive_picp_95", "peer_seasonal_naive_crps_scaled"]

@@ -1,7 +1,7 @@
 """One backtest for every technique of the toolbox: ``bayes-pipeline compare``.
 
 Every variant trains on the same split of the same panel (``window`` of the config) and is
-scored on the same test days, one day ahead, by :func:`pipeline.evaluate` (recalibrated
+scored on the same test days, one day ahead, by :func:`stages.evaluate` (recalibrated
 when ``evaluation.recalibrate`` is on, as served). Variants are config overrides of the
 base configuration, plus two that are derived from the trained base model:
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline_lib import pipeline
+from pipeline_lib import stages
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.features import actuals_for, build_windows, part_days
 from pipeline_lib.data.validate import Panel
@@ -71,10 +71,10 @@ class _Scored:
 
 def _score(config: PipelineConfig, model, panel: Panel, train_seconds: float, note: str = "") -> _Scored:
     started = time.perf_counter()
-    raw = SampledForecast.concat([pipeline.sample_test_chunk(config, model, chunk, k)
-                                  for k, chunk in enumerate(pipeline.evaluation_chunks(config, panel))])
+    raw = SampledForecast.concat([stages.sample_test_chunk(config, model, chunk, k)
+                                  for k, chunk in enumerate(panel.chunks(config.runtime.chunk_series))])
     predict_seconds = time.perf_counter() - started
-    evaluation = pipeline.evaluate(config, model, panel, raw, by_horizon=False)
+    evaluation = stages.evaluate(config, model, panel, raw, by_horizon=False)
     return _Scored(evaluation.metrics, train_seconds, predict_seconds, note)
 
 
@@ -96,7 +96,7 @@ def compare(config: PipelineConfig, panel: Panel, variants: list[str],
         if name in CONFIG_VARIANTS:
             variant_config = configs[name]
             started = time.perf_counter()
-            trained = pipeline.train(variant_config, panel, progress=progress)
+            trained = stages.train(variant_config, panel, progress=progress)
             scored = _score(variant_config, trained.model, panel, time.perf_counter() - started,
                             f"{trained.training.epochs_run} epochs")
             if name == BASE:
@@ -123,10 +123,11 @@ def _distilled(config: PipelineConfig, panel: Panel, teacher) -> _Scored:
     from pipeline_lib.model.distill import distill
 
     started = time.perf_counter()
-    student = distill(teacher, _windows(config, panel, teacher, "train"), _windows(config, panel, teacher, "validation"),
+    student = distill(teacher, _windows(config, panel, teacher, "train"),
+                      _windows(config, panel, teacher, "validation"),
                       seed=config.train.seed, progress=False)
     if config.evaluation.recalibrate:
-        student.calibration = pipeline.fit_recalibration(config, student, panel)
+        student.calibration = stages.fit_recalibration(config, student, panel)
     seconds = time.perf_counter() - started
     # How close the point forecasts are: the student's median against the teacher's, both raw.
     days = part_days(panel, config.window, "test")
@@ -149,7 +150,7 @@ def _mcmc(config: PipelineConfig, panel: Panel, base) -> _Scored:
     train = _windows(config, panel, base, "train")
     hmc = OutputLayerHmc.fit(base, train, seed=config.train.seed)
     if config.evaluation.recalibrate:
-        hmc.calibration = pipeline.fit_recalibration(config, hmc, panel)
+        hmc.calibration = stages.fit_recalibration(config, hmc, panel)
     ratio = spread_ratio(base, hmc, _windows(config, panel, base, "test"))
     return _score(config, hmc, panel, time.perf_counter() - started,
                   f"HMC on {BASE}'s output layer, acceptance {hmc.result.acceptance:.2f}, "
@@ -158,6 +159,14 @@ def _mcmc(config: PipelineConfig, panel: Panel, base) -> _Scored:
 
 def machine_description() -> str:
     return f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def compare_to_files(config: PipelineConfig, panel: Panel, variants: list[str],
+                     say: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """``bayes-pipeline compare``: :func:`compare`, then :func:`write_table` under
+    ``<workdir>/compare``."""
+    return write_table(compare(config, panel, variants, say=say), config.workdir / "compare",
+                       config.data.source_name())
 
 
 def write_table(frame: pd.DataFrame, directory: Path, source: str) -> tuple[Path, Path]:
@@ -175,5 +184,6 @@ def write_table(frame: pd.DataFrame, directory: Path, source: str) -> tuple[Path
     md_path.write_text(
         f"# Model comparison\n\n- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n- machine: {machine_description()}\n"
         f"- data: {source}\n- one-day-ahead forecasts of every test day; PICP / MPIW of central intervals, "
-        "CRPS and MAE (of the median) in units, CRPS and MASE scaled by each series' seasonal-naive error\n\n" + header + body)
+        "CRPS and MAE (of the median) in units, CRPS and MASE scaled by each series' seasonal-naive error\n\n"
+        + header + body)
     return csv_path, md_path

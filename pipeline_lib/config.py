@@ -1,5 +1,8 @@
 """One validated configuration object for every flow and command.
 
+Every setting lives here, with its bound and its description (the Prefect UI renders them
+as the flow parameter form), hence the length.
+
 Nothing here touches the file system or MLflow at import time: paths are derived on
 demand from the work directory, and URLs/secrets come from the environment.
 
@@ -14,6 +17,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import logging
 import os
 from importlib import resources
 from pathlib import Path
@@ -23,6 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline_lib.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 WORKDIR_ENV = "BAYES_PIPELINE_WORKDIR"
 AUTO_COUNT_MIN_ZERO_SHARE = 0.05  # head: auto picks the count head from this share of zero days
@@ -172,7 +178,6 @@ class EvaluationConfig(_Strict):
 class MonitoringConfig(_Strict):
     """Daily forecasting and coverage monitoring (see pipeline_lib/monitoring)."""
 
-    horizon: int = Field(7, ge=1, description="days the daily forecast covers")
     pic_threshold: float = Field(0.90, gt=0, le=1, description="daily PIC below this is a breach")
     consecutive_days: int = Field(3, ge=1, description="breach days in a row that trigger one retrain")
     lookback_days: int = Field(7, ge=0, description="earlier days re-checked on every run: missed days "
@@ -204,6 +209,17 @@ class MonitoringConfig(_Strict):
         return edges
 
 
+class ServingConfig(_Strict):
+    """What a served forecast is made of: the daily forecast, ``bayes-pipeline forecast`` and
+    the registered MLflow model (which stores it as its default prediction parameters)."""
+
+    num_samples: int = Field(100, ge=2, description="joint sample paths per served forecast: its quantiles "
+                             "and order levels")
+    horizon: int = Field(7, ge=1, description="days the daily forecast covers")
+    seed: int = Field(11, description="daily forecast: chunk k of the series uses seed + k, so any runner "
+                      "gives the same numbers")
+
+
 class InventoryConfig(_Strict):
     """Order-up-to levels from the predictive distribution (see pipeline_lib/inventory)."""
 
@@ -228,7 +244,7 @@ class RuntimeConfig(_Strict):
                                      "(env BAYES_PIPELINE_DASK_ADDRESS); None = a LocalCluster")
     dask_workers: int = Field(2, ge=1, description="worker processes of the LocalCluster")
     chunk_series: int = Field(512, ge=1, description="series per forecasting task (bounds memory; "
-                              "chunk k uses seed monitoring.seed + k, so any runner gives the same numbers)")
+                              "chunk k uses seed serving.seed + k, so any runner gives the same numbers)")
 
 
 class RegistryConfig(_Strict):
@@ -247,8 +263,22 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    serving: ServingConfig = ServingConfig()
     inventory: InventoryConfig = InventoryConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, raw):
+        """Fields that moved to another section keep working, with a warning saying where."""
+        if isinstance(raw, dict) and isinstance(raw.get("monitoring"), dict) and "horizon" in raw["monitoring"]:
+            raw = {**raw, "monitoring": dict(raw["monitoring"])}
+            horizon = raw["monitoring"].pop("horizon")
+            serving = dict(raw.get("serving") or {})
+            serving.setdefault("horizon", horizon)
+            raw["serving"] = serving
+            log.warning("config: monitoring.horizon moved to serving.horizon (read as serving.horizon: %s)", horizon)
+        return raw
 
     @model_validator(mode="after")
     def _count_head_needs_counts(self) -> PipelineConfig:

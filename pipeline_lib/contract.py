@@ -6,6 +6,8 @@ per quantile level, named ``q<level>`` with the level written as ``str(float(lev
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 
@@ -35,7 +37,8 @@ def sample_quantiles(samples: np.ndarray, levels, axis: int = 0, continuous_meth
     (``linear``, ``p (n - 1)``) pulls both ends inwards: the 95% interval of 100 samples
     covered 93.1% of a perfect forecaster's outcomes (50 samples: 91.6%), enough to make
     the monitoring's PIC-below-90% rule fire on calibrated models.
-    ``continuous_method="linear"`` is for resampling (the recalibration), not for reporting.
+    The recalibration resamples with ``continuous_method="hazen"`` (``p n - 1/2``), which
+    reads the ``k``-th order statistic at level ``(k + 1/2) / n`` exactly.
     """
     method = "inverted_cdf" if np.array_equal(samples, np.round(samples)) else continuous_method
     return np.quantile(samples, levels, axis=axis, method=method)
@@ -81,3 +84,9 @@ def check_forecast_frame(frame: pd.DataFrame) -> None:
         raise ValueError("forecast table has non-finite quantiles")
     if (np.diff(quantiles, axis=1) < -1e-9).any():
         raise ValueError("forecast quantiles decrease with level")
+
+
+def as_day(value) -> dt.date:
+    """The calendar day of a date, datetime, ``pd.Timestamp`` or ISO string (the contract's
+    ``date`` and the store's day keys)."""
+    return pd.Timestamp(value).date()

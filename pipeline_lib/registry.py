@@ -1,4 +1,5 @@
-"""The only module that talks to MLflow's tracking and model registry.
+"""The only module that talks to MLflow's tracking and model registry (hence its ~400
+lines: an MLflow upgrade touches this file and no other).
 
 MLflow's API moves quickly (stages gave way to aliases in 2.x; ``artifact_path`` became
 ``name`` in 3.x), so every call lives here and an upgrade touches one file.
@@ -10,11 +11,14 @@ flavour is Keras-3 only and TFP needs Keras 2.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -87,10 +91,6 @@ def check_reachable(tracking_uri: str) -> None:
             "nothing was trained or registered") from None
 
 
-def delete_version(model_name: str, version: str) -> None:
-    client().delete_model_version(model_name, version)
-
-
 def record_failed_run(experiment_name: str, artifact_root: Path, run_name: str, stage: str, error: str) -> str | None:
     """A FAILED run that says where and why a pipeline run stopped (best effort: if MLflow
     itself is down, the original error is what matters, so this only logs)."""
@@ -135,12 +135,48 @@ def ensure_experiment(name: str, artifact_root: Path) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+@dataclass
+class TrackedRun:
+    """An MLflow run opened by :func:`tracked_run`: its id, a link to it, and the model
+    versions registered in it."""
+
+    run_id: str
+    url: str
+    registered: list[ModelVersion] = field(default_factory=list)
+
+    def register(self, model_uri: str, model_name: str, description: str = "") -> ModelVersion:
+        """Register ``model_uri`` (logged in this run) as a new version of ``model_name``."""
+        version = register(model_uri, model_name, self.run_id, description)
+        self.registered.append(ModelVersion(model_name, version))
+        return self.registered[-1]
+
+
 @contextmanager
-def training_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None):
-    """An MLflow run that is marked FAILED if the block raises."""
+def tracked_run(experiment_name: str, artifact_root: Path, run_name: str,
+                tags: dict[str, str] | None = None) -> Iterator[TrackedRun]:
+    """One MLflow run, all or nothing: if the block raises, the run is marked FAILED
+    (MLflow's context manager) and every version registered in it is deleted again, so no
+    half-described version is left behind. Aliases are the caller's to move last."""
     mlflow = _mlflow()
+    experiment_id = ensure_experiment(experiment_name, artifact_root)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        yield run
+        tracked = TrackedRun(run.info.run_id, run_url(run))
+        try:
+            yield tracked
+        except BaseException:
+            for created in tracked.registered:
+                _delete_quietly(created)
+            raise
+
+
+def _delete_quietly(version: ModelVersion) -> None:
+    try:
+        client().delete_model_version(version.name, version.version)
+        log.warning("deleted model version %s of %s after a failure while registering it", version.version,
+                    version.name)
+    except connection_errors() as exc:
+        log.error("could not delete the half-registered version %s of %s: %s", version.version, version.name,
+                  describe_error(exc))
 
 
 def log_params(params: dict) -> None:
@@ -177,7 +213,8 @@ def run_url(run) -> str:
     uri = _mlflow().get_tracking_uri()
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    return f"{uri} (experiment {run.info.experiment_id}, run {run.info.run_id}; open with `mlflow ui --backend-store-uri {uri}`)"
+    return (f"{uri} (experiment {run.info.experiment_id}, run {run.info.run_id}; "
+            f"open with `mlflow ui --backend-store-uri {uri}`)")
 
 
 def _python_model_class():
@@ -185,43 +222,58 @@ def _python_model_class():
 
     class DemandForecasterModel(mlflow.pyfunc.PythonModel):
         """Input: long-format history (``series_id, date, target, <covariates>``).
-        Params: ``horizon`` (days), ``num_samples``, ``seed``, ``model_version``.
+        Params: ``horizon`` (days), ``num_samples``, ``seed``, ``model_version``; defaults
+        from the ``serving`` section of the config the version was trained with.
         Output: the forecast table of docs/output-contract (one row per series and day)."""
 
         def load_context(self, context):
             from pipeline_lib.model.forecast import ForecastModel
 
             self.model = ForecastModel.load(Path(context.artifacts["model_dir"]))
+            serving = context.artifacts.get("serving")
+            self.defaults = predict_defaults(json.loads(Path(serving).read_text()) if serving else {})
 
         def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
             from pipeline_lib.data.validate import panel_from_history
 
-            params = {**DEFAULT_PREDICT_PARAMS, **(params or {})}
+            params = {**self.defaults, **(params or {})}
             panel = panel_from_history(model_input, self.model.spec.covariate_names)
-            sampled = self.model.forecast(panel, int(params["horizon"]), int(params["num_samples"]), int(params["seed"]))
+            sampled = self.model.forecast(panel, int(params["horizon"]), int(params["num_samples"]),
+                                          int(params["seed"]))
             return sampled.to_frame(str(params["model_version"]))
 
     return DemandForecasterModel
 
 
-DEFAULT_PREDICT_PARAMS = {"horizon": 7, "num_samples": 100, "seed": 0, "model_version": "unknown"}
+def predict_defaults(serving: dict) -> dict:
+    """The served model's default prediction parameters from a ``serving`` config section
+    (``ServingConfig.model_dump()``); versions saved without one get ``ServingConfig()``'s."""
+    from pipeline_lib.config import ServingConfig
+
+    serving = ServingConfig.model_validate(serving)
+    return {"horizon": serving.horizon, "num_samples": serving.num_samples, "seed": serving.seed,
+            "model_version": "unknown"}
 
 
-def log_forecaster(forecast_model, input_example: pd.DataFrame) -> str:
-    """Log the model to the active run; returns its model URI."""
+def log_forecaster(forecast_model, input_example: pd.DataFrame, serving: dict) -> str:
+    """Log the model to the active run with ``serving`` (``ServingConfig.model_dump()``) as
+    its default prediction parameters; returns its model URI."""
     mlflow = _mlflow()
     from mlflow.models import infer_signature
 
+    defaults = predict_defaults(serving)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = forecast_model.save(Path(tmp) / "model")
+        serving_file = Path(tmp) / "serving.json"
+        serving_file.write_text(json.dumps(serving))
         python_model = _python_model_class()()
-        python_model.model = forecast_model
+        python_model.model, python_model.defaults = forecast_model, defaults
         example_output = python_model.predict(None, input_example, {"horizon": 2, "num_samples": 20})
-        signature = infer_signature(input_example, example_output, params=DEFAULT_PREDICT_PARAMS)
+        signature = infer_signature(input_example, example_output, params=defaults)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=_python_model_class()(),
-            artifacts={"model_dir": str(model_dir)},
+            artifacts={"model_dir": str(model_dir), "serving": str(serving_file)},
             signature=signature,
             input_example=input_example,
             pip_requirements=PIP_REQUIREMENTS,
@@ -262,26 +314,58 @@ def tag_version(model_name: str, version: str, tags: dict[str, str]) -> None:
         c.set_model_version_tag(model_name, version, key, str(value))
 
 
-def champion_uri(model_name: str) -> str:
-    return f"models:/{model_name}@{CHAMPION}"
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version of a model: what the pipeline holds instead of MLflow objects."""
+
+    name: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        """``models:/<name>/<version>``, pinned: a promotion meanwhile cannot change what it loads."""
+        return f"models:/{self.name}/{self.version}"
+
+    def load(self):
+        """The version as a :class:`~pipeline_lib.model.forecast.ForecastModel` (see :func:`load_forecaster`)."""
+        return load_forecaster(self.uri)
+
+    def tags(self) -> dict[str, str]:
+        return dict(client().get_model_version(self.name, self.version).tags)
+
+    def last_data_day(self) -> dt.date | None:
+        """Last day of the data the version was trained on (tag ``data.last_date``): the drift
+        reference ends there, and a replay only reuses a champion trained before its days."""
+        last = self.tags().get("data.last_date")
+        return dt.date.fromisoformat(last) if last else None
 
 
-def resolve_version(model_uri: str) -> str:
-    """The version number behind ``models:/name@alias`` or ``models:/name/3``; else the URI."""
-    if model_uri.startswith("models:/"):
-        ref = model_uri[len("models:/"):]
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = alias_version(name, alias)
-            if version is None:
-                raise ModelLoadError(
-                    f"no version of model {name!r} has alias {alias!r}; run `bayes-pipeline train` first "
-                    "or move the alias in the MLflow UI"
-                )
-            return version
-        if "/" in ref:
-            return ref.split("/", 1)[1]
-    return model_uri
+def champion(model_name: str) -> ModelVersion | None:
+    """The version with the ``champion`` alias, or None before the first training run."""
+    version = alias_version(model_name, CHAMPION)
+    return None if version is None else ModelVersion(model_name, version)
+
+
+def require_champion(model_name: str) -> ModelVersion:
+    """The champion; a clear :class:`ModelLoadError` when there is none."""
+    return resolve(f"models:/{model_name}@{CHAMPION}")
+
+
+def resolve(model_uri: str) -> ModelVersion:
+    """The version behind ``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
+    ref = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = alias_version(name, alias)
+        if version is None:
+            raise ModelLoadError(f"no version of model {name!r} has alias {alias!r}; run `bayes-pipeline train` "
+                                 "first or move the alias in the MLflow UI")
+        return ModelVersion(name, version)
+    if "/" in ref:
+        name, version = ref.split("/", 1)
+        return ModelVersion(name, version)
+    raise ModelLoadError(f"{model_uri}: only models:/<name>@<alias> or models:/<name>/<version> URIs of the "
+                         "configured MLflow registry are loaded")
 
 
 def load_forecaster(model_uri: str):
@@ -302,10 +386,6 @@ def load_forecaster(model_uri: str):
     except (MlflowException, OSError) as exc:
         raise ModelLoadError(f"cannot load model {model_uri}: {str(exc).splitlines()[0]}") from None
     return pyfunc.unwrap_python_model().model
-
-
-def version_tags(model_name: str, version: str) -> dict[str, str]:
-    return dict(client().get_model_version(model_name, version).tags)
 
 
 def log_monitoring_day(experiment_name: str, artifact_root: Path, day: str, metrics: dict[str, float],

@@ -47,6 +47,40 @@ def test_zero_posterior_variance_equals_keras_lstm(return_sequences, path):
     assert np.abs(got - expected).max() < 1e-5
 
 
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("path", [TILED, FLIPOUT])
+def test_each_sample_runs_the_keras_lstm_with_its_own_sampled_weights(return_sequences, path):
+    """One weight draw per sequence, with a wide posterior: sample ``s`` of example ``b`` must
+    be ``tf_keras.layers.LSTM`` run on ``b`` with exactly the weights that draw gave it
+    (tiled: the ``s``-th full weight set; Flipout: the mean plus the shared perturbation
+    flipped by that example's own signs, and its own bias)."""
+    layer = BayesianLSTM(5, return_sequences=return_sequences, posterior_init_std=0.3)
+    layer(X)
+    samples = 3
+    draw = layer.draw(samples, X.shape[0], path, tf.constant([5, 6]))
+    got = layer.forward(tf.constant(np.stack([X] * samples)), draw).numpy()
+    reference = tf_keras.layers.LSTM(5, return_sequences=return_sequences)
+    reference(X[:1])
+    w = {name: value.numpy() for name, value in draw.weights.items()}
+    signs = {name: value.numpy() for name, value in draw.signs.items()}
+    for s in range(samples):
+        for b in range(X.shape[0]):
+            if path == TILED:
+                kernel, recurrent, bias = w["kernel"][s], w["recurrent"][s], w["bias"][s]
+            else:  # example n = s * B + b of the flattened (S * B) batch
+                n = s * X.shape[0] + b
+                flips_x = np.outer(signs["sign_in_x"][n], signs["sign_out_x"][n])
+                kernel = layer.kernel_loc.numpy() + w["kernel"] * flips_x
+                recurrent = (layer.recurrent_loc.numpy()
+                             + w["recurrent"] * np.outer(signs["sign_in_h"][n], signs["sign_out_h"][n]))
+                bias = signs["bias_per_example"][n]
+            reference.set_weights([kernel, recurrent, bias])
+            expected = reference(X[b:b + 1]).numpy()[0]
+            assert np.abs(got[s, b] - expected).max() < 1e-4, (s, b)
+    # The samples differ: the draw is not the posterior mean in disguise.
+    assert np.abs(got[0] - got[1]).max() > 1e-2
+
+
 @pytest.mark.parametrize("attention_units", [0, 6])
 def test_stepping_from_a_carried_state_equals_the_extended_sequence(attention_units):
     """What multi-day sample paths rely on: a window, then one day at a time from the
@@ -160,7 +194,8 @@ def test_epistemic_variance_falls_as_training_data_grows():
     for n, epochs in ((128, 150), (4096, 5)):  # about the same number of gradient steps
         train, _ = _regression_data(n, 0)
         tf.random.set_seed(0)
-        model = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(8, 4), posterior_init_std=0.05)).build_for(6)
+        config = ModelConfig(head="normal", lstm_units=(8, 4), posterior_init_std=0.05)
+        model = BayesianForecaster(2, config).build_for(6)
         train_model(model, train, test,
                     TrainConfig(epochs=epochs, batch_size=64, learning_rate=1e-2, patience=epochs,
                                 kl_annealing="none"), progress=False)
@@ -199,7 +234,7 @@ def test_bayesian_attention_at_zero_variance_is_plain_attention():
 TRAIN_IN_A_FRESH_PROCESS = """
 import hashlib, sys
 import numpy as np
-from pipeline_lib import pipeline
+from pipeline_lib import stages
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import load_panel
 
@@ -208,7 +243,7 @@ config = PipelineConfig(
     window={"context_length": 14, "validation_days": 14, "test_days": 14, "min_train_days": 14},
     model={"lstm_units": (8, 4)}, train={"epochs": 2, "batch_size": 64},
     evaluation={"num_samples": 20, "recalibrate": False})
-model = pipeline.train(config, load_panel(config.data, config.window), progress=False).model
+model = stages.train(config, load_panel(config.data, config.window), progress=False).model
 print(hashlib.sha256(b"".join(w.tobytes() for w in model.network.get_weights())).hexdigest())
 """
 
@@ -222,7 +257,7 @@ def test_the_same_config_trains_the_same_model_in_every_process(tmp_path):
     import subprocess
     import sys
 
-    from conftest import synthetic_demand
+    from support import synthetic_demand
 
     synthetic_demand(n_series=3, n_days=100).to_csv(tmp_path / "demand.csv", index=False)
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from support import synthetic_demand
 from typer.testing import CliRunner
 
-from pipeline_lib.cli import app
+from flows.cli import app
 from pipeline_lib.contract import QUANTILE_COLUMNS, check_forecast_frame
-from tests.conftest import synthetic_demand
 
 pytestmark = pytest.mark.model
 
@@ -82,7 +82,7 @@ def test_backtest_with_rolling_origin_folds(foreign_data, tmp_path):
 
 
 def test_backtest_summary_averages_the_folds(tmp_path):
-    from pipeline_lib import pipeline
+    from pipeline_lib import stages
     from pipeline_lib.config import PipelineConfig
     from pipeline_lib.data.validate import load_panel
 
@@ -94,7 +94,7 @@ def test_backtest_summary_averages_the_folds(tmp_path):
         model={"lstm_units": (8, 4)}, train={"epochs": 1, "batch_size": 64},
         evaluation={"num_samples": 20, "backtest_folds": 2},
     )
-    summary = pipeline.backtest_summary(config, load_panel(config.data, config.window))
+    summary = stages.backtest_summary(config, load_panel(config.data, config.window))
     folds = [summary["backtest_fold0_crps_scaled"], summary["backtest_fold1_crps_scaled"]]
     assert np.isclose(summary["backtest_crps_scaled"], np.mean(folds))
     assert 0 <= summary["backtest_picp_95"] <= 1 and folds[0] != folds[1]
@@ -136,7 +136,7 @@ def test_compare_rejects_an_unknown_variant_before_training(foreign_data, tmp_pa
 def test_backtest_of_too_short_series_says_how_long_they_must_be(tmp_path):
     """Each fold's served model is trained before its window by a run that holds out its own
     test days: 14 + 14 + 7 + 7 days for one fold of 7, a clear error below that."""
-    from pipeline_lib import pipeline
+    from pipeline_lib import stages
     from pipeline_lib.config import PipelineConfig
     from pipeline_lib.data.validate import validate_table
     from pipeline_lib.errors import DataValidationError
@@ -145,4 +145,4 @@ def test_backtest_of_too_short_series_says_how_long_they_must_be(tmp_path):
                                     "min_train_days": 14})
     panel = validate_table(synthetic_demand(n_series=2, n_days=41), config.data, 1)
     with pytest.raises(DataValidationError, match="need series of at least 42 days; the shortest has 41"):
-        pipeline.rolling_origin_backtest(config, panel, folds=1, horizon=1, progress=False)
+        stages.rolling_origin_backtest(config, panel, folds=1, horizon=1, progress=False)

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import synthetic_demand
 from typer.testing import CliRunner
 
-from pipeline_lib.cli import USER_ERROR_EXIT, app
+from flows.cli import USER_ERROR_EXIT, app
 from pipeline_lib.config import DataConfig, WindowConfig
 from pipeline_lib.data.validate import minimum_series_days, validate_table
 from pipeline_lib.errors import DataValidationError
-from tests.conftest import synthetic_demand
 
 WINDOW = WindowConfig(context_length=14, validation_days=14, test_days=7, min_train_days=14)
 

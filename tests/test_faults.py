@@ -20,10 +20,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_concurrently
-from test_monitoring import _panel, day, forecast_rows
+from support import constant_panel, day, forecast_rows, run_concurrently
 
-from pipeline_lib import pipeline, registry
+from pipeline_lib import registry, stages
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import load_panel
 from pipeline_lib.errors import (
@@ -32,9 +31,10 @@ from pipeline_lib.errors import (
     StoreUnavailableError,
     TrainingDivergedError,
 )
+from pipeline_lib.evaluation.gate import GateDecision
 from pipeline_lib.monitoring import daily
 from pipeline_lib.monitoring.daily import monitor_day
-from pipeline_lib.monitoring.store import TABLES, ForecastStore
+from pipeline_lib.store import TABLES, ForecastStore
 
 
 def _free_port() -> int:
@@ -55,7 +55,7 @@ def test_unreachable_mlflow_is_a_clear_error_before_training(monkeypatch):
 def registered(tmp_path_factory):
     """A champion (version 1) and everything needed to register a second version; shared
     by the tests below, which each leave the registry as they found it (that is their point)."""
-    from conftest import synthetic_demand
+    from support import synthetic_demand
 
     tmp = tmp_path_factory.mktemp("registered")
     data = tmp / "demand.csv"
@@ -67,10 +67,10 @@ def registered(tmp_path_factory):
         evaluation={"num_samples": 20, "fan_chart_series": 2}, inventory={"in_training_run": False},
         registry={"experiment_name": "faults", "model_name": "faults-model"})
     panel = load_panel(config.data, config.window)
-    trained = pipeline.train(config, panel, progress=False)
-    evaluation = pipeline.evaluate(config, trained.model, panel)
-    gate = pipeline.promotion_gate(config, panel, evaluation)
-    first = pipeline.register(config, panel, trained, evaluation, [], gate)
+    trained = stages.train(config, panel, progress=False)
+    evaluation = stages.evaluate(config, trained.model, panel)
+    gate = stages.promotion_gate(config, panel, evaluation)
+    first = stages.register(config, panel, trained, evaluation, [], gate)
     assert first.version == "1" and "champion" in first.aliases
     return config, panel, trained, evaluation
 
@@ -86,14 +86,14 @@ def test_mlflow_failing_mid_registration_keeps_no_version_and_the_champion(regis
 
     config, panel, trained, evaluation = registered
     registry.configure(config.tracking_uri)
-    promote = pipeline.GateOutcome(pipeline.GateDecision(True, ("forced",)), "1", None)
+    promote = stages.GateOutcome(GateDecision(True, ("forced",)), "1", None)
 
     def connection_lost(*args, **kwargs):
         raise requests.exceptions.ConnectionError("connection reset by peer")
 
     monkeypatch.setattr(registry, "tag_version", connection_lost)  # after the version exists
     with pytest.raises(RegistryUnavailableError, match="no model version was kept"):
-        pipeline.register(config, panel, trained, evaluation, [], promote)
+        stages.register(config, panel, trained, evaluation, [], promote)
     assert _versions(config) == ["1"]
     assert registry.alias_version(config.registry.model_name, "champion") == "1"
     runs = registry.client().search_runs([registry.client().get_experiment_by_name(
@@ -109,9 +109,9 @@ def test_diverging_training_registers_nothing_and_leaves_a_failed_run(registered
     def diverge(*args, **kwargs):
         raise TrainingDivergedError("loss became nan at epoch 3; nothing is registered")
 
-    monkeypatch.setattr(pipeline, "train_model", diverge)
+    monkeypatch.setattr(stages.training, "train_model", diverge)
     with pytest.raises(TrainingDivergedError):
-        pipeline.train(config, panel, progress=False)
+        stages.train(config, panel, progress=False)
     assert _versions(config) == ["1"]
     assert registry.alias_version(config.registry.model_name, "champion") == "1"
     experiment = registry.client().get_experiment_by_name(config.registry.experiment_name)
@@ -172,19 +172,23 @@ def _breaching_days(store, n_days: int) -> None:
         store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B", "C", "D"], 2))
 
 
-def _monitor(config, store, days, tmp_path, crash_on: dt.date | None = None):
+def _monitor(config, store, days, tmp_path) -> list[dt.date]:
+    """Monitor ``days`` in order; returns the days whose run died."""
+    crashed = []
     for d in days:
         try:
-            monitor_day(config, store, _panel(actual_days=len(days), value=30.0), d, "1", tmp_path / "r")
-        except RuntimeError:
-            assert d == crash_on
+            monitor_day(config, store, constant_panel(actual_days=len(days), value=30.0), d, "1", tmp_path / "r")
+        except RuntimeError as exc:
+            assert str(exc) == "killed"
+            crashed.append(d)
+    return crashed
 
 
 def test_crash_mid_monitoring_is_completed_by_the_next_run(tmp_path, monkeypatch):
     config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 3})
     clean = ForecastStore(f"sqlite:///{tmp_path / 'clean.db'}").create()
     _breaching_days(clean, 5)
-    _monitor(config, clean, [day(k) for k in range(5)], tmp_path)
+    assert _monitor(config, clean, [day(k) for k in range(5)], tmp_path) == []
 
     crashed = ForecastStore(f"sqlite:///{tmp_path / 'crashed.db'}").create()
     _breaching_days(crashed, 5)
@@ -198,7 +202,7 @@ def test_crash_mid_monitoring_is_completed_by_the_next_run(tmp_path, monkeypatch
         return real_drift(*args, **kwargs)
 
     monkeypatch.setattr(daily, "_drift", crash_once)
-    _monitor(config, crashed, [day(k) for k in range(5)], tmp_path, crash_on=day(2))
+    assert _monitor(config, crashed, [day(k) for k in range(5)], tmp_path) == [day(2)]  # the crash did happen
     assert crashed.table("retrain_events")["streak_start"].tolist() == [day(0)]
     for name in TABLES:  # the claim's wall-clock time is the only column allowed to differ
         pd.testing.assert_frame_equal(crashed.table(name).drop(columns="claimed_at", errors="ignore"),
@@ -209,12 +213,12 @@ def test_a_retrain_killed_mid_training_is_retried_once_its_claim_is_stale(tmp_pa
     """The run of day 2 claims the retrain and dies while training (the claim stays
     ``started``). Day 3's run, within the timeout, leaves it alone; day 4's run, when the
     claim is older than the timeout, retrains the same streak again."""
-    from pipeline_lib.monitoring.store import retrain_events
+    from pipeline_lib.store.schema import retrain_events
 
     config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 3, "retrain_claim_timeout_hours": 6})
     store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
     _breaching_days(store, 5)
-    panel = _panel(actual_days=5, value=30.0)
+    panel = constant_panel(actual_days=5, value=30.0)
     runs = [monitor_day(config, store, panel, day(k), "1", tmp_path / "r") for k in range(4)]
     assert [run.retrain is not None for run in runs] == [False, False, True, False]
     assert runs[2].retrain.streak_start == day(0)
@@ -234,13 +238,14 @@ def test_two_monitoring_runs_of_one_day_at_once_retrain_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = ForecastStore(url).create()
     _breaching_days(store, 2)
-    monitor_day(config, store, _panel(actual_days=2, value=30.0), day(0), "1", tmp_path / "r")
+    monitor_day(config, store, constant_panel(actual_days=2, value=30.0), day(0), "1", tmp_path / "r")
     runs, errors = [], []
 
     def run():
         own = ForecastStore(url)
         try:
-            runs.append(monitor_day(config, own, _panel(actual_days=2, value=30.0), day(1), "1", tmp_path / "r"))
+            panel = constant_panel(actual_days=2, value=30.0)
+            runs.append(monitor_day(config, own, panel, day(1), "1", tmp_path / "r"))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         own.dispose()

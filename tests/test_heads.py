@@ -148,7 +148,8 @@ def test_quantile_head_learns_calibrated_quantiles():
     inside = (test.targets >= q[:, 0]) & (test.targets <= q[:, -1])
     assert 0.85 < inside.mean() < 0.95, inside.mean()
     width = q[:, -1] - q[:, 0]
-    assert width[std == 1.0].mean() > 1.8 * width[std == 0.3].mean(), (width[std == 1.0].mean(), width[std == 0.3].mean())
+    wide, narrow = width[std == 1.0].mean(), width[std == 0.3].mean()
+    assert wide > 1.8 * narrow, (wide, narrow)
 
 
 @pytest.mark.parametrize("kind", ["student_t", "scale_mixture"])
@@ -168,11 +169,12 @@ def test_monte_carlo_kl_matches_quadrature(kind):
     exact = sum(
         integrate.quad(lambda w, m=m, s=s: stats.norm(m, s).pdf(w) * (stats.norm(m, s).logpdf(w) - log_p(w)),
                        m - 10 * s, m + 10 * s, limit=200)[0]
-        for m, s in zip(loc, scale)
+        for m, s in zip(loc, scale, strict=True)
     )
     estimates = [float(kl_divergence(tf.constant(loc, tf.float32), tf.constant(scale, tf.float32), prior,
                                      seed=tf.constant([i, 1]))) for i in range(200)]
-    assert abs(np.mean(estimates) - exact) < 4 * np.std(estimates) / np.sqrt(len(estimates)), (np.mean(estimates), exact)
+    standard_error = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - exact) < 4 * standard_error, (np.mean(estimates), exact)
 
 
 PRIORS = {"normal wide": {"prior": "normal", "prior_scale": 1.0},
@@ -235,14 +237,15 @@ def _fit_variational_dense(x: np.ndarray, y: np.ndarray, prior: dict, steps: int
             nll = tf.reduce_mean(tf.reduce_sum(0.5 * (targets - mean) ** 2, axis=[1, 2]))
             loss = nll + layer.kl_divergence(tf.random.experimental.stateless_fold_in(seed, 1))
         gradients = tape.gradient(loss, layer.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, layer.trainable_variables))
+        optimizer.apply_gradients(zip(gradients, layer.trainable_variables, strict=True))
 
     tail = []
     for i in range(steps):
         step(tf.constant(i))
         if i >= 0.8 * steps:
             (kernel, kernel_std), (bias, bias_std) = layer.posterior("kernel"), layer.posterior("bias")
-            tail.append([kernel.numpy().item(), kernel_std.numpy().item(), bias.numpy().item(), bias_std.numpy().item()])
+            tail.append([kernel.numpy().item(), kernel_std.numpy().item(), bias.numpy().item(),
+                         bias_std.numpy().item()])
     return np.mean(tail, axis=0)
 
 
@@ -279,7 +282,8 @@ def test_the_configured_prior_reaches_every_variational_layer():
     """``model.prior`` and its parameters reach every variational layer (LSTM, attention,
     output), and a network under a Monte Carlo KL prior trains with a finite loss."""
     for name, prior in PRIORS.items():
-        network = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(4, 4), attention_units=4, **prior)).build_for(5)
+        config = ModelConfig(head="normal", lstm_units=(4, 4), attention_units=4, **prior)
+        network = BayesianForecaster(2, config).build_for(5)
         w = np.linspace(-0.3, 0.3, 7)
         for layer in network.variational_layers():
             assert layer.prior_name == prior["prior"], (name, layer.name)
@@ -298,15 +302,15 @@ def test_each_variant_runs_the_whole_pipeline(model, small_config, synthetic_csv
     variants that change more than the head's formula (units space; the attention memory in
     the paths). With the count head every forecast quantile is a whole number and the closed
     Saturdays get mostly zero demand."""
-    from pipeline_lib import pipeline
+    from pipeline_lib import stages
     from pipeline_lib.data.validate import load_panel
 
     head = model.get("head", "normal")
     config = small_config.updated(data={"path": synthetic_csv}, model=model,
                                   train={"epochs": 30, "patience": 30, "learning_rate": 2e-2, "batch_size": 32})
     panel = load_panel(config.data, config.window)
-    trained = pipeline.train(config, panel, progress=False)
-    evaluation = pipeline.evaluate(config, trained.model, panel)
+    trained = stages.train(config, panel, progress=False)
+    evaluation = stages.evaluate(config, trained.model, panel)
     assert 0.5 < evaluation.metrics["picp_95"] <= 1.0 and np.isfinite(evaluation.metrics["crps"])
     sampled = trained.model.forecast(panel, horizon=7, num_samples=50, calibrated=False)
     paths = sampled.to_frame("1")

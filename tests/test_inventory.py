@@ -90,3 +90,22 @@ def test_order_columns_of_a_forecast_table():
     assert np.isnan(level[:, 3:]).all()  # days 4 and 5 cannot cover three days
     assert list(level[:, 0]) == [poisson.ppf(0.9, 9), poisson.ppf(0.9, 90)]
     np.testing.assert_allclose(columns["safety_stock"].reshape(2, 5)[:, 0], level[:, 0] - [9, 90], atol=0.1)
+
+
+def test_levels_agree_with_stockpyl():
+    """stockpyl (an independent inventory library) on Normal demand: the newsvendor base-stock
+    level for costs (h, p) is our cycle-service level at the critical ratio, and at our
+    fill-rate level its normal loss function gives exactly the allowed shortage."""
+    from stockpyl.loss_functions import normal_loss
+    from stockpyl.newsvendor import newsvendor_normal
+
+    mu, sigma = 300.0, 50.0
+    demand = RNG.normal(mu, sigma, size=(400_000, 1))
+    for holding, stockout in ((1.0, 9.0), (2.0, 3.0), (1.0, 49.0)):
+        expected, _ = newsvendor_normal(holding, stockout, mu, sigma)
+        level = cycle_service_level(demand, critical_ratio(stockout, holding)).level[0]
+        assert level == pytest.approx(expected, rel=2e-3), (holding, stockout)
+    target = 0.98
+    level = fill_rate(demand, target).level[0]
+    shortage, _ = normal_loss(level, mu, sigma)  # E[(D - level)+]
+    assert shortage == pytest.approx((1 - target) * mu, rel=2e-2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from pipeline_lib.contract import CRPS_LEVELS, QUANTILE_COLUMNS, QUANTILE_LEVELS, interval_columns
@@ -122,9 +123,29 @@ def test_scoring_a_forecast_table_matches_scoring_its_samples():
     test = history[history["date"] >= dates[30]]
     samples = rng.poisson(test["target"].to_numpy() + 1.0, size=(300, len(test))).astype(float)
     table = forecast_table(samples, test["series_id"], test["date"], "1")
-    scales = np.array([m.seasonal_naive_scale(history.loc[(history.series_id == s) & (history.date < dates[30]), "target"])
+    before = history.date < dates[30]
+    scales = np.array([m.seasonal_naive_scale(history.loc[(history.series_id == s) & before, "target"])
                        for s in ("a", "b")])
     expected = evaluate_samples(test["target"].to_numpy(), samples, np.repeat([0, 1], 10), scales)
     got = score_forecast_table(table, history)
     for key in ("picp_80", "picp_90", "picp_95", "crps_scaled", "mase"):
         assert np.isclose(got[key], expected[key]), key
+
+
+def test_scores_agree_with_scoringrules():
+    """Our CRPS of an ensemble (the fair estimator), interval score and pinball loss against
+    scoringrules, an independent implementation, on skewed integer-valued samples with ties."""
+    import scoringrules as sr
+
+    rng = np.random.default_rng(3)
+    y = rng.poisson(6.0, 200).astype(float)
+    samples = rng.negative_binomial(3, 0.3, size=(100, 200)).astype(float)
+    np.testing.assert_allclose(m.crps_from_samples(y, samples), sr.crps_ensemble(y, samples, m_axis=0,
+                                                                                  estimator="fair"), atol=1e-9)
+    lower, upper = m.interval_from_samples(samples, 0.9)
+    ours = m.interval_score(y, lower, upper, 0.9)
+    assert ours == pytest.approx(np.mean(sr.interval_score(y, lower, upper, 0.1)), rel=1e-9)
+    quantiles = np.quantile(samples, [0.1, 0.5, 0.9], axis=0)
+    levels = (0.1, 0.5, 0.9)
+    for k, row in enumerate(m.pinball_loss(y, quantiles, levels)):
+        np.testing.assert_allclose(row, sr.quantile_score(y, quantiles[k], levels[k]), atol=1e-9)

@@ -11,39 +11,16 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_concurrently, webhook_receiver
+from support import constant_panel, day, forecast_rows, run_concurrently, webhook_receiver
 
 from pipeline_lib.config import PipelineConfig
-from pipeline_lib.contract import QUANTILE_COLUMNS, QUANTILE_LEVELS
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import alerts
 from pipeline_lib.monitoring.coverage import daily_coverage
 from pipeline_lib.monitoring.daily import monitor_day
 from pipeline_lib.monitoring.drift import drift_report
 from pipeline_lib.monitoring.policy import retrain_decision
-from pipeline_lib.monitoring.store import TABLES, ForecastStore
-
-D = dt.date(2024, 3, 1)
-
-
-def day(k: int) -> dt.date:
-    return D + dt.timedelta(days=k)
-
-
-def forecast_rows(run_date: dt.date, series: list[str], horizon: int, center: float = 10.0,
-                  half_width_95: float = 2.0, version: str = "1") -> pd.DataFrame:
-    """Contract rows with Normal-shaped quantiles around ``center``: the 95% interval is
-    ``center +- half_width_95``."""
-    from scipy.stats import norm
-
-    sigma = half_width_95 / norm.ppf(0.975)
-    rows = []
-    for sid in series:
-        for h in range(horizon):
-            q = center + sigma * norm.ppf(np.array(QUANTILE_LEVELS))
-            rows.append({"series_id": sid, "date": pd.Timestamp(run_date + dt.timedelta(days=h)), "mean": center,
-                         "std": sigma, "model_version": version, **dict(zip(QUANTILE_COLUMNS, q))})
-    return pd.DataFrame(rows)
+from pipeline_lib.store import TABLES, ForecastStore
 
 
 @pytest.fixture
@@ -144,11 +121,6 @@ def test_concurrent_claims_of_one_streak_retrain_once(tmp_path):
 
 
 # --- monitoring a day -------------------------------------------------------------------
-def _panel(actual_days: int, series=("A", "B", "C", "D"), value: float = 10.0):
-    dates = pd.date_range(day(-20), day(actual_days - 1), freq="D")
-    frame = pd.DataFrame([(sid, d.strftime("%Y-%m-%d"), value) for sid in series for d in dates],
-                         columns=["series_id", "date", "units"])
-    return validate_table(frame, PipelineConfig().data, min_days=1)
 
 
 def test_a_claim_left_started_by_a_dead_process_is_taken_over_once_it_is_stale(tmp_path):
@@ -156,7 +128,7 @@ def test_a_claim_left_started_by_a_dead_process_is_taken_over_once_it_is_stale(t
     retraining: it stops counting as retrained, and one of eight concurrent claimers takes
     it over. Finished, dispatched and failed claims never go stale, nor do claims without a
     time (made before schema 3)."""
-    from pipeline_lib.monitoring.store import retrain_events
+    from pipeline_lib.store.schema import retrain_events
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = ForecastStore(url).create()
@@ -199,15 +171,15 @@ def test_pending_day_backfill_and_late_actuals(store, tmp_path):
     for k in range(3):
         store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B", "C", "D"], 1))
     # Day 0 without its actuals yet: pending, no breach, no alert.
-    run = monitor_day(config, store, _panel(actual_days=0), day(0), "1", tmp_path / "reports")
+    run = monitor_day(config, store, constant_panel(actual_days=0), day(0), "1", tmp_path / "reports")
     assert run.headline["status"] == "pending" and not run.alerts and not run.retrain
     # Day 2 is monitored next (day 1's run was missed): days 0 and 1 are evaluated first, in order.
-    run = monitor_day(config, store, _panel(actual_days=3), day(2), "1", tmp_path / "reports")
+    run = monitor_day(config, store, constant_panel(actual_days=3), day(2), "1", tmp_path / "reports")
     assert run.evaluated == [day(0), day(1), day(2)]
     coverage = store.coverage("overall")
     assert list(coverage["status"]) == ["ok"] * 3 and list(coverage["picp"]) == [1.0] * 3
     # A late correction of day 1 (demand far outside the interval) re-evaluates day 1 only.
-    corrected = _panel(actual_days=3).to_frame()
+    corrected = constant_panel(actual_days=3).to_frame()
     corrected.loc[corrected["date"] == pd.Timestamp(day(1)), "target"] = 50.0
     panel = validate_table(corrected.rename(columns={"target": "units"}), PipelineConfig().data, min_days=1)
     run = monitor_day(config, store, panel, day(2), "1", tmp_path / "reports")
@@ -220,7 +192,7 @@ def test_monitoring_a_day_twice_leaves_identical_tables(store, tmp_path):
     config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 2})
     for k in range(3):
         store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B", "C", "D"], 2))
-    panel = _panel(actual_days=3, value=30.0)  # every day breaches
+    panel = constant_panel(actual_days=3, value=30.0)  # every day breaches
     runs = [monitor_day(config, store, panel, day(k), "1", tmp_path / "reports") for k in range(3)]
     assert [r.retrain is not None for r in runs] == [False, True, False]
     before = {name: store.table(name) for name in TABLES}
@@ -290,3 +262,42 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path, dropped):
     assert store.table("retrain_events")["claimed_at"].notna().all()
     store.dispose()
     engine.dispose()
+
+
+@pytest.mark.parametrize("interval_level, fires", [(0.95, False), (0.80, True)])
+def test_the_default_rule_never_fires_on_calibrated_intervals_and_fires_on_narrow_ones(tmp_path, interval_level,
+                                                                                         fires):
+    """The three-day rule at its defaults (PIC of the 95% interval below 90% on 3 days in a
+    row), driven by the true predictive distribution of synthetic demand: 14 days of honest
+    intervals must not trigger a retrain, not even one breach. The same days published with
+    the true 80% interval in the 95% columns (a model that is too sure of itself) must."""
+    from pipeline_lib.data.synthetic import synthetic_panel
+    from pipeline_lib.model.forecast import forecast_table
+
+    n_series, n_days, first = 200, 60, 46
+    data = synthetic_panel("smooth", n_series=n_series, n_days=n_days, seed=3)
+    panel = validate_table(data.frame, PipelineConfig().data, min_days=1)
+    config = PipelineConfig(workdir=tmp_path)
+    assert (config.monitoring.pic_threshold, config.monitoring.consecutive_days) == (0.9, 3)  # the defaults
+    # The oracle's quantiles on a fine grid act as its samples; a too-sure forecaster's grid
+    # is squeezed towards the median, so that its 2.5% / 97.5% sample quantiles are the
+    # oracle's 10% / 90% (its "95%" interval is the true 80% one).
+    grid = (np.arange(1000) + 0.5) / 1000
+    levels = 0.5 + (grid - 0.5) * interval_level / 0.95
+    store = ForecastStore(config.store_url).create()
+    runs = []
+    for t in range(first, n_days):
+        run_date = panel.series[0].dates[t].date()
+        samples = np.concatenate([data.oracle_quantiles(levels, k, np.array([t])) for k in range(n_series)], axis=1)
+        table = forecast_table(samples, [s.series_id for s in panel.series], [run_date] * n_series, "1")
+        store.replace_forecasts(run_date, table)
+        runs.append(monitor_day(config, store, panel.until(run_date), run_date, "1", tmp_path / "reports"))
+    pic = [run.headline["picp"] for run in runs]
+    claims = store.table("retrain_events")
+    store.dispose()
+    if fires:
+        assert max(pic) < 0.9 and len(claims) == 1, pic  # one retrain per streak
+        assert runs[2].retrain is not None and runs[2].retrain.streak_start == runs[0].day
+    else:
+        assert min(pic) >= 0.9 and claims.empty and not any(run.alerts for run in runs), pic
+        assert 0.94 <= np.mean(pic) <= 0.98, np.mean(pic)  # honest, not trivially wide

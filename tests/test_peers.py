@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import synthetic_demand
 
 from pipeline_lib.config import DataConfig
 from pipeline_lib.data.features import WindowSet
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.evaluation.baselines import seasonal_naive_samples
-from tests.conftest import synthetic_demand
 
 
 def test_seasonal_naive_is_last_week_plus_empirical_residual_quantiles():

@@ -6,14 +6,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from support import synthetic_demand
 
-from pipeline_lib import pipeline, registry
+from pipeline_lib import registry, stages
 from pipeline_lib.data.features import actuals_for, part_days
 from pipeline_lib.data.validate import load_panel
 from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.evaluation.gate import promotion_decision
-from tests.conftest import synthetic_demand
 
 
 def test_gate_decision_rules():
@@ -24,6 +24,24 @@ def test_gate_decision_rules():
     worse = promotion_decision({**good, "crps_scaled": 0.46}, {"picp_95": 0.95, "crps_scaled": 0.45})
     assert not worse.promote and "CRPS" in worse.summary()
     assert promotion_decision({"picp_90": 0.91, "crps_scaled": 1.0}, None, nominal_level=0.9).promote
+
+
+def test_relaxed_gate_of_a_breach_triggered_retrain():
+    """After a breach the holdout ends with days no model covered: the challenger is judged
+    against the failing champion's calibration and sharpness, not the absolute band."""
+    failing = {"picp_95": 0.80, "crps_scaled": 0.50}
+
+    def decide(challenger):
+        return promotion_decision(challenger, failing, champion_failing=True, failing_crps_tolerance=0.05)
+
+    assert decide({"picp_95": 0.82, "crps_scaled": 0.51}).promote  # the absolute band would refuse 0.82
+    assert not promotion_decision({"picp_95": 0.82, "crps_scaled": 0.51}, failing).promote
+    worse_calibrated = decide({"picp_95": 0.75, "crps_scaled": 0.45})
+    assert not worse_calibrated.promote and "error 0.200 > 0.150" in worse_calibrated.summary()
+    blunter = decide({"picp_95": 0.90, "crps_scaled": 0.53})
+    assert not blunter.promote and "0.5300 > champion's 0.5000 x 1.05" in blunter.summary()
+    # Without a champion there is nothing to be relative to: the absolute band decides.
+    assert not promotion_decision({"picp_95": 0.82, "crps_scaled": 0.5}, None, champion_failing=True).promote
 
 
 @pytest.mark.model
@@ -40,13 +58,13 @@ def test_miscalibrated_challenger_stays_challenger_and_good_one_is_promoted(smal
                                               # the oracle below lands within about 1.5 points
                                               "coverage_tolerance": 0.03})
     panel = load_panel(config.data, config.window)
-    trained = pipeline.train(config, panel, progress=False)
+    trained = stages.train(config, panel, progress=False)
 
-    def register(model):
+    def register(model, champion_failing=False):
         candidate = replace(trained, model=model)
-        evaluation = pipeline.evaluate(config, model, panel)
-        gate = pipeline.promotion_gate(config, panel, evaluation)
-        return pipeline.register(config, panel, candidate, evaluation, [], gate), evaluation
+        evaluation = stages.evaluate(config, model, panel)
+        gate = stages.promotion_gate(config, panel, evaluation, champion_failing=champion_failing)
+        return stages.register(config, panel, candidate, evaluation, [], gate), evaluation
 
     # Intervals widened (quantile levels pushed to the tails): over-covers, poor CRPS. With
     # no champion yet it is promoted anyway, so forecasting can start.
@@ -68,10 +86,19 @@ def test_miscalibrated_challenger_stays_challenger_and_good_one_is_promoted(smal
     raw = trained.model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed,
                                  calibrated=False)
     actuals, _ = actuals_for(panel, days)
-    oracle = replace(trained.model, calibration=PitRecalibration.fit(m.probability_integral_transform(actuals, raw.samples)))
+    pit = m.probability_integral_transform(actuals, raw.samples)
+    oracle = replace(trained.model, calibration=PitRecalibration.fit(pit))
     third, good_eval = register(oracle)
     assert abs(good_eval.metrics["picp_95"] - 0.95) <= 0.03
     assert third.aliases == ("challenger", "champion"), third.gate
     assert registry.alias_version(config.registry.model_name, "champion") == third.version
     tags = registry.client().get_model_version(config.registry.model_name, second.version).tags
-    assert tags["gate.promote"] == "False" and "PICP95" in tags["gate.reasons"]
+    assert tags["gate.promote"] == "False" and "PICP95 " in tags["gate.reasons"]
+    assert "outside 0.95 +- 0.03" in tags["gate.reasons"]  # the coverage rule is what stopped it
+
+    # The relaxed gate of a breach-triggered retrain (the champion "failing") still keeps a
+    # challenger that is worse calibrated than the champion on the same holdout.
+    fourth, _ = register(shrunk, champion_failing=True)
+    assert fourth.aliases == ("challenger",), fourth.gate
+    assert "champion failing live coverage" in fourth.gate and "PICP95" in fourth.gate
+    assert registry.alias_version(config.registry.model_name, "champion") == third.version

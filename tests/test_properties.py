@@ -80,7 +80,7 @@ def test_accepted_series_keep_every_given_day(data):
                                                                   for d in sorted(chosen)], "units": values}))
     raw = pd.concat(frames).sample(frac=1.0, random_state=0)  # unsorted
     panel = validate_table(raw, DataConfig(), min_days=1, source=SOURCE)
-    for series, frame in zip(panel.series, frames):
+    for series, frame in zip(panel.series, frames, strict=True):
         given_days = frame.set_index("date")["units"]
         np.testing.assert_array_equal(series.target[series.dates.isin(given_days.index)], given_days.to_numpy())
         assert (series.target[~series.dates.isin(given_days.index)] == 0).all()  # gap policy 'zero'

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline_lib import pipeline
+from pipeline_lib import stages
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.features import SAMPLE_CEILING_FACTOR, actuals_for, part_days
 from pipeline_lib.data.synthetic import synthetic_panel
@@ -98,7 +98,7 @@ def test_default_model_is_calibrated_on_synthetic_demand_and_a_miscalibrated_one
     (over-confident) or doubled (too wide) fail the same bound."""
     config = _small_default(tmp_path)
     _, panel = _synthetic("retail", n_series=24, n_days=300, seed=5)
-    trained = pipeline.backtest_model(config, panel, progress=False)
+    trained = stages.backtest_model(config, panel, progress=False)
     assert trained.model.model_config.head == "count"  # head: auto on whole-number demand
     days = part_days(panel, config.window, "test")
     actuals, _ = actuals_for(panel, days)
@@ -121,8 +121,8 @@ def test_served_model_is_refitted_on_every_day_for_the_epochs_early_stopping_cho
     k = 0
     series = panel.series[k]
     series.target[-3] = series.target.max() * 5 + 10
-    fitted = pipeline.train(config, panel, progress=False)
-    served = pipeline.refit(config, panel, fitted, progress=False)
+    fitted = stages.train(config, panel, progress=False)
+    served = stages.refit(config, panel, fitted, progress=False)
     assert served.evaluation_fit is fitted.training
     assert served.training.epochs_run == fitted.training.best_epoch
     assert served.model.scalers[series.series_id].peak == series.target.max()
@@ -131,7 +131,7 @@ def test_served_model_is_refitted_on_every_day_for_the_epochs_early_stopping_cho
     holdout = sum(len(d) for d in part_days(panel, config.window, "holdout").values())
     assert served.model.calibration.n_calibration == holdout
     # refit: false serves the evaluation fit itself.
-    assert pipeline.fit_served(config.updated(train={"refit": False}), panel, progress=False).evaluation_fit is None
+    assert stages.fit_served(config.updated(train={"refit": False}), panel, progress=False).evaluation_fit is None
 
 
 def test_auto_head_is_count_for_intermittent_whole_numbers_and_normal_otherwise():
@@ -157,7 +157,7 @@ def test_no_head_draws_samples_beyond_the_ceiling_even_with_exploding_tails(tmp_
 
     config = _small_default(tmp_path, epochs=1).updated(model={"head": head})
     _, panel = _synthetic("retail", n_series=4, n_days=160, seed=4)
-    trained = pipeline.train(config.updated(evaluation={"recalibrate": False}), panel, progress=False)
+    trained = stages.train(config.updated(evaluation={"recalibrate": False}), panel, progress=False)
     model = trained.model
     bias = model.network.output_layer.bias_loc  # raw head parameters of every window
     spread = np.full(bias.shape, 8.0, np.float32)  # scale / gaps softplus(8) = 8 standard units
@@ -192,7 +192,7 @@ def test_a_path_feeds_back_the_lag_a_one_step_forecast_reads(tmp_path):
     config = _small_default(tmp_path, epochs=1).updated(
         model={"head": "normal", "weekday_profile": True, "level_days": 0}, evaluation={"recalibrate": False})
     _, panel = _synthetic("smooth", n_series=3, n_days=160, seed=6)
-    model = pipeline.train(config, panel, progress=False).model
+    model = stages.train(config, panel, progress=False).model
     assert any(abs(v) > 0.05 for sc in model.scalers.values() for v in sc.weekday_profile)
     for layer in model.network.variational_layers():
         for name in layer._posterior_names:

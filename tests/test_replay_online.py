@@ -8,12 +8,11 @@ import datetime as dt
 
 import pandas as pd
 import pytest
-from conftest import level_following_demand
-from test_replay import SHIFT_DAY, START, replay_config
+from support import SHIFT_DAY, START, level_following_demand, replay_config
 
 from pipeline_lib import registry
 from pipeline_lib.monitoring.replay import ReplaySpec
-from pipeline_lib.monitoring.store import ForecastStore
+from pipeline_lib.store import ForecastStore
 
 pytestmark = pytest.mark.flows
 
@@ -43,7 +42,7 @@ def test_online_update_is_the_first_response_to_a_shift(prefect_harness, tmp_pat
     escalations = events.loc[events["mode"] != "online_update", "streak_start"]
     assert all(start - dt.timedelta(days=3) in updates for start in escalations), events
     registry.configure(config.tracking_uri)
-    tags = registry.version_tags(config.registry.model_name, update["new_version"])
+    tags = registry.ModelVersion(config.registry.model_name, update["new_version"]).tags()
     assert tags["update.kind"] == "online" and tags["update.parent_version"] == update["champion_before"]
     # promoted because it passed the held-out day check (a spike would leave it challenger)
     assert tags["gate.promote"] == "True" and "held-out last day" in tags["gate.reasons"] and bool(update["promoted"])

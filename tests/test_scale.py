@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import level_following_demand
+from support import level_following_demand
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,24 +25,24 @@ def test_dask_runner_gives_the_default_runners_forecasts_and_evaluation(tmp_path
     from flows.forecasting import daily_forecast_flow
     from flows.runners import task_runner
     from flows.training import mc_sample_chunks
-    from pipeline_lib import pipeline
+    from pipeline_lib import stages
     from pipeline_lib.data.validate import load_panel
     from pipeline_lib.model.forecast import ModelFiles
-    from pipeline_lib.monitoring.store import ForecastStore
+    from pipeline_lib.store import ForecastStore
 
     data = tmp_path / "many.csv"
     level_following_demand(n_series=200, n_days=60).to_csv(data, index=False)
     config = small_config.updated(data={"path": data}, train={"epochs": 1}, inventory={"in_training_run": False},
                                   runtime={"chunk_series": 64})
     panel = load_panel(config.data, config.window)
-    trained = pipeline.train(config, panel, progress=False)
-    evaluation = pipeline.evaluate(config, trained.model, panel)
-    pipeline.register(config, panel, trained, evaluation, [], pipeline.promotion_gate(config, panel, evaluation))
+    trained = stages.train(config, panel, progress=False)
+    evaluation = stages.evaluate(config, trained.model, panel)
+    stages.register(config, panel, trained, evaluation, [], stages.promotion_gate(config, panel, evaluation))
 
     # The training flow's Monte Carlo evaluation, computed in-process chunk by chunk.
-    chunks = pipeline.evaluation_chunks(config, panel)
+    chunks = panel.chunks(config.runtime.chunk_series)
     assert len(chunks) == 4
-    in_process = pipeline.evaluate(config, trained.model, panel).raw_samples
+    in_process = stages.evaluate(config, trained.model, panel).raw_samples
 
     frames, evaluated = {}, {}
     with prefect_test_harness(server_startup_timeout=120):
@@ -50,7 +50,7 @@ def test_dask_runner_gives_the_default_runners_forecasts_and_evaluation(tmp_path
             runner_config = config.updated(runtime={"task_runner": runner, "dask_workers": 2})
             monkeypatch.setenv("BAYES_PIPELINE_STORE_URL", f"sqlite:///{tmp_path / runner}.db")
             run = daily_forecast_flow(runner_config)
-            assert run.series == 200 and run.rows == 200 * config.monitoring.horizon
+            assert run.series == 200 and run.rows == 200 * config.serving.horizon
             store = ForecastStore(f"sqlite:///{tmp_path / runner}.db")
             frames[runner] = store.table("forecasts")
             store.dispose()

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_demand
+from support import synthetic_demand
 
 pytestmark = [pytest.mark.flows, pytest.mark.stack]
 
@@ -107,7 +107,8 @@ def stack(tmp_path_factory):
                                   "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
                                   "--allowed-hosts", f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}"],
                        {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
-                        "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
+                        "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
         prefect_env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
                        "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{db}/prefect",
                        "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

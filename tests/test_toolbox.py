@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
-from pipeline_lib import pipeline
+from pipeline_lib import stages
 from pipeline_lib.data.features import actuals_for, build_windows, part_days
 from pipeline_lib.data.validate import load_panel
 
@@ -14,7 +15,7 @@ from pipeline_lib.data.validate import load_panel
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A Bayesian LSTM trained on the synthetic weekly demand (module-wide, it is reused)."""
-    from conftest import synthetic_demand
+    from support import synthetic_demand
 
     from pipeline_lib.config import PipelineConfig
 
@@ -27,7 +28,7 @@ def teacher(tmp_path_factory):
         train={"epochs": 15, "batch_size": 64, "patience": 15, "learning_rate": 1e-2},
         evaluation={"num_samples": 50, "recalibrate": False})
     panel = load_panel(config.data, config.window)
-    return config, panel, pipeline.train(config, panel, progress=False).model
+    return config, panel, stages.train(config, panel, progress=False).model
 
 
 @pytest.mark.model
@@ -64,7 +65,7 @@ def test_distillation_refuses_a_count_teacher(teacher):
 def trained_before_a_shift(tmp_path_factory):
     """Six synthetic series whose demand doubles on day 140, and a model trained on the days
     before it without window centring (which would follow a pure level shift by itself)."""
-    from conftest import synthetic_demand
+    from support import synthetic_demand
 
     from pipeline_lib.config import PipelineConfig
 
@@ -79,8 +80,8 @@ def trained_before_a_shift(tmp_path_factory):
         train={"epochs": 15, "batch_size": 64, "patience": 15, "learning_rate": 1e-2},
         evaluation={"recalibrate": False})
     panel = load_panel(config.data, config.window)
-    before = pipeline.truncate(panel, {k: 140 for k in range(len(panel.series))})
-    return frame, config, panel, pipeline.train(config, before, progress=False).model
+    before = panel.truncate([140] * len(panel.series))
+    return frame, config, panel, stages.train(config, before, progress=False).model
 
 
 def _day_index(frame: pd.DataFrame) -> pd.Series:
@@ -173,5 +174,16 @@ def test_hmc_output_layer_forecasts_and_compares_spread(teacher):
     median_error = np.abs(np.median(sampled.samples, axis=0) - actuals).mean()
     teacher_error = np.abs(np.median(model.one_step(panel, days, num_samples=50).samples, axis=0) - actuals).mean()
     assert median_error < 1.2 * teacher_error, (median_error, teacher_error)
+    # Mean-field VI is known to under-disperse; HMC on the same layer sees a wider posterior.
     ratio = spread_ratio(model, hmc, train)
-    assert np.isfinite(ratio) and ratio > 0
+    assert 1.2 < ratio < 10, ratio
+
+    class VariationalThroughTheHmcDoor:
+        """The variational posterior itself, drawn with another seed: the ratio must be ~1."""
+
+        def params(self, features):
+            layer = model.network.output_layer
+            draw = layer.draw(400, len(features), "tiled", tf.constant([9, 3]))
+            return layer.forward(tf.tile(tf.constant(features)[None], [400, 1, 1]), draw).numpy()
+
+    assert 0.9 < spread_ratio(model, VariationalThroughTheHmcDoor(), train) < 1.1

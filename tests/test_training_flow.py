@@ -67,7 +67,7 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
     assert tags["gate.promote"] == str(promoted) and tags["gate.champion_version"] == "1"
 
     # The champion loads from the registry (rebuilt from code) and forecasts the contract.
-    forecaster = registry.load_forecaster(registry.champion_uri(config.registry.model_name))
+    forecaster = registry.require_champion(config.registry.model_name).load()
     panel = load_panel(config.data, config.window)
     frame = forecaster.forecast(panel, horizon=5, num_samples=30, seed=3).to_frame("1")
     check_forecast_frame(frame)
@@ -77,7 +77,7 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
     # The pyfunc interface itself (what `mlflow models serve` would call).
     import mlflow
 
-    pyfunc = mlflow.pyfunc.load_model(registry.champion_uri(config.registry.model_name))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{config.registry.model_name}@champion")
     history = panel.to_frame()
     served = pyfunc.predict(history, params={"horizon": 2, "num_samples": 10, "model_version": "1"})
     check_forecast_frame(served)
@@ -85,12 +85,12 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
 
 
 def test_save_load_round_trip_reproduces_distribution(small_config, synthetic_csv, tmp_path):
-    from pipeline_lib import pipeline
+    from pipeline_lib import stages
     from pipeline_lib.model.forecast import ForecastModel
 
     config = small_config.updated(data={"path": synthetic_csv}, train={"epochs": 1})
     panel = load_panel(config.data, config.window)
-    trained = pipeline.train(config, panel, progress=False)
+    trained = stages.train(config, panel, progress=False)
     restored = ForecastModel.load(trained.model.save(tmp_path / "model"))
     days = part_days(panel, config.window, "test")
     before = trained.model.one_step(panel, days, num_samples=25, seed=11).samples

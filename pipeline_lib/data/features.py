@@ -1,5 +1,8 @@
 """Time-based split, per-series scaling and sliding windows.
 
+The feature layout, the scalers that fill it and the windows that read it change together
+(a new feature touches all three), so they share one module of about 400 lines.
+
 Each model input is a window of ``context_length`` days ending on the target day ``d``.
 The feature row of day ``t`` holds what is known at the start of that day::
 
@@ -12,7 +15,7 @@ predicts; the weekday of the target day is known in advance (it carries the Satu
 closures). Days before a series starts are zero rows with ``observed = 0``, so short series
 still produce full-length windows.
 
-The model predicts ``z(d)``; :meth:`SeriesScaler.inverse` maps samples back to units.
+The model predicts ``z(d)``; :func:`inverse_transform` maps samples back to units.
 
 With ``level_days > 0`` (:func:`center_windows`) each window is also centred on its recent
 level: the mean of its last ``level_days`` observed lags is subtracted from the lags and
@@ -31,12 +34,32 @@ from pipeline_lib.config import WindowConfig
 from pipeline_lib.data.validate import Panel, Series
 
 N_WEEKDAYS = 7
+# The feature layout (see the module docstring): the lagged target first, so a sample path
+# can write a sampled value into column 0 of the next day's row and keep the rest.
+LAG_COLUMN = 0  # z(t-1)
+OBSERVED_COLUMN = 1  # 1 where the lag is a real day, 0 on padding before the series starts
+FIRST_COVARIATE_COLUMN = 2
 _INPUT_CLIP = 50.0  # scaled values beyond this carry no extra signal but can blow up gates
 # No predictive sample of demand exceeds this multiple of the series' largest fitted day. A
 # heavy-tailed head (Student-t in log space) otherwise draws a few samples of 1e6-1e13 units
 # that dominate sample means, sample CRPS and any order quantity built from the paths; ten
 # times the record day is beyond any demand a planner would stock for.
 SAMPLE_CEILING_FACTOR = 10.0
+
+
+def target_transform(non_negative: bool) -> str:
+    """The per-series transform of the target: ``log1p`` for non-negative demand (multiplicative
+    noise, samples that never go below 0), ``none`` for targets that can be negative."""
+    return "log1p" if non_negative else "none"
+
+
+def forward_transform(y: np.ndarray, transform: str) -> np.ndarray:
+    """Units -> transformed target, before standardisation (negative demand counts as 0
+    under ``log1p``). The count head's sampled-lag feedback is the same map in TensorFlow
+    (:meth:`pipeline_lib.model.heads.CountHead.to_lag`)."""
+    if transform == "log1p":
+        return np.log1p(np.maximum(y, 0.0))
+    return np.asarray(y, dtype=float)
 
 
 def inverse_transform(z: np.ndarray, loc, scale, transform: str) -> np.ndarray:
@@ -80,13 +103,9 @@ class SeriesScaler:
         return SAMPLE_CEILING_FACTOR * max(self.peak, 1.0)
 
     def forward(self, y: np.ndarray) -> np.ndarray:
-        """Units -> model space."""
-        z = np.log1p(np.maximum(y, 0.0)) if self.transform == "log1p" else np.asarray(y, dtype=float)
-        return (z - self.loc) / self.scale
-
-    def inverse(self, z: np.ndarray) -> np.ndarray:
-        """Model space -> units (non-negative when the transform is ``log1p``)."""
-        return inverse_transform(z, self.loc, self.scale, self.transform)
+        """Units -> model space (:func:`inverse_transform` maps samples back, vectorised over
+        series)."""
+        return (forward_transform(y, self.transform) - self.loc) / self.scale
 
     def scale_covariates(self, covariates: np.ndarray) -> np.ndarray:
         if covariates.shape[-1] == 0:
@@ -109,8 +128,22 @@ class FeatureSpec:
     weekday_profile: bool = False  # lags and targets net of each series' weekday offsets
 
     @property
+    def covariate_columns(self) -> slice:
+        return slice(FIRST_COVARIATE_COLUMN, FIRST_COVARIATE_COLUMN + len(self.covariate_names))
+
+    @property
+    def weekday_columns(self) -> slice:
+        """The one-hot weekday of the target day (Monday first)."""
+        start = self.covariate_columns.stop
+        return slice(start, start + N_WEEKDAYS)
+
+    @property
+    def magnitude_column(self) -> int:
+        return self.weekday_columns.stop
+
+    @property
     def num_features(self) -> int:
-        return 2 + len(self.covariate_names) + N_WEEKDAYS + 1
+        return self.magnitude_column + 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,7 +183,7 @@ def fit_scaler(series: Series, fit_end: int, transform: str, weekday_profile: bo
     two weeks), which the features take out of every lag and the target.
     """
     y = series.target[:fit_end]
-    z = np.log1p(np.maximum(y, 0.0)) if transform == "log1p" else y
+    z = forward_transform(y, transform)
     loc, scale = _robust_scale(z, floor=0.1 if transform == "log1p" else 1e-6)
     profile: tuple[float, ...] = ()
     if weekday_profile:
@@ -205,7 +238,8 @@ def magnitude_feature(scaler: SeriesScaler, spec: FeatureSpec) -> float:
     return float((scaler.loc - spec.magnitude_loc) / spec.magnitude_scale)
 
 
-def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target: np.ndarray | None = None) -> np.ndarray:
+def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec,
+                 target: np.ndarray | None = None) -> np.ndarray:
     """Feature rows for days ``-L .. n`` (row ``r`` is day ``r - L``): shape ``(L + n + 1, F)``.
 
     ``target`` overrides ``series.target`` (same length), e.g. for planted shifts.
@@ -220,14 +254,11 @@ def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target
     covariates = scaler.scale_covariates(series.covariates)
     rows = np.zeros((L + n + 1, spec.num_features), dtype=np.float32)
     # Day t (row t + L) sees z(t-1): rows L+1 .. L+n hold days 1 .. n.
-    rows[L + 1 :, 0] = z
-    rows[L + 1 :, 1] = 1.0
-    n_cov = covariates.shape[1]
-    if n_cov:
-        rows[L + 1 :, 2 : 2 + n_cov] = covariates
-    weekdays = first_weekday + np.arange(-L, n + 1)
-    rows[:, 2 + n_cov : 2 + n_cov + N_WEEKDAYS] = weekday_one_hot(weekdays)
-    rows[:, -1] = magnitude_feature(scaler, spec)
+    rows[L + 1 :, LAG_COLUMN] = z
+    rows[L + 1 :, OBSERVED_COLUMN] = 1.0
+    rows[L + 1 :, spec.covariate_columns] = covariates
+    rows[:, spec.weekday_columns] = weekday_one_hot(first_weekday + np.arange(-L, n + 1))
+    rows[:, spec.magnitude_column] = magnitude_feature(scaler, spec)
     return rows
 
 
@@ -249,19 +280,20 @@ def target_offsets(scaler: SeriesScaler, spec: FeatureSpec, series: Series, days
 
 
 def center_windows(inputs: np.ndarray, level_days: int) -> tuple[np.ndarray, np.ndarray]:
-    """Subtract each window's recent level from its lagged target (column 0).
+    """Subtract each window's recent level from its lagged target (``LAG_COLUMN``).
 
-    ``inputs``: ``(N, L, F)``; the level of a window is the mean of column 0 over its last
-    ``level_days`` rows that are observed (column 1), 0 when none is. Returns the centred
-    copy and the levels ``(N,)``, which the caller subtracts from targets and adds to samples.
+    ``inputs``: ``(N, L, F)``; the level of a window is the mean of the lag over its last
+    ``level_days`` rows that are observed (``OBSERVED_COLUMN``), 0 when none is. Returns the
+    centred copy and the levels ``(N,)``, which the caller subtracts from targets and adds
+    to samples.
     """
     if level_days <= 0:
         return inputs, np.zeros(len(inputs), dtype=np.float32)
     recent = inputs[:, -level_days:, :]
-    observed = recent[:, :, 1]
-    level = (recent[:, :, 0] * observed).sum(axis=1) / np.maximum(observed.sum(axis=1), 1.0)
+    observed = recent[:, :, OBSERVED_COLUMN]
+    level = (recent[:, :, LAG_COLUMN] * observed).sum(axis=1) / np.maximum(observed.sum(axis=1), 1.0)
     centred = inputs.copy()
-    centred[:, :, 0] -= level[:, None] * inputs[:, :, 1]  # padding rows stay zero
+    centred[:, :, LAG_COLUMN] -= level[:, None] * inputs[:, :, OBSERVED_COLUMN]  # padding rows stay zero
     return centred, level.astype(np.float32)
 
 

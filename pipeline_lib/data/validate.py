@@ -1,5 +1,8 @@
 """Validate a raw long-format table against the data contract and reindex its calendar.
 
+One module (about 300 lines) because the contract is one thing: every rule a table must
+meet, and the ``Panel`` it becomes, read together.
+
 Every rejection raises :class:`DataValidationError` with one line naming the problem and
 where it is (source, column, series, rows). Row numbers are 1-based data rows (the first
 row after a CSV header is row 1).
@@ -17,7 +20,8 @@ target value is an error, because inventing demand silently would bias every int
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -43,6 +47,10 @@ class Series:
     def __len__(self) -> int:
         return len(self.dates)
 
+    def head(self, n_days: int) -> Series:
+        """The first ``n_days`` days."""
+        return Series(self.series_id, self.dates[:n_days], self.target[:n_days], self.covariates[:n_days])
+
 
 @dataclass(frozen=True)
 class Panel:
@@ -58,6 +66,23 @@ class Panel:
     @property
     def series_ids(self) -> list[str]:
         return [s.series_id for s in self.series]
+
+    def truncate(self, keep: Sequence[int]) -> Panel:
+        """Each series ``k`` cut to its first ``keep[k]`` days (what was known at a forecast
+        origin)."""
+        return replace(self, series=tuple(s.head(keep[k]) for k, s in enumerate(self.series)))
+
+    def until(self, last_day) -> Panel:
+        """Each series cut to its days up to and including ``last_day``; series with no day
+        by then are dropped."""
+        end = pd.Timestamp(last_day).to_datetime64()
+        cut = (s.head(int(np.searchsorted(s.dates.values, end, side="right"))) for s in self.series)
+        return replace(self, series=tuple(s for s in cut if len(s)))
+
+    def chunks(self, size: int) -> list[Panel]:
+        """Consecutive groups of ``size`` series (chunk ``k`` is the ``k``-th): the units that
+        the flows map over Prefect tasks, each with its own seed."""
+        return [replace(self, series=self.series[start:start + size]) for start in range(0, len(self.series), size)]
 
     def to_frame(self) -> pd.DataFrame:
         """Long format with canonical names ``series_id, date, target, <covariates>``."""

@@ -59,7 +59,9 @@ class PitRecalibration:
         k = samples.shape[0]
         ranks = np.argsort(np.argsort(samples, axis=0, kind="stable"), axis=0, kind="stable")
         targets = self.level((np.arange(k) + 0.5) / k)  # (K,) non-decreasing
-        # Resampling at the K mid-levels, not reporting: linear interpolation keeps the
-        # identity recalibration an identity on continuous samples.
-        corrected_sorted = sample_quantiles(samples, targets, continuous_method="linear")  # (K, N), sorted per column
+        # Resampling at the K mid-levels (k + 0.5) / K: the Hazen plotting position reads
+        # exactly the k-th order statistic there, so the identity recalibration returns the
+        # samples unchanged (linear interpolation pulled every sample towards its neighbour
+        # and narrowed the tails; tests/test_calibration.py).
+        corrected_sorted = sample_quantiles(samples, targets, continuous_method="hazen")  # (K, N), sorted per column
         return np.take_along_axis(corrected_sorted, ranks, axis=0)

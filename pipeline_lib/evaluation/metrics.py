@@ -19,10 +19,16 @@ def interval_from_samples(samples: np.ndarray, level: float) -> tuple[np.ndarray
     return lower, upper
 
 
+def inside_interval(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Whether each target lies in its interval ``[lower, upper]``, bounds included (an
+    integer actual equal to a bound is covered); arrays broadcast. The one definition of
+    "covered" behind every coverage number: PICP, the daily PIC, calibration curves."""
+    return (np.asarray(y, dtype=float) >= np.asarray(lower)) & (np.asarray(y, dtype=float) <= np.asarray(upper))
+
+
 def prediction_interval_coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
     """PICP: share of targets inside ``[lower, upper]`` (bounds included)."""
-    y = np.asarray(y, dtype=float)
-    return float(np.mean((y >= lower) & (y <= upper)))
+    return float(np.mean(inside_interval(y, lower, upper)))
 
 
 def mean_interval_width(lower: np.ndarray, upper: np.ndarray) -> float:
@@ -69,7 +75,7 @@ def crps_from_quantiles(y: np.ndarray, quantiles: np.ndarray, levels) -> np.ndar
 
 def coverage_by_horizon(y: np.ndarray, lower: np.ndarray, upper: np.ndarray, horizon: np.ndarray) -> dict[int, float]:
     """PICP per forecast horizon (days ahead): ``{h: coverage}`` for each distinct ``h``."""
-    inside = (np.asarray(y, dtype=float) >= lower) & (np.asarray(y, dtype=float) <= upper)
+    inside = inside_interval(y, lower, upper)
     horizon = np.asarray(horizon)
     return {int(h): float(inside[horizon == h].mean()) for h in np.unique(horizon)}
 
@@ -89,6 +95,32 @@ def seasonal_naive_scale(history: np.ndarray, period: int = 7) -> float:
     return 1.0
 
 
+def seasonal_naive_scales(targets, ends) -> np.ndarray:
+    """:func:`seasonal_naive_scale` of each series' history before its first forecast day:
+    ``targets`` one array per series, ``ends`` ``(S,)`` the index of that day. ``(S,)``."""
+    return np.array([seasonal_naive_scale(np.asarray(t)[:end]) for t, end in zip(targets, ends, strict=True)])
+
+
+def mean_over_series(values: np.ndarray, series_index: np.ndarray) -> float:
+    """Mean within each series, then over series (every series weighs the same, as in M5)."""
+    sums = np.bincount(series_index, weights=values)
+    counts = np.bincount(series_index)
+    present = counts > 0
+    return float(np.mean(sums[present] / counts[present]))
+
+
+def scaled_crps(y: np.ndarray, quantiles: np.ndarray, series_index: np.ndarray, series_scales: np.ndarray) -> float:
+    """The project's one "scaled CRPS" (the promotion gate's, the backtests', the online
+    update's check): the quantile CRPS at the 23 ``CRPS_LEVELS`` of each target, divided by
+    its series' seasonal-naive scale, averaged within each series, then over series.
+
+    ``quantiles`` ``(23, N)`` at ``CRPS_LEVELS``; ``series_index`` ``(N,)`` ints;
+    ``series_scales`` ``(S,)`` indexed by ``series_index``.
+    """
+    per_target = crps_from_quantiles(y, quantiles, CRPS_LEVELS)
+    return mean_over_series(per_target / np.asarray(series_scales, dtype=float)[series_index], series_index)
+
+
 def mae(y: np.ndarray, point: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(y, dtype=float) - point)))
 
@@ -97,7 +129,8 @@ def rmse(y: np.ndarray, point: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(y, dtype=float) - point) ** 2)))
 
 
-def probability_integral_transform(y: np.ndarray, samples: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+def probability_integral_transform(y: np.ndarray, samples: np.ndarray,
+                                   rng: np.random.Generator | None = None) -> np.ndarray:
     """Randomised PIT values ``(N,)``: uniform on [0, 1] for a calibrated forecast.
 
     Ties (e.g. many predictive samples exactly 0 for a closed day) are broken uniformly,
@@ -110,14 +143,16 @@ def probability_integral_transform(y: np.ndarray, samples: np.ndarray, rng: np.r
     return below + equal * rng.uniform(size=below.shape)
 
 
+CALIBRATION_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 5%, 10%, .., 95% central intervals
+
+
 def calibration_curve(y: np.ndarray, samples: np.ndarray,
-                      levels=tuple(round(0.05 * k, 2) for k in range(1, 20))) -> tuple[np.ndarray, np.ndarray]:
+                      levels=CALIBRATION_LEVELS) -> tuple[np.ndarray, np.ndarray]:
     """Observed coverage of central intervals at nominal ``levels``: ``(nominal, observed)``."""
     nominal = np.asarray(levels, dtype=float)
     lower = sample_quantiles(samples, (1 - nominal) / 2, axis=0)
     upper = sample_quantiles(samples, (1 + nominal) / 2, axis=0)
-    y = np.asarray(y, dtype=float)[None, :]
-    observed = np.mean((y >= lower) & (y <= upper), axis=1)
+    observed = np.mean(inside_interval(np.asarray(y, dtype=float)[None, :], lower, upper), axis=1)
     return nominal, observed
 
 

@@ -35,7 +35,7 @@ def fan_chart(forecasts: pd.DataFrame, history: pd.DataFrame, series_ids: list[s
     """
     n = len(series_ids)
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False, sharex=False)
-    for ax, sid in zip(axes[:, 0], series_ids):
+    for ax, sid in zip(axes[:, 0], series_ids, strict=True):
         f = forecasts[forecasts["series_id"] == sid].sort_values("date")
         start = f["date"].min() - pd.Timedelta(days=history_days)
         h = history[(history["series_id"] == sid) & (history["date"] >= start)].sort_values("date")

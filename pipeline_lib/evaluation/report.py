@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline_lib.contract import CRPS_LEVELS, interval_columns, quantile_column, sample_quantiles
+from pipeline_lib.evaluation import metrics as m
 
 # M5 uncertainty competition: the median and the 50/67/95/99% central intervals.
 M5_LEVELS = (0.005, 0.025, 0.165, 0.25, 0.5, 0.75, 0.835, 0.975, 0.995)
-from pipeline_lib.evaluation import metrics as m
 
 
 def level_key(level: float) -> str:
@@ -48,29 +48,20 @@ def evaluate_samples(
         if nonzero.any():
             result[f"picp_{key}_nonzero"] = m.prediction_interval_coverage(y[nonzero], lower[nonzero], upper[nonzero])
     quantiles = sample_quantiles(samples, CRPS_LEVELS, axis=0)
-    per_target_crps_q = m.crps_from_quantiles(y, quantiles, CRPS_LEVELS)
-    per_target_abs = np.abs(y - median)
     scales = np.asarray(series_scales, dtype=float)[series_index]
     result["crps"] = float(m.crps_from_samples(y, samples).mean())
-    result["crps_quantile"] = float(per_target_crps_q.mean())
-    result["crps_scaled"] = float(_mean_over_series(per_target_crps_q / scales, series_index))
-    result["mase"] = float(_mean_over_series(per_target_abs / scales, series_index))
+    result["crps_quantile"] = float(m.crps_from_quantiles(y, quantiles, CRPS_LEVELS).mean())
+    result["crps_scaled"] = m.scaled_crps(y, quantiles, series_index, series_scales)
+    result["mase"] = m.mean_over_series(np.abs(y - median) / scales, series_index)
     # M5's SPL, with the scale of this project (seasonal naive instead of naive, no weights).
     spl = m.pinball_loss(y, sample_quantiles(samples, M5_LEVELS, axis=0), M5_LEVELS).mean(axis=0)
-    result["spl_scaled"] = float(_mean_over_series(spl / scales, series_index))
+    result["spl_scaled"] = m.mean_over_series(spl / scales, series_index)
     result["mae"] = m.mae(y, median)
     result["rmse"] = m.rmse(y, mean)
     nominal, observed = m.calibration_curve(y, samples)
     result["calibration_error"] = m.calibration_error(nominal, observed)
     result["pit_calibration_error"] = m.pit_calibration_error(m.probability_integral_transform(y, samples))
     return result
-
-
-def _mean_over_series(values: np.ndarray, series_index: np.ndarray) -> float:
-    sums = np.bincount(series_index, weights=values)
-    counts = np.bincount(series_index)
-    present = counts > 0
-    return float(np.mean(sums[present] / counts[present]))
 
 
 def score_forecast_table(forecasts: pd.DataFrame, history: pd.DataFrame,
@@ -88,15 +79,15 @@ def score_forecast_table(forecasts: pd.DataFrame, history: pd.DataFrame,
     result: dict[str, float] = {"n": float(len(merged))}
     for level in coverage_levels:
         lo, hi = interval_columns(level)
-        result[f"picp_{level_key(level)}"] = m.prediction_interval_coverage(y, merged[lo].to_numpy(), merged[hi].to_numpy())
+        lower, upper = merged[lo].to_numpy(), merged[hi].to_numpy()
+        result[f"picp_{level_key(level)}"] = m.prediction_interval_coverage(y, lower, upper)
     quantiles = merged[[quantile_column(q) for q in CRPS_LEVELS]].to_numpy(dtype=float).T
+    codes, ids = pd.factorize(merged["series_id"])
     first_day = merged.groupby("series_id")["date"].min()
-    scales = {
-        sid: m.seasonal_naive_scale(group.loc[group["date"] < first_day[sid], "target"].to_numpy())
-        for sid, group in history[history["series_id"].isin(first_day.index)].groupby("series_id")
-    }
-    per_series = merged["series_id"].map(scales).to_numpy(dtype=float)
-    codes = pd.factorize(merged["series_id"])[0]
-    result["crps_scaled"] = _mean_over_series(m.crps_from_quantiles(y, quantiles, CRPS_LEVELS) / per_series, codes)
-    result["mase"] = _mean_over_series(np.abs(y - merged["q0.5"].to_numpy()) / per_series, codes)
+    past = history[history["series_id"].isin(ids)].sort_values(["series_id", "date"]).groupby("series_id")
+    targets = {sid: group["target"].to_numpy() for sid, group in past}
+    ends = {sid: int((group["date"] < first_day[sid]).sum()) for sid, group in past}
+    scales = m.seasonal_naive_scales([targets[sid] for sid in ids], [ends[sid] for sid in ids])
+    result["crps_scaled"] = m.scaled_crps(y, quantiles, codes, scales)
+    result["mase"] = m.mean_over_series(np.abs(y - merged["q0.5"].to_numpy()) / scales[codes], codes)
     return result

@@ -112,16 +112,14 @@ def model_inputs(model, panel: Panel, test_days: int, lead_time: int, review_per
 
     Every series must have the same last day (the test days are the last ``test_days``).
     """
-    from pipeline_lib.pipeline import truncate
-
     protect = lead_time + review_period
     ends = {s.dates[-1] for s in panel.series}
     if len(ends) != 1:
         raise ValueError("the inventory backtest needs series that end on the same day")
     protection, point, sigma, naive_point, demand = [], [], [], [], []
     for step in range(test_days):
-        keep = {k: len(s) - test_days + step for k, s in enumerate(panel.series)}  # days before day t
-        known = truncate(panel, keep)
+        keep = [len(s) - test_days + step for s in panel.series]  # days before day t
+        known = panel.truncate(keep)
         sampled = model.forecast(known, protect, num_samples, seed=seed + step)
         paths = sampled.samples.reshape(num_samples, len(panel.series), protect)  # series-major columns
         samples = protection_demand(paths, protect)  # (K, N)

@@ -4,6 +4,7 @@ training flow (``inventory.in_training_run``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,9 @@ class InventoryReport:
         """Flat metrics for MLflow: ``inventory_<rule>_<measure>`` (rules a, b_textbook, b_tuned, c)."""
         keys = ("a", "b_textbook", "b_tuned", "c")
         out = {"inventory_tuned_k": self.backtest.tuned_k}
-        for key, curve in zip(("a", "b", "c"), self.backtest.curves.values()):
+        for key, curve in zip(("a", "b", "c"), self.backtest.curves.values(), strict=True):
             out[f"inventory_{key}_stock_at_target"] = stock_at_service(curve, self.backtest.service_level)
-        for key, (_, row) in zip(keys, self.backtest.table.iterrows()):
+        for key, (_, row) in zip(keys, self.backtest.table.iterrows(), strict=True):
             for measure in ("cycle_service_level", "fill_rate", "stockout_days", "units_short", "average_inventory"):
                 out[f"inventory_{key}_{measure}"] = float(row[measure])
         return out
@@ -43,7 +44,8 @@ class InventoryReport:
         return (f"(a) reaches {ours['cycle_service_level']:.1%} cycle service (target "
                 f"{self.backtest.service_level:.0%}) holding {ours['average_inventory']:.1f} units on average; "
                 f"the safety-factor rule tuned to the same service holds {tuned['average_inventory']:.1f} "
-                f"({stock_comparison(ours['average_inventory'], tuned['average_inventory'])}). Stock needed for exactly "
+                f"({stock_comparison(ours['average_inventory'], tuned['average_inventory'])}). "
+                f"Stock needed for exactly "
                 f"{self.backtest.service_level:.0%} along each rule's sweep: "
                 + ", ".join(f"{name} {value:.1f}" for name, value in at_target.items()))
 
@@ -74,3 +76,21 @@ def inventory_backtest(config: PipelineConfig, model, panel: Panel, out_dir: Pat
         result.curves, points, inv.service_level, out_dir / "inventory_service_vs_stock.png",
         title=f"Order-up-to rules, lead time {inv.lead_time_days} d, review every {inv.review_period_days} d")
     return InventoryReport(result, chart, table_path)
+
+
+def train_and_simulate(config: PipelineConfig, panel: Panel,
+                       say: Callable[[str], None] = print) -> tuple[InventoryReport, str]:
+    """``bayes-pipeline inventory-backtest``: train the model a run before the last
+    ``window.test_days`` days would have served, simulate the rules through those days,
+    write the table and chart under ``reports/inventory`` and log them as an MLflow run of
+    their own (no model is registered). Returns the report and the run's link."""
+    from pipeline_lib.stages import backtest_model, log_inventory_run
+
+    inv = config.inventory
+    say(f"training on {len(panel.series)} series before the last {config.window.test_days} days"
+        + (" (evaluation fit, then the served refit on every day before them)" if config.train.refit else ""))
+    trained = backtest_model(config, panel)
+    say(f"simulating {config.window.test_days} days of ordering (lead time {inv.lead_time_days} d, "
+        f"review every {inv.review_period_days} d, target {inv.service_level:.0%})")
+    report = inventory_backtest(config, trained.model, panel, config.reports_dir / "inventory")
+    return report, log_inventory_run(config, panel, report)

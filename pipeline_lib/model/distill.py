@@ -64,7 +64,7 @@ class DistilledStudent:
         out = self.network.predict(windows, batch_size=batch_size, verbose=0)
         return out[:, 0], _MIN_STD + np.logaddexp(0.0, out[:, 1])
 
-    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
+    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int,
                  samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
         """``num_samples * samples_per_draw`` draws of the student's Normal per window."""
         inputs = self.teacher.one_step_inputs(panel, days)

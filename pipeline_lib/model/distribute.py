@@ -7,7 +7,7 @@
   global-norm clipping, so one step equals the single-device step on the whole batch.
 
 The variables of the network and of the optimizer must be created inside
-``strategy.scope()``; :func:`pipeline_lib.pipeline.train` does that.
+``strategy.scope()``; :func:`pipeline_lib.stages.train` does that.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """A trained forecaster with its scalers, saved and loaded as plain files, producing
-forecast tables in the output contract (units, not model space)."""
+forecast tables in the output contract (units, not model space).
+
+About 300 lines: ``ForecastModel`` is the one object that is served, so saving, loading,
+one-day-ahead samples and sample paths share its scalers and feature spec here.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from pipeline_lib.data.features import (
     fit_scaler,
     inverse_transform,
     target_offsets,
+    weekday_one_hot,
     window_context,
     windows_for_days,
 )
@@ -92,7 +97,7 @@ class OneStepForecaster(Protocol):
 
     calibration: PitRecalibration | None
 
-    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
+    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int,
                  samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast: ...
 
 
@@ -189,7 +194,8 @@ class ForecastModel:
                 raw = json.loads((directory / CALIBRATION_FILE).read_text())
                 model.calibration = PitRecalibration(tuple(raw["levels"]), raw["n_calibration"])
         except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{directory}: model files missing or corrupt ({exc.__class__.__name__}: {exc})") from None
+            raise ModelLoadError(
+                f"{directory}: model files missing or corrupt ({exc.__class__.__name__}: {exc})") from None
         return model
 
     # --- inputs --------------------------------------------------------------------------
@@ -232,7 +238,7 @@ class ForecastModel:
                              np.concatenate(ids), np.concatenate([np.asarray(d) for d in dates]),
                              np.concatenate(ceilings), offsets)
 
-    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
+    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int,
                  samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
         """One-day-ahead forecasts for the given day indices of each series (by position in
         ``panel.series``), each using the actuals up to the day before (rolling origin).
@@ -253,7 +259,7 @@ class ForecastModel:
         return SampledForecast(samples=units if calibration is None else calibration.apply(units),
                                series_ids=inputs.series_ids, dates=inputs.dates, epistemic_share=epistemic_share)
 
-    def forecast(self, panel: Panel, horizon: int, num_samples: int = 100, seed: int = 0,
+    def forecast(self, panel: Panel, horizon: int, num_samples: int, seed: int = 0,
                  calibrated: bool = True) -> SampledForecast:
         """Joint sample paths for the ``horizon`` days after each series' last day (the
         calibration remaps each day's marginal and keeps every path's ranks)."""
@@ -270,9 +276,8 @@ class ForecastModel:
             # Known parts of the rows of days n+1 .. n+horizon: covariates stay at their
             # last value, the weekday advances, the lagged target is filled in by sampling.
             template = np.repeat(rows[-1:], horizon, axis=0)
-            weekday_cols = slice(2 + len(self.spec.covariate_names), 2 + len(self.spec.covariate_names) + 7)
-            last_weekday = series.dates[-1].dayofweek
-            template[:, weekday_cols] = np.eye(7, dtype=np.float32)[(last_weekday + 2 + np.arange(horizon)) % 7]
+            template[:,
+                     self.spec.weekday_columns] = weekday_one_hot(series.dates[-1].dayofweek + 2 + np.arange(horizon))
             future.append(template)
             locs.append(np.full(horizon, scaler.loc))
             scales.append(np.full(horizon, scaler.scale))

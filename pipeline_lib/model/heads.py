@@ -31,6 +31,8 @@ Heads (``model.head``):
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -42,6 +44,43 @@ UNITS_SPACE = "units"
 _MAX_LOG_MEAN = 20.0  # exp(20) ~ 5e8 units a day: guards the NB against overflow
 
 
+class Head(Protocol):
+    """What training, the Monte Carlo sampler and the sample paths ask of a head.
+
+    ``num_params``: raw parameters the output layer emits per window. ``space``: where
+    ``y`` lives (``MODEL_SPACE`` or ``UNITS_SPACE``, see the module docstring).
+    ``needs_counts``: the head only fits whole-number, non-negative demand.
+    """
+
+    num_params: int
+    space: str
+    needs_counts: bool
+
+    def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None):
+        """``params`` ``(..., num_params)`` -> an object with ``log_prob``, ``sample``, ``mean``
+        and ``variance`` whose batch shape is ``params.shape[:-1]``."""
+
+    def to_lag(self, y: tf.Tensor, context: tf.Tensor | None = None) -> tf.Tensor:
+        """A sampled ``y`` as the next day's lagged-target feature (model space)."""
+
+
+# name -> head class (built by its ``from_config(min_scale, quantile_levels)``): adding a
+# head is its class, one ``@register_head`` line, its test, and its name in
+# ``ModelConfig.head`` (a test keeps that list equal to this registry).
+HEADS: dict[str, type] = {}
+
+
+def register_head(name: str):
+    """Class decorator: make the head buildable as ``model.head: <name>``."""
+
+    def add(cls):
+        HEADS[name] = cls
+        return cls
+
+    return add
+
+
+@register_head("normal")
 class NormalHead:
     """Heteroscedastic Normal: ``loc = p[..., 0]``, ``scale = min_scale + softplus(p[..., 1])``.
 
@@ -51,9 +90,14 @@ class NormalHead:
 
     num_params = 2
     space = MODEL_SPACE
+    needs_counts = False
 
     def __init__(self, min_scale: float = 1e-3):
         self.min_scale = min_scale
+
+    @classmethod
+    def from_config(cls, min_scale: float, quantile_levels: tuple[float, ...]) -> Head:
+        return cls(min_scale)
 
     def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
         return tfd.Normal(loc=params[..., 0], scale=self.min_scale + tf.nn.softplus(params[..., 1]))
@@ -63,6 +107,7 @@ class NormalHead:
         return y
 
 
+@register_head("student_t")
 class StudentTHead(NormalHead):
     """Student-t with ``df = 2 + softplus(p[..., 2])``; loc and scale as :class:`NormalHead`."""
 
@@ -73,6 +118,7 @@ class StudentTHead(NormalHead):
                             scale=self.min_scale + tf.nn.softplus(params[..., 1]))
 
 
+@register_head("count")
 class CountHead:
     """Zero-inflated negative binomial on raw counts (``space = 'units'``).
 
@@ -82,6 +128,11 @@ class CountHead:
 
     num_params = 3
     space = UNITS_SPACE
+    needs_counts = True
+
+    @classmethod
+    def from_config(cls, min_scale: float, quantile_levels: tuple[float, ...]) -> Head:
+        return cls()
 
     def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
         if context is None:
@@ -102,6 +153,7 @@ class CountHead:
         return lag - context[..., 2] if context.shape[-1] > 2 else lag
 
 
+@register_head("quantile")
 class QuantileHead(NormalHead):
     """Non-crossing quantiles at ``levels`` trained by the pinball loss (model space)."""
 
@@ -110,6 +162,10 @@ class QuantileHead(NormalHead):
         self.levels = tuple(float(level) for level in levels)
         self.num_params = len(self.levels) + 1  # anchor, common scale, one shape per gap
         self.anchor = int(np.argmin(np.abs(np.asarray(self.levels) - 0.5)))  # index of the median-most level
+
+    @classmethod
+    def from_config(cls, min_scale: float, quantile_levels: tuple[float, ...]) -> Head:
+        return cls(quantile_levels, min_scale)
 
     def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> PiecewiseLinearQuantiles:
         # Anchored at the level nearest the median, the other quantiles step away from it by
@@ -178,16 +234,11 @@ class PiecewiseLinearQuantiles:
         return tf.math.reduce_variance(values, axis=0)
 
 
-def make_head(kind: str, min_scale: float, quantile_levels: tuple[float, ...] = ()):
-    if kind == "normal":
-        return NormalHead(min_scale)
-    if kind == "student_t":
-        return StudentTHead(min_scale)
-    if kind == "count":
-        return CountHead()
-    if kind == "quantile":
-        return QuantileHead(quantile_levels, min_scale)
+def make_head(kind: str, min_scale: float, quantile_levels: tuple[float, ...] = ()) -> Head:
+    """The head registered as ``kind`` (see :data:`HEADS`)."""
     if kind == "auto":
         raise ValueError("head 'auto' is resolved from the data before a network is built "
                          "(PipelineConfig.resolved_model); pass a concrete head")
-    raise ValueError(f"unknown head {kind!r}")
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; one of {', '.join(HEADS)}")
+    return HEADS[kind].from_config(min_scale, quantile_levels)

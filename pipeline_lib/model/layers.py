@@ -1,5 +1,8 @@
 """Variational (Bayes-by-backprop) layers for ``tf_keras`` with batched Monte Carlo sampling.
 
+The three layers share one base class and one weight-draw type, as TFP keeps its
+variational layers together; that is the reason for one module of about 370 lines.
+
 Every weight ``w`` has a factorised Gaussian posterior ``q(w) = N(mu, softplus(rho)^2)``.
 Weights are drawn once per sequence (not per time step). Two sampling strategies give
 ``S`` samples in ONE call:
@@ -16,6 +19,8 @@ steps of a recursive multi-day forecast (one weight draw per sample path).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -28,6 +33,24 @@ from pipeline_lib.model.priors import kl_divergence, make_prior
 
 TILED = "tiled"
 FLIPOUT = "flipout"
+
+
+class WeightDraw(NamedTuple):
+    """Sampled weights of one variational layer for ``S`` samples (what ``forward`` runs with).
+
+    ``weights``: name -> tensor. A tiled draw holds ``S`` full weight sets ``(S, *shape)``,
+    one per sequence; a Flipout draw holds one perturbation ``(*shape)`` around the
+    posterior mean that ``signs`` decorrelate per example.
+    ``signs``: Flipout's random sign vectors and the per-example bias; empty when tiled.
+    A NamedTuple, so ``tf.function`` takes it as an argument like any nested structure.
+    """
+
+    weights: dict
+    signs: dict
+
+    @property
+    def flipout(self) -> bool:
+        return bool(self.signs)
 
 
 def _softplus_inverse(x: float) -> float:
@@ -81,22 +104,27 @@ class VariationalLayer(tf_keras.layers.Layer):
             total += kl_divergence(loc, scale, self.prior, sub_seed)
         return total
 
-    def draw(self, num_samples: int, batch_size: int, strategy: str, seed: tf.Tensor) -> dict:
+    def draw(self, num_samples: int, batch_size: int, strategy: str, seed: tf.Tensor) -> WeightDraw:
         """Sample what :meth:`forward` needs for ``num_samples`` samples of a ``batch_size`` batch."""
-        draw = {}
+        weights = {}
         for i, name in enumerate(self._posterior_names):
             loc, scale = self.posterior(name)
             sub_seed = tf.random.experimental.stateless_fold_in(seed, i)
             if strategy == TILED:
                 eps = tf.random.stateless_normal(tf.concat([[num_samples], tf.shape(loc)], 0), seed=sub_seed)
-                draw[name] = loc[None] + scale[None] * eps
+                weights[name] = loc[None] + scale[None] * eps
             else:
-                draw[name] = scale * tf.random.stateless_normal(tf.shape(loc), seed=sub_seed)
-        if strategy == FLIPOUT:
-            self._draw_signs(draw, num_samples * batch_size, tf.random.experimental.stateless_fold_in(seed, 1000))
-        return draw
+                weights[name] = scale * tf.random.stateless_normal(tf.shape(loc), seed=sub_seed)
+        if strategy != FLIPOUT:
+            return WeightDraw(weights, {})
+        signs = self._draw_signs(num_samples * batch_size, tf.random.experimental.stateless_fold_in(seed, 1000))
+        return WeightDraw(weights, signs)
 
-    def _draw_signs(self, draw: dict, n: int, seed: tf.Tensor) -> None:
+    def mean_draw(self) -> WeightDraw:
+        """The posterior means as one tiled draw (``S = 1``)."""
+        return WeightDraw({name: self.posterior(name)[0][None] for name in self._posterior_names}, {})
+
+    def _draw_signs(self, n: int, seed: tf.Tensor) -> dict:
         raise NotImplementedError  # pragma: no cover - every subclass implements it
 
     def get_config(self) -> dict:
@@ -168,34 +196,36 @@ class BayesianLSTM(VariationalLayer):
         # deterministic LSTM's does (an unrolled loop with per-step slices is 2x slower,
         # because each slice's gradient materialises the whole sequence).
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-        draw = {name: w[0] for name, w in self.draw(1, tf.shape(inputs)[0], TILED, seed).items()}
+        weights = {name: w[0] for name, w in self.draw(1, tf.shape(inputs)[0], TILED, seed).weights.items()}
         initial = tf.zeros([tf.shape(inputs)[0], self.units], dtype=inputs.dtype)
         last, sequence, *_ = _keras_standard_lstm(
-            inputs, initial, initial, draw["kernel"], draw["recurrent"], draw["bias"],
+            inputs, initial, initial, weights["kernel"], weights["recurrent"], weights["bias"],
             None, False, False, None, False, self.return_sequences,
         )
         return sequence if self.return_sequences else last
 
-    def _draw_signs(self, draw: dict, n, seed) -> None:
+    def _draw_signs(self, n, seed) -> dict:
         u = self.units
         features = self.kernel_loc.shape[0]
         seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(5)]
-        draw["sign_in_x"] = _random_signs(tf.stack([n, features]), seeds[0])
-        draw["sign_out_x"] = _random_signs(tf.stack([n, 4 * u]), seeds[1])
-        draw["sign_in_h"] = _random_signs(tf.stack([n, u]), seeds[2])
-        draw["sign_out_h"] = _random_signs(tf.stack([n, 4 * u]), seeds[3])
-        # The bias is cheap enough to sample exactly per example.
         loc, scale = self.posterior("bias")
-        draw["bias_per_example"] = loc + scale * tf.random.stateless_normal(tf.stack([n, 4 * u]), seed=seeds[4])
+        return {
+            "sign_in_x": _random_signs(tf.stack([n, features]), seeds[0]),
+            "sign_out_x": _random_signs(tf.stack([n, 4 * u]), seeds[1]),
+            "sign_in_h": _random_signs(tf.stack([n, u]), seeds[2]),
+            "sign_out_h": _random_signs(tf.stack([n, 4 * u]), seeds[3]),
+            # The bias is cheap enough to sample exactly per example.
+            "bias_per_example": loc + scale * tf.random.stateless_normal(tf.stack([n, 4 * u]), seed=seeds[4]),
+        }
 
-    def forward(self, inputs: tf.Tensor, draw: dict) -> tf.Tensor:
+    def forward(self, inputs: tf.Tensor, draw: WeightDraw) -> tf.Tensor:
         """Run ``inputs`` of shape ``(S, B, T, F)`` with sampled weights ``draw``."""
-        if "sign_in_x" in draw:
+        if draw.flipout:
             return self._forward_flipout(inputs, draw)
         out = self.forward_steps(tf.unstack(inputs, num=inputs.shape[2], axis=2), draw)
         return tf.stack(out, axis=2) if self.return_sequences else out
 
-    def forward_steps(self, inputs: list[tf.Tensor], draw: dict, state=None, return_state: bool = False):
+    def forward_steps(self, inputs: list[tf.Tensor], draw: WeightDraw, state=None, return_state: bool = False):
         """Tiled draws on a list of ``T`` tensors ``(S, B, F)``; returns a list of ``T``
         tensors ``(S, B, U)`` if ``return_sequences`` else the last one. Stacked layers pass
         these lists to each other, which saves a stack/unstack copy per layer.
@@ -206,26 +236,26 @@ class BayesianLSTM(VariationalLayer):
         shape = tf.shape(inputs[0])
         # One batched matmul per step on [x_t, h] @ [W; U]: projecting all steps up front
         # would hold an (S, B, T, 4U) tensor, gigabytes for S=100 x 256 windows.
-        stacked = tf.concat([draw["kernel"], draw["recurrent"]], axis=1)  # (S, F + U, 4U)
-        bias = draw["bias"][:, None, :]
+        stacked = tf.concat([draw.weights["kernel"], draw.weights["recurrent"]], axis=1)  # (S, F + U, 4U)
+        bias = draw.weights["bias"][:, None, :]
         h0, c0 = state if state is not None else (tf.zeros([shape[0], shape[1], self.units]), None)
         return self._unroll(lambda t, h: tf.matmul(tf.concat([inputs[t], h], axis=-1), stacked) + bias,
                             h0, len(inputs), as_list=True, c0=c0, return_state=return_state)
 
-    def _forward_flipout(self, inputs: tf.Tensor, draw: dict) -> tf.Tensor:
+    def _forward_flipout(self, inputs: tf.Tensor, draw: WeightDraw) -> tf.Tensor:
         shape = tf.shape(inputs)
         samples, batch = shape[0], shape[1]
         steps, features = inputs.shape[2], inputs.shape[3]
         flat = tf.reshape(inputs, [-1, steps, features])  # (N = S*B, T, F)
         projected = (
             tf.einsum("ntf,fg->ntg", flat, self.kernel_loc)
-            + tf.einsum("ntf,fg->ntg", flat * draw["sign_in_x"][:, None, :], draw["kernel"])
-            * draw["sign_out_x"][:, None, :]
-            + draw["bias_per_example"][:, None, :]
+            + tf.einsum("ntf,fg->ntg", flat * draw.signs["sign_in_x"][:, None, :], draw.weights["kernel"])
+            * draw.signs["sign_out_x"][:, None, :]
+            + draw.signs["bias_per_example"][:, None, :]
         )
         per_step = tf.unstack(projected, num=steps, axis=1)
-        recurrent_loc, recurrent_delta = self.recurrent_loc, draw["recurrent"]
-        sign_in_h, sign_out_h = draw["sign_in_h"], draw["sign_out_h"]
+        recurrent_loc, recurrent_delta = self.recurrent_loc, draw.weights["recurrent"]
+        sign_in_h, sign_out_h = draw.signs["sign_in_h"], draw.signs["sign_out_h"]
 
         def gates(t, h):
             return (per_step[t] + tf.matmul(h, recurrent_loc)
@@ -273,25 +303,27 @@ class BayesianDense(VariationalLayer):
 
     def call(self, inputs, training=None):
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-        draw = self.draw(1, tf.shape(inputs)[0], TILED, seed)
-        return tf.matmul(inputs, draw["kernel"][0]) + draw["bias"][0]
+        weights = self.draw(1, tf.shape(inputs)[0], TILED, seed).weights
+        return tf.matmul(inputs, weights["kernel"][0]) + weights["bias"][0]
 
-    def _draw_signs(self, draw: dict, n, seed) -> None:
+    def _draw_signs(self, n, seed) -> dict:
         seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(3)]
-        draw["sign_in"] = _random_signs(tf.stack([n, self.kernel_loc.shape[0]]), seeds[0])
-        draw["sign_out"] = _random_signs(tf.stack([n, self.units]), seeds[1])
         loc, scale = self.posterior("bias")
-        draw["bias_per_example"] = loc + scale * tf.random.stateless_normal(tf.stack([n, self.units]), seed=seeds[2])
+        return {
+            "sign_in": _random_signs(tf.stack([n, self.kernel_loc.shape[0]]), seeds[0]),
+            "sign_out": _random_signs(tf.stack([n, self.units]), seeds[1]),
+            "bias_per_example": loc + scale * tf.random.stateless_normal(tf.stack([n, self.units]), seed=seeds[2]),
+        }
 
-    def forward(self, inputs: tf.Tensor, draw: dict) -> tf.Tensor:
-        if "sign_in" in draw:
+    def forward(self, inputs: tf.Tensor, draw: WeightDraw) -> tf.Tensor:
+        if draw.flipout:
             shape = tf.shape(inputs)
             flat = tf.reshape(inputs, [-1, inputs.shape[-1]])
             out = (tf.matmul(flat, self.kernel_loc)
-                   + tf.matmul(flat * draw["sign_in"], draw["kernel"]) * draw["sign_out"]
-                   + draw["bias_per_example"])
+                   + tf.matmul(flat * draw.signs["sign_in"], draw.weights["kernel"]) * draw.signs["sign_out"]
+                   + draw.signs["bias_per_example"])
             return tf.reshape(out, tf.concat([shape[:-1], [self.units]], 0))
-        return tf.matmul(inputs, draw["kernel"]) + draw["bias"][:, None, :]
+        return tf.matmul(inputs, draw.weights["kernel"]) + draw.weights["bias"][:, None, :]
 
     def get_config(self) -> dict:
         return {**super().get_config(), "units": self.units}
@@ -325,15 +357,15 @@ class BayesianAttention(VariationalLayer):
         draw = self.draw(1, tf.shape(inputs)[0], TILED, seed)
         return self.forward(inputs[None], draw)[0]
 
-    def draw(self, num_samples: int, batch_size, strategy: str, seed: tf.Tensor) -> dict:
+    def draw(self, num_samples: int, batch_size, strategy: str, seed: tf.Tensor) -> WeightDraw:
         return super().draw(num_samples, batch_size, TILED, seed)
 
-    def forward(self, inputs: tf.Tensor, draw: dict) -> tf.Tensor:
+    def forward(self, inputs: tf.Tensor, draw: WeightDraw) -> tf.Tensor:
         """``inputs`` ``(S, B, T, U)`` with ``draw`` of ``S`` weight sets -> ``(S, B, U + d)``."""
         last = inputs[:, :, -1, :]
-        query = tf.einsum("sbu,sud->sbd", last, draw["query"])
-        keys = tf.einsum("sbtu,sud->sbtd", inputs, draw["key"])
-        values = tf.einsum("sbtu,sud->sbtd", inputs, draw["value"])
+        query = tf.einsum("sbu,sud->sbd", last, draw.weights["query"])
+        keys = tf.einsum("sbtu,sud->sbtd", inputs, draw.weights["key"])
+        values = tf.einsum("sbtu,sud->sbtd", inputs, draw.weights["value"])
         scores = tf.einsum("sbd,sbtd->sbt", query, keys) / float(np.sqrt(self.units))
         context = tf.einsum("sbt,sbtd->sbd", tf.nn.softmax(scores, axis=-1), values)
         return tf.concat([last, context], axis=-1)

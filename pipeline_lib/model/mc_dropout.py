@@ -49,7 +49,8 @@ class McDropoutLSTM:
             parts.append(forward(tiled).numpy().reshape(num_samples, len(chunk)))
         return np.concatenate(parts, axis=1)
 
-    def sample(self, inputs: np.ndarray, num_samples: int = 100, samples_per_draw: int = 10, seed: int = 0) -> np.ndarray:
+    def sample(self, inputs: np.ndarray, num_samples: int = 100, samples_per_draw: int = 10,
+               seed: int = 0) -> np.ndarray:
         """Predictive samples ``(S * k, N)`` in model space."""
         means = self.sample_means(inputs, num_samples)
         noise = np.random.default_rng(seed).normal(scale=self.noise_std, size=(samples_per_draw, *means.shape))

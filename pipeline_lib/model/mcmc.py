@@ -114,7 +114,7 @@ class OutputLayerHmc:
         """``(M, N, P)`` output-layer parameters, one set per posterior sample."""
         return np.einsum("nd,mdp->mnp", features, self.result.kernels) + self.result.biases[:, None, :]
 
-    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int = 100,
+    def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int,
                  samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
         """``samples_per_draw`` draws of y for each of ``num_samples`` posterior samples
         (evenly thinned from the chain)."""

@@ -8,7 +8,7 @@ import tf_keras
 
 from pipeline_lib.config import ModelConfig
 from pipeline_lib.model.heads import make_head
-from pipeline_lib.model.layers import FLIPOUT, TILED, BayesianAttention, BayesianDense, BayesianLSTM
+from pipeline_lib.model.layers import FLIPOUT, TILED, BayesianAttention, BayesianDense, BayesianLSTM, WeightDraw
 
 # Below this many windows Flipout's two plain matmuls beat S tiny batched matmuls
 # (measured in benchmarks/mc_speed.py; see benchmarks/RESULTS.md).
@@ -60,30 +60,31 @@ class BayesianForecaster(tf_keras.Model):
         return [*self.recurrent_layers, *([self.attention] if self.attention is not None else []),
                 self.output_layer]
 
-    def draw(self, num_samples: int, batch_size, strategy: str, seed: tf.Tensor) -> list[dict]:
+    def draw(self, num_samples: int, batch_size, strategy: str, seed: tf.Tensor) -> list[WeightDraw]:
         return [
             layer.draw(num_samples, batch_size, strategy, tf.random.experimental.stateless_fold_in(seed, i))
             for i, layer in enumerate(self.variational_layers())
         ]
 
-    def forward(self, inputs: tf.Tensor, draws: list[dict]) -> tf.Tensor:
+    def forward(self, inputs: tf.Tensor, draws: list[WeightDraw]) -> tf.Tensor:
         """``(S, B, T, F)`` -> ``(S, B, P)`` with the sampled weights of ``draws``."""
         return self.output_layer.forward(self.features(inputs, draws), draws[-1])
 
-    def mean_draws(self) -> list[dict]:
+    def mean_draws(self) -> list[WeightDraw]:
         """One "draw" that is every posterior mean (``S = 1``, tiled layout)."""
-        return [{name: layer.posterior(name)[0][None] for name in layer._posterior_names}
-                for layer in self.variational_layers()]
+        return [layer.mean_draw() for layer in self.variational_layers()]
 
-    def features(self, inputs: tf.Tensor, draws: list[dict]) -> tf.Tensor:
+    def features(self, inputs: tf.Tensor, draws: list[WeightDraw]) -> tf.Tensor:
         """What the output layer reads: ``(S, B, T, F)`` -> ``(S, B, D)``."""
-        if "sign_in_x" in draws[0]:  # Flipout
+        # ``draws`` also holds the attention's and the output layer's draws after the
+        # recurrent layers' (hence zip(strict=False) below).
+        if draws[0].flipout:
             h = inputs
-            for layer, draw in zip(self.recurrent_layers, draws):
+            for layer, draw in zip(self.recurrent_layers, draws, strict=False):
                 h = layer.forward(h, draw)
         else:  # tiled: pass per-step lists between the recurrent layers
             h = tf.unstack(inputs, num=inputs.shape[2], axis=2)
-            for layer, draw in zip(self.recurrent_layers, draws):
+            for layer, draw in zip(self.recurrent_layers, draws, strict=False):
                 h = layer.forward_steps(h, draw)
             if self.attention is not None:
                 h = tf.stack(h, axis=2)
@@ -91,7 +92,7 @@ class BayesianForecaster(tf_keras.Model):
             h = self.attention.forward(h, draws[len(self.recurrent_layers)])
         return h
 
-    def forward_with_state(self, steps: list[tf.Tensor], draws: list[dict], states=None):
+    def forward_with_state(self, steps: list[tf.Tensor], draws: list[WeightDraw], states=None):
         """Tiled draws on ``T`` steps ``(S, B, F)`` continuing from ``states`` (one ``(h, c)``
         per recurrent layer; zeros if None). Returns ``(S, B, P)`` after the last step and
         the new states: a window, then one day at a time, equals running the whole
@@ -99,7 +100,7 @@ class BayesianForecaster(tf_keras.Model):
         states end with the last layer's outputs so far ``(S, B, T', U)``, which grow by
         one step per day, so the attention sees the whole extended sequence too."""
         h, new_states = steps, []
-        for i, (layer, draw) in enumerate(zip(self.recurrent_layers, draws)):
+        for i, (layer, draw) in enumerate(zip(self.recurrent_layers, draws, strict=False)):
             h, state = layer.forward_steps(h, draw, None if states is None else states[i], return_state=True)
             new_states.append(state)
         if self.attention is not None:

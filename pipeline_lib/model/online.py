@@ -34,10 +34,11 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+from pipeline_lib.contract import CRPS_LEVELS, sample_quantiles
 from pipeline_lib.data.features import WindowSet, actuals_for
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import TrainingDivergedError
-from pipeline_lib.evaluation.metrics import crps_from_samples, seasonal_naive_scale
+from pipeline_lib.evaluation.metrics import scaled_crps, seasonal_naive_scales
 from pipeline_lib.model.forecast import ForecastModel
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.training import make_train_step
@@ -117,8 +118,9 @@ def online_update(model: ForecastModel, windows: WindowSet, steps: int = 60, lea
 @dataclass(frozen=True)
 class HeldOutCheck:
     """An update learned without each series' last day, scored on that day against the model
-    it started from. ``crps_*``: scaled CRPS (each series' CRPS over its in-sample seasonal
-    naive MAE, as in the promotion gate) averaged over the ``windows`` held-out series."""
+    it started from. ``crps_*``: the promotion gate's scaled CRPS
+    (:func:`pipeline_lib.evaluation.metrics.scaled_crps`) over the ``windows`` held-out
+    series, one day each."""
 
     crps_before: float
     crps_after: float
@@ -149,11 +151,11 @@ def check_on_held_out_day(model: ForecastModel, panel: Panel, days: dict[int, np
         raise ValueError("an update check needs two or more new days of a series")
     probe = online_update(model, update_windows(model, panel, learned), seed=seed, **update)
     actuals, _ = actuals_for(panel, held_out)
-    # one held-out window per series, so the mean over windows is the mean over series
-    scales = np.array([seasonal_naive_scale(panel.series[k].target[:d[0]]) for k, d in held_out.items()])
+    scales = seasonal_naive_scales([panel.series[k].target for k in held_out], [d[0] for d in held_out.values()])
+    one_per_series = np.arange(len(held_out))
 
-    def scaled_crps(candidate: ForecastModel) -> float:
+    def score(candidate: ForecastModel) -> float:
         samples = candidate.one_step(panel, held_out, num_samples=num_samples, seed=seed).samples
-        return float(np.mean(crps_from_samples(actuals, samples) / scales))
+        return scaled_crps(actuals, sample_quantiles(samples, CRPS_LEVELS, axis=0), one_per_series, scales)
 
-    return HeldOutCheck(scaled_crps(model), scaled_crps(probe), len(held_out))
+    return HeldOutCheck(score(model), score(probe), len(held_out))

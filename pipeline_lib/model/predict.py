@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline_lib.contract import QUANTILE_LEVELS, sample_quantiles
-from pipeline_lib.data.features import neutral_context
+from pipeline_lib.data.features import LAG_COLUMN, neutral_context
 from pipeline_lib.model.layers import TILED
 from pipeline_lib.model.network import BayesianForecaster, choose_strategy
 
@@ -78,7 +78,7 @@ def _one_step_sampler(model: BayesianForecaster, num_samples: int, samples_per_d
 def sample_one_step(
     model: BayesianForecaster,
     inputs: np.ndarray,
-    num_samples: int = 100,
+    num_samples: int,
     samples_per_draw: int = 10,
     seed: int = 0,
     batch_size: int = 256,
@@ -113,7 +113,7 @@ def sample_one_step(
 def predict_distribution(
     model: BayesianForecaster,
     inputs: np.ndarray,
-    num_samples: int = 100,
+    num_samples: int,
     levels: tuple[float, ...] = QUANTILE_LEVELS,
     seed: int = 0,
     samples_per_draw: int = 10,
@@ -154,7 +154,7 @@ def sample_paths(
     model: BayesianForecaster,
     inputs: np.ndarray,
     future_rows: np.ndarray,
-    num_samples: int = 100,
+    num_samples: int,
     seed: int = 0,
     context: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -187,7 +187,8 @@ def sample_paths(
     y, states = first_day(x, draws, daily[0], tf.random.experimental.stateless_fold_in(base_seed, 0))
     paths = [y]
     for h in range(1, horizon):
-        rest = tf.broadcast_to(known[h - 1][None, :, 1:], [num_samples, batch, known.shape[-1] - 1])
+        # The sampled value becomes LAG_COLUMN (0) of the next row; the rest is known.
+        rest = tf.broadcast_to(known[h - 1][None, :, LAG_COLUMN + 1:], [num_samples, batch, known.shape[-1] - 1])
         lag = tf.clip_by_value(model.head.to_lag(y, daily[h - 1][None]), -50.0, 50.0)
         row = tf.concat([lag[..., None], rest], axis=-1)
         y, states = next_day(row, draws, states, daily[h], tf.random.experimental.stateless_fold_in(base_seed, h))

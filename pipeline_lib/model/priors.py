@@ -36,7 +36,8 @@ def has_analytic_kl(prior: tfd.Distribution) -> bool:
     return isinstance(prior, tfd.Normal)
 
 
-def kl_divergence(loc: tf.Tensor, scale: tf.Tensor, prior: tfd.Distribution, seed: tf.Tensor | None = None) -> tf.Tensor:
+def kl_divergence(loc: tf.Tensor, scale: tf.Tensor, prior: tfd.Distribution,
+                  seed: tf.Tensor | None = None) -> tf.Tensor:
     """``KL(N(loc, scale^2) || prior)`` summed over all weights.
 
     Analytic for a Normal prior; otherwise a one-sample Monte Carlo estimate

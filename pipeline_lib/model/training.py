@@ -101,7 +101,7 @@ def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf
         grads = tape.gradient(loss, model.trainable_variables)
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         grads, _ = tf.clip_by_global_norm(grads, clip_norm)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables), skip_gradients_aggregation=True)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True), skip_gradients_aggregation=True)
         return loss, nll_sum, kl
 
     @tf.function(reduce_retracing=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline_lib.contract import interval_columns
+from pipeline_lib.evaluation.metrics import prediction_interval_coverage
 
 OVERALL = "overall"
 OK, PARTIAL, PENDING = "ok", "partial", "pending"
@@ -64,8 +65,7 @@ def _scope_row(scope: str, group: pd.DataFrame, lower: str, upper: str, level: f
     versions = ",".join(sorted(set(group["model_version"].astype(str))))
     picp = mpiw = breach = None
     if n:
-        inside = (observed["actual"] >= observed[lower]) & (observed["actual"] <= observed[upper])
-        picp = float(inside.mean())
+        picp = prediction_interval_coverage(observed["actual"], observed[lower], observed[upper])
         mpiw = float((observed[upper] - observed[lower]).mean())
         # A partial day is judged once its actuals are complete (a rerun re-evaluates it):
         # an alert raised on a third of the series could not be taken back.

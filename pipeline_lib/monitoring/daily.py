@@ -1,7 +1,4 @@
-"""The daily forecast and monitoring steps as plain functions (``flows/`` wraps them).
-
-Forecast day ``D``: from each series' history up to ``D - 1``, forecast ``D .. D + H - 1``
-with the champion and store the rows (``run_date = D``).
+"""The daily monitoring step as plain functions (``flows/monitoring.py`` wraps them).
 
 Monitor day ``D``: load actuals of ``D`` and of the ``lookback_days`` before it from the
 source, re-evaluate every day of that window that is new, missed, still pending/partial
@@ -16,117 +13,22 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline_lib.config import PipelineConfig
-from pipeline_lib.contract import interval_columns
-from pipeline_lib.data.validate import Panel, Series
-from pipeline_lib.errors import DataValidationError
-from pipeline_lib.inventory.policy import order_columns
-from pipeline_lib.model.forecast import ForecastModel, forecast_table
+from pipeline_lib.contract import as_day, interval_columns
+from pipeline_lib.data.validate import Panel
 from pipeline_lib.monitoring.alerts import Alert, breach_message
 from pipeline_lib.monitoring.coverage import OVERALL, PENDING, daily_coverage
-from pipeline_lib.monitoring.drift import TARGET, DriftSummary, drift_report
+from pipeline_lib.monitoring.drift import CURRENT_WINDOW_DAYS, DriftSummary, drift_report, drift_windows
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, PolicyDecision, retrain_decision
-from pipeline_lib.monitoring.store import ForecastStore
+from pipeline_lib.store import ForecastStore
 
 log = logging.getLogger(__name__)
 
 ONE_DAY = dt.timedelta(days=1)
-CURRENT_WINDOW_DAYS = 7  # drift report: the last week against the training reference
 
 
-def as_day(value) -> dt.date:
-    return pd.Timestamp(value).date()
-
-
-def history_until(panel: Panel, last_day: dt.date) -> Panel:
-    """Each series cut to its days up to and including ``last_day`` (empty series dropped)."""
-    end = pd.Timestamp(last_day)
-    kept = []
-    for s in panel.series:
-        n = int(np.searchsorted(s.dates.values, end.to_datetime64(), side="right"))
-        if n:
-            kept.append(Series(s.series_id, s.dates[:n], s.target[:n], s.covariates[:n]))
-    return Panel(tuple(kept), panel.covariate_names, panel.source, panel.filled_days, panel.target_name, panel.notes)
-
-
-# --- forecast ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ForecastRun:
-    run_date: dt.date
-    model_version: str
-    horizon: int
-    series: int
-    rows: int
-    skipped: tuple[str, ...]  # series without an actual on the day before ``run_date``
-    frame: pd.DataFrame  # the stored rows (output contract)
-
-    def summary_rows(self, level: float) -> list[dict]:
-        """A few lines per forecast day for the Prefect table artifact."""
-        lower, upper = interval_columns(level)
-        grouped = self.frame.groupby("date")
-        return [{"date": str(day.date()), "series": len(g), "total mean": round(float(g["mean"].sum()), 1),
-                 f"mean {level:.0%} width": round(float((g[upper] - g[lower]).mean()), 2)}
-                for day, g in grouped]
-
-
-def forecastable(panel: Panel, run_date) -> tuple[Panel, tuple[str, ...]]:
-    """The series with an actual on the day before ``run_date`` (cut to that day), and the
-    ids of the stale ones that are skipped."""
-    run_date = as_day(run_date)
-    origin = run_date - ONE_DAY
-    history = history_until(panel, origin)
-    current = tuple(s for s in history.series if s.dates[-1].date() == origin)
-    skipped = tuple(s.series_id for s in history.series if s.dates[-1].date() != origin)
-    if not current:
-        raise DataValidationError(f"{panel.source}: no series has an actual on {origin}, the day before "
-                                  f"forecast day {run_date}; is the source up to date?")
-    if skipped:
-        log.warning("%d series have no actual on %s and are not forecast: %s", len(skipped), origin,
-                    ", ".join(skipped[:5]))
-    return Panel(current, history.covariate_names, history.source), skipped
-
-
-def chunks(panel: Panel, chunk_series: int) -> list[Panel]:
-    """Consecutive groups of ``chunk_series`` series (chunk ``k`` is the ``k``-th)."""
-    return [Panel(panel.series[start:start + chunk_series], panel.covariate_names, panel.source)
-            for start in range(0, len(panel.series), chunk_series)]
-
-
-def forecast_chunk(config: PipelineConfig, model: ForecastModel, chunk: Panel, k: int) -> pd.DataFrame:
-    """Forecast table of one chunk with seed ``monitoring.seed + k`` and the order columns,
-    so the result depends only on the chunking, not on which worker or runner computes it."""
-    horizon = config.monitoring.horizon
-    sampled = model.forecast(chunk, horizon, config.evaluation.num_samples, seed=config.monitoring.seed + k)
-    frame = forecast_table(sampled.samples, sampled.series_ids, sampled.dates, "pending")
-    inventory = config.inventory
-    return frame.assign(**order_columns(sampled.samples, len(chunk.series), horizon, inventory.service_level,
-                                        inventory.protection_days))
-
-
-def store_forecasts(config: PipelineConfig, store: ForecastStore, run_date, frames: list[pd.DataFrame],
-                    model_version: str, skipped: tuple[str, ...] = ()) -> ForecastRun:
-    """Write the chunks' rows for ``run_date`` in one transaction (a rerun replaces them)."""
-    frame = pd.concat(frames, ignore_index=True).assign(model_version=str(model_version))
-    rows = store.replace_forecasts(as_day(run_date), frame)
-    return ForecastRun(as_day(run_date), str(model_version), config.monitoring.horizon,
-                       frame["series_id"].nunique(), rows, tuple(skipped), frame)
-
-
-def daily_forecast(config: PipelineConfig, store: ForecastStore, panel: Panel, run_date, model: ForecastModel,
-                   model_version: str) -> ForecastRun:
-    """Forecast ``run_date .. run_date + H - 1`` for every series with an actual on the day
-    before ``run_date`` and store the rows in one transaction (in-process, chunk by chunk;
-    the flow maps the same chunks over Prefect tasks)."""
-    current, skipped = forecastable(panel, run_date)
-    frames = [forecast_chunk(config, model, chunk, k)
-              for k, chunk in enumerate(chunks(current, config.runtime.chunk_series))]
-    return store_forecasts(config, store, run_date, frames, model_version, skipped)
-
-
-# --- monitor ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RetrainRequest:
     streak_start: dt.date  # the claim key: the streak's first day (its escalation: N days later)
@@ -253,32 +155,14 @@ def _report_for(config: PipelineConfig, store: ForecastStore, panel: Panel, d: d
 def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.date,
            reference_end: dt.date | None, report_dir: Path) -> DriftSummary | None:
     """Evidently report of the last week up to ``day`` against the training reference."""
+    lower, upper = interval_columns(config.evaluation.nominal_level)
     first = day - dt.timedelta(days=CURRENT_WINDOW_DAYS - 1)
-    end = min(reference_end or first - ONE_DAY, first - ONE_DAY)  # never overlap the window
-    start = end - dt.timedelta(days=config.monitoring.drift_reference_days - 1)
-    frame = panel.to_frame()
-    dates = frame["date"].dt.date
-    current = frame[(dates >= first) & (dates <= day)]
-    reference = frame[(dates >= start) & (dates <= end)]
+    intervals = [store.forecasts_for(first + dt.timedelta(days=k)) for k in range(CURRENT_WINDOW_DAYS)]
+    reference, current = drift_windows(panel.to_frame(), intervals, lower, upper, day, CURRENT_WINDOW_DAYS,
+                                       reference_end, config.monitoring.drift_reference_days)
     if current.empty or reference.empty:
         log.info("no drift report for %s: %s window is empty", day, "current" if current.empty else "reference")
         return None
-    covered = []
-    lower, upper = interval_columns(config.evaluation.nominal_level)
-    for d in sorted(set(current["date"].dt.date)):
-        forecasts = store.forecasts_for(d)
-        if forecasts.empty:
-            continue
-        latest = forecasts.sort_values("horizon").drop_duplicates("series_id")[["series_id", lower, upper]]
-        covered.append(latest.assign(date=pd.Timestamp(d)))
-    current = current.rename(columns={"target": TARGET})
-    if covered:
-        bounds = pd.concat(covered, ignore_index=True)
-        current = current.merge(bounds, on=["series_id", "date"], how="left")
-        inside = (current[TARGET] >= current[lower]) & (current[TARGET] <= current[upper])
-        current["covered"] = np.where(current[lower].isna(), np.nan, inside.astype(float))
-    else:
-        current["covered"] = np.nan
     return drift_report(reference, current, tuple(panel.covariate_names), config.monitoring.drift_threshold,
                         Path(report_dir) / f"monitoring-{day}.html", title=f"Demand drift and coverage, {day}")
 

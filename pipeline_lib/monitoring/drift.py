@@ -13,17 +13,22 @@ The report compares the recent window (``current``) with the training reference:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from pipeline_lib.evaluation.metrics import inside_interval
 
 log = logging.getLogger(__name__)
 
 TARGET = "target"
 COVERED = "covered"
+CURRENT_WINDOW_DAYS = 7  # the recent window of a report: the last week
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,36 @@ class DriftSummary:
         coverage = "n/a" if self.coverage is None else f"{self.coverage:.1%}"
         return (f"target drift {self.target_drift:.3f} ({'drift' if self.target_drifted else 'no drift'}), "
                 f"{self.drifted_columns}/{self.columns} columns drifted, window coverage {coverage}")
+
+
+def drift_windows(history: pd.DataFrame, forecasts: list[pd.DataFrame], lower: str, upper: str, day: dt.date,
+                  current_days: int, reference_end: dt.date | None, reference_days: int,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``reference`` and ``current`` frames of :func:`drift_report` for ``day``.
+
+    ``history``: the source in long format (``series_id, date, target, <covariates>``);
+    ``forecasts``: the stored forecasts that targeted each day of the current window
+    (output contract, with ``horizon``). The current window is the ``current_days`` days up
+    to ``day``, each actual marked ``covered`` by the shortest-horizon interval issued for
+    it (NaN without one); the reference is the ``reference_days`` days up to
+    ``reference_end`` (the champion's last training day), never overlapping the window.
+    """
+    first = day - dt.timedelta(days=current_days - 1)
+    end = min(reference_end or first - dt.timedelta(days=1), first - dt.timedelta(days=1))
+    start = end - dt.timedelta(days=reference_days - 1)
+    dates = history["date"].dt.date
+    current = history[(dates >= first) & (dates <= day)].rename(columns={"target": TARGET})
+    reference = history[(dates >= start) & (dates <= end)]
+    issued = [f.sort_values("horizon").drop_duplicates("series_id")[["series_id", "date", lower, upper]]
+              for f in forecasts if not f.empty]
+    if issued:
+        bounds = pd.concat(issued, ignore_index=True).assign(date=lambda f: pd.to_datetime(f["date"]))
+        current = current.merge(bounds, on=["series_id", "date"], how="left")
+        covered = inside_interval(current[TARGET], current[lower], current[upper]).astype(float)
+        current[COVERED] = np.where(current[lower].isna(), np.nan, covered)
+    else:
+        current = current.assign(**{COVERED: np.nan})
+    return reference, current
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, covariates: tuple[str, ...],

@@ -1,12 +1,13 @@
 """Replay a dataset day by day as if it arrived live, optionally with a planted demand shift.
 
-The flow ``flows/replay.py`` drives the loop; this module holds the plain parts: planting
-the shift, writing what was "known" on each day as the data source, and the timeline.
+:func:`run_replay` is the loop; ``flows/replay.py`` hands it the daily flows. The parts:
+planting the shift, writing what was "known" on each day as the data source, the timeline.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import pandas as pd
 
 from pipeline_lib.config import DataConfig, PipelineConfig, parse_config
 from pipeline_lib.errors import ConfigError, DataValidationError
+from pipeline_lib.evaluation.plots import coverage_timeline_plot
 from pipeline_lib.monitoring.coverage import OVERALL
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE
-from pipeline_lib.monitoring.store import ForecastStore
+from pipeline_lib.store import ForecastStore
 
 OBSERVED_FILE = "observed.parquet"
 
@@ -44,11 +46,27 @@ class ReplaySpec:
             raise ConfigError(f"--shift-factor must be positive, got {self.shift_factor}")
 
 
-def default_spec(last_day: dt.date, days: int, shift_after: int | None, shift_factor: float) -> ReplaySpec:
-    """The last ``days`` days of the data, shifted from day ``shift_after`` of the replay."""
-    start = last_day - dt.timedelta(days=days - 1)
-    shift_day = start + dt.timedelta(days=shift_after) if shift_after is not None else None
-    return ReplaySpec(start, days, shift_day, shift_factor)
+def replay_spec(first_day: dt.date, last_day: dt.date, source: str, days: int, start: str | None = None,
+                shift_day: str | None = None, shift_factor: float = 1.0) -> ReplaySpec:
+    """The spec of ``bayes-pipeline replay``: ``days`` days from ``start`` (YYYY-MM-DD;
+    default: the last ``days`` days of the data), the shift from ``shift_day`` (default with
+    a ``shift_factor``: the 8th replayed day), checked against the data's first and last day.
+
+    Raises:
+        ConfigError: a date that is not YYYY-MM-DD, a non-positive factor or day count.
+        DataValidationError: replayed days outside the data.
+    """
+    shifted = shift_factor != 1.0
+    try:
+        begin = dt.date.fromisoformat(start) if start else last_day - dt.timedelta(days=days - 1)
+        shift = dt.date.fromisoformat(shift_day) if shift_day else None
+    except ValueError as exc:
+        raise ConfigError(f"replay dates must be YYYY-MM-DD ({exc})") from None
+    if shift is None and shifted:
+        shift = begin + dt.timedelta(days=7)
+    spec = ReplaySpec(begin, days, shift, shift_factor)
+    spec.check(first_day, last_day, source)
+    return spec
 
 
 def plant_shift(raw: pd.DataFrame, data: DataConfig, shift_day: dt.date | None, factor: float) -> pd.DataFrame:
@@ -126,3 +144,67 @@ def format_timeline(frame: pd.DataFrame, threshold: float, shift_day: dt.date | 
         width = "" if pd.isna(r["mpiw"]) else f"{r['mpiw']:.1f}"
         lines.append(f"{r['day']!s:<11} {'v' + str(r['model']):>5} {pic:>6} {width:>7}  {'; '.join(events)}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    timeline: pd.DataFrame
+    chart: Path
+    text: str
+    initial_training: object | None  # the TrainingOutcome of the initial champion, if trained
+
+
+def run_replay(config: PipelineConfig, spec: ReplaySpec, raw: pd.DataFrame,
+               train: Callable[[PipelineConfig], object],
+               forecast_day: Callable[[PipelineConfig, dt.date], object],
+               monitor_day: Callable[[PipelineConfig, dt.date], object],
+               progress: Callable[[str], None] = print) -> ReplayResult:
+    """Replay ``spec`` over ``raw`` (the source table): day ``t`` the observed file holds the
+    actuals up to ``t - 1`` and ``forecast_day`` forecasts ``t ..``; then the actuals of ``t``
+    arrive and ``monitor_day`` judges the intervals, alerts and retrains. ``train`` makes the
+    initial champion when none was trained before the replayed days. The three callables
+    are the daily flows (the replay runs what production runs); each gets ``config``
+    pointed at the observed file."""
+    from pipeline_lib import registry
+
+    raw = plant_shift(raw, config.data, spec.shift_day, spec.shift_factor)
+    observed = config.workdir / "replay" / OBSERVED_FILE
+    daily_config = observed_config(config, observed)
+    store = ForecastStore(config.store_url).create()
+    store.forget_from(spec.start)
+    store.dispose()
+
+    initial = None
+    registry.configure(config.tracking_uri)
+    champion = registry.champion(config.registry.model_name)
+    trained_until = champion.last_data_day() if champion else None
+    if trained_until is None or trained_until >= spec.start:
+        progress(f"training the initial champion on data up to {spec.start - dt.timedelta(days=1)}")
+        write_observed(raw, config.data, spec.start - dt.timedelta(days=1), observed)
+        initial = train(daily_config)
+        progress(f"  version {initial.version} ({', '.join(initial.aliases)}): test PICP95 "
+                 f"{initial.metrics['picp_95']:.3f}, CRPS(scaled) {initial.metrics['crps_scaled']:.3f}")
+
+    for k in range(spec.days):
+        day = spec.start + dt.timedelta(days=k)
+        write_observed(raw, config.data, day - dt.timedelta(days=1), observed)
+        forecast = forecast_day(daily_config, day)
+        write_observed(raw, config.data, day, observed)
+        run = monitor_day(daily_config, day)
+        events = [a.kind for a in run.alerts] + (["retrain"] if run.retrain else [])
+        progress(f"[{k + 1}/{spec.days}] {run.describe()} (forecast by v{forecast.model_version})"
+                 + (f" -> {', '.join(events)}" if events else ""))
+
+    store = ForecastStore(config.store_url)
+    try:
+        frame = timeline(store)
+    finally:
+        store.dispose()
+    frame = frame[(frame["day"] >= spec.start) & (frame["day"] <= spec.end)].reset_index(drop=True)
+    chart = coverage_timeline_plot(
+        frame, config.monitoring.pic_threshold, config.evaluation.nominal_level,
+        config.reports_dir / f"replay-{spec.start}-{spec.end}.png", spec.shift_day,
+        title=f"Replay {spec.start} .. {spec.end}"
+        + (f", demand x{spec.shift_factor:g} from {spec.shift_day}" if spec.shift_day else ""))
+    return ReplayResult(frame, chart, format_timeline(frame, config.monitoring.pic_threshold, spec.shift_day),
+                        initial)

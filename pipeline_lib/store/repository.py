@@ -1,124 +1,34 @@
-"""The forecast store: forecasts, actuals, daily coverage, alerts and retrain events in SQL.
-
-SQLAlchemy Core on any URL (a SQLite file in the work directory by default, Postgres in
-the compose stack). The code creates the tables and records its schema version. Every
-write of a day is one transaction, and unique keys make reruns replace or ignore rows
-instead of duplicating them:
-
-- ``forecasts``: the output contract plus ``run_date`` (first forecast day) and
-  ``horizon`` (days ahead, 1 = the day after the last actual). Key: run date, series, date.
-- ``actuals``: one observed value per series and day. Key: series, date.
-- ``coverage_daily``: PIC and MPIW of one day, per scope (``overall``, ``h01``..,
-  ``segment:<name>``). Key: day, scope, level.
-- ``alerts``: at most one alert per day and kind.
-- ``retrain_events``: at most one retrain per breach streak (keyed by its first day). A
-  monitoring run claims the streak by inserting the row *before* it retrains, so two
-  runs of the same day at once cannot both retrain. A claim left ``started`` by a
-  process that died while retraining goes stale after ``monitoring.retrain_claim_timeout_hours``
-  and the next monitoring run retrains again.
-"""
+"""Every read and write of the forecast store, one transaction each (see :mod:`pipeline_lib.store`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+import tenacity
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pipeline_lib.contract import FORECAST_COLUMNS, QUANTILE_COLUMNS
+from pipeline_lib.contract import FORECAST_COLUMNS, as_day
 from pipeline_lib.errors import PipelineError, StoreUnavailableError
+from pipeline_lib.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TABLES,
+    actuals,
+    alerts,
+    coverage_daily,
+    forecasts,
+    metadata,
+    retrain_events,
+    schema_info,
+)
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 3
-
-# Columns (table, column, SQL type) that take a store from version ``v - 1`` to ``v``.
-# Each is added only if missing: SQLite commits DDL as it goes, so a migration that died
-# half-way is simply finished by the next run.
-MIGRATIONS = {
-    2: (("forecasts", "order_up_to", "FLOAT"), ("forecasts", "safety_stock", "FLOAT")),
-    3: (("retrain_events", "claimed_at", "TIMESTAMP"),),
-}
-
-metadata = sa.MetaData()
-
-schema_info = sa.Table(
-    "schema_info", metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-)
-
-forecasts = sa.Table(
-    "forecasts", metadata,
-    sa.Column("run_date", sa.Date, primary_key=True),
-    sa.Column("series_id", sa.String(200), primary_key=True),
-    sa.Column("date", sa.Date, primary_key=True),
-    sa.Column("horizon", sa.Integer, nullable=False),
-    sa.Column("model_version", sa.String(50), nullable=False),
-    sa.Column("mean", sa.Float, nullable=False),
-    sa.Column("std", sa.Float, nullable=False),
-    *(sa.Column(name, sa.Float, nullable=False) for name in QUANTILE_COLUMNS),
-    # Order-up-to level and safety stock for an order placed that day (schema version 2).
-    sa.Column("order_up_to", sa.Float),
-    sa.Column("safety_stock", sa.Float),
-    sa.Index("ix_forecasts_date", "date"),
-)
-
-actuals = sa.Table(
-    "actuals", metadata,
-    sa.Column("series_id", sa.String(200), primary_key=True),
-    sa.Column("date", sa.Date, primary_key=True),
-    sa.Column("actual", sa.Float, nullable=False),
-)
-
-coverage_daily = sa.Table(
-    "coverage_daily", metadata,
-    sa.Column("day", sa.Date, primary_key=True),
-    sa.Column("scope", sa.String(100), primary_key=True),
-    sa.Column("level", sa.Float, primary_key=True),
-    sa.Column("model_version", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),  # ok | partial | pending
-    sa.Column("picp", sa.Float),  # NULL while pending
-    sa.Column("mpiw", sa.Float),
-    sa.Column("n", sa.Integer, nullable=False),  # forecasts with an actual
-    sa.Column("expected", sa.Integer, nullable=False),  # forecasts that targeted the day
-    sa.Column("breach", sa.Boolean),
-)
-
-alerts = sa.Table(
-    "alerts", metadata,
-    sa.Column("day", sa.Date, primary_key=True),
-    sa.Column("kind", sa.String(30), primary_key=True),  # breach | retrain | error
-    sa.Column("model_version", sa.String(50), nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("report", sa.Text),
-)
-
-retrain_events = sa.Table(
-    "retrain_events", metadata,
-    sa.Column("streak_start", sa.Date, primary_key=True),
-    sa.Column("triggered_on", sa.Date, nullable=False),
-    sa.Column("mode", sa.String(20), nullable=False),
-    sa.Column("champion_before", sa.String(50), nullable=False),
-    # started (retraining in the claiming process) | dispatched (to the training deployment)
-    # | completed | failed
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("new_version", sa.String(50)),
-    sa.Column("promoted", sa.Boolean),
-    sa.Column("detail", sa.Text),
-    sa.Column("claimed_at", sa.DateTime),  # UTC wall clock; NULL on claims made before schema 3
-)
-
-TABLES = ("forecasts", "actuals", "coverage_daily", "alerts", "retrain_events")
-
-
-def _day(value) -> dt.date:
-    return pd.Timestamp(value).date()
 
 
 def _utc_now() -> dt.datetime:
@@ -136,24 +46,27 @@ def _stale_claim(cutoff: dt.datetime) -> tuple:
 
 def _retried(method):
     """Retry a one-transaction store operation when the database is locked or unreachable
-    (``OperationalError``), with exponential backoff; then raise a clear error. A failed
-    attempt rolled back its whole transaction, so a retry never writes a day twice."""
+    (``OperationalError``), ``store.attempts`` tries with exponential backoff (tenacity);
+    then raise a clear error. A failed attempt rolled back its whole transaction, so a
+    retry never writes a day twice."""
+
+    def warn(state: tenacity.RetryCallState) -> None:
+        log.warning("forecast store busy or unreachable (%s); retrying %s in %.1f s",
+                    str(state.outcome.exception().orig).strip(), method.__name__, state.upcoming_sleep)
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        for attempt in range(self.attempts):
-            try:
-                return method(self, *args, **kwargs)
-            except OperationalError as exc:
-                if attempt + 1 == self.attempts:
-                    raise StoreUnavailableError(
-                        f"forecast store {_redact(self.url)}: {method.__name__} failed after {self.attempts} "
-                        f"attempts ({str(exc.orig).strip()}); nothing of it was written") from None
-                delay = self.backoff_seconds * 2**attempt
-                log.warning("forecast store busy or unreachable (%s); retrying %s in %.1f s",
-                            str(exc.orig).strip(), method.__name__, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(OperationalError),
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=tenacity.wait_exponential(multiplier=self.backoff_seconds, min=0, max=float("inf")),
+            before_sleep=warn, reraise=True)
+        try:
+            return retrying(method, self, *args, **kwargs)
+        except OperationalError as exc:
+            raise StoreUnavailableError(
+                f"forecast store {_redact(self.url)}: {method.__name__} failed after {self.attempts} "
+                f"attempts ({str(exc.orig).strip()}); nothing of it was written") from None
 
     return wrapper
 
@@ -206,7 +119,7 @@ class ForecastStore:
 
         ``frame``: the output contract; ``horizon`` is derived from ``date - run_date + 1``.
         """
-        run_day = _day(run_date)
+        run_day = as_day(run_date)
         rows = frame[[*FORECAST_COLUMNS, *(c for c in ("order_up_to", "safety_stock") if c in frame)]].copy()
         rows["date"] = pd.to_datetime(rows["date"]).dt.date
         rows["horizon"] = [(d - run_day).days + 1 for d in rows["date"]]
@@ -226,7 +139,7 @@ class ForecastStore:
 
     def forecasts_for(self, day) -> pd.DataFrame:
         """Every stored forecast whose target date is ``day`` (one per issuing run)."""
-        return self._frame(sa.select(forecasts).where(forecasts.c.date == _day(day)))
+        return self._frame(sa.select(forecasts).where(forecasts.c.date == as_day(day)))
 
     # --- actuals -----------------------------------------------------------------------
     @_retried
@@ -250,7 +163,7 @@ class ForecastStore:
             changed = merged[stored.isna() | ~np.isclose(merged["actual"].astype(float), stored, rtol=0, atol=1e-9)]
             if changed.empty:
                 return []
-            keys = list(zip(changed["series_id"], changed["date"]))
+            keys = list(zip(changed["series_id"], changed["date"], strict=True))
             for start in range(0, len(keys), 500):
                 chunk = keys[start:start + 500]
                 conn.execute(actuals.delete().where(sa.tuple_(actuals.c.series_id, actuals.c.date).in_(chunk)))
@@ -258,13 +171,13 @@ class ForecastStore:
         return sorted(set(changed["date"]))
 
     def actuals_on(self, day) -> pd.DataFrame:
-        return self._frame(sa.select(actuals).where(actuals.c.date == _day(day)))
+        return self._frame(sa.select(actuals).where(actuals.c.date == as_day(day)))
 
     # --- coverage ----------------------------------------------------------------------
     @_retried
     def replace_coverage(self, day, rows: list[dict]) -> None:
         """All coverage rows of ``day`` in one transaction (a rerun replaces them)."""
-        day = _day(day)
+        day = as_day(day)
         with self.engine.begin() as conn:
             conn.execute(coverage_daily.delete().where(coverage_daily.c.day == day))
             if rows:
@@ -279,7 +192,7 @@ class ForecastStore:
     # --- alerts and retrains ---------------------------------------------------------------
     def add_alert(self, day, kind: str, model_version: str, message: str, report: str | None = None) -> bool:
         """Record an alert; False if this day already has one of this kind (a rerun)."""
-        return self._insert_once(alerts, day=_day(day), kind=kind, model_version=str(model_version),
+        return self._insert_once(alerts, day=as_day(day), kind=kind, model_version=str(model_version),
                                  message=message, report=report)
 
     @_retried
@@ -295,11 +208,11 @@ class ForecastStore:
         while retraining (nothing else leaves it so): it is taken over, by one caller only.
         ``now``: UTC wall clock (default: the current time)."""
         now = now or _utc_now()
-        if self._insert_once(retrain_events, streak_start=_day(streak_start), triggered_on=_day(triggered_on),
+        if self._insert_once(retrain_events, streak_start=as_day(streak_start), triggered_on=as_day(triggered_on),
                              mode=mode, champion_before=str(champion_before), status="started", claimed_at=now):
             return True
         return stale_after is not None and self._take_over_stale_claim(
-            _day(streak_start), mode, str(champion_before), now, stale_after)
+            as_day(streak_start), mode, str(champion_before), now, stale_after)
 
     @_retried
     def _take_over_stale_claim(self, streak_start: dt.date, mode: str, champion_before: str, now: dt.datetime,
@@ -319,7 +232,7 @@ class ForecastStore:
     def finish_retrain(self, streak_start, status: str, new_version: str | None = None,
                        promoted: bool | None = None, detail: str | None = None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(retrain_events.update().where(retrain_events.c.streak_start == _day(streak_start))
+            conn.execute(retrain_events.update().where(retrain_events.c.streak_start == as_day(streak_start))
                          .values(status=status, new_version=new_version, promoted=promoted, detail=detail))
 
     @_retried
@@ -336,7 +249,7 @@ class ForecastStore:
     @_retried
     def forget_from(self, day) -> None:
         """Delete every row about ``day`` and later (a replay re-lives those days)."""
-        day = _day(day)
+        day = as_day(day)
         with self.engine.begin() as conn:
             conn.execute(forecasts.delete().where(forecasts.c.run_date >= day))
             conn.execute(actuals.delete().where(actuals.c.date >= day))

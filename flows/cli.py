@@ -1,7 +1,11 @@
 """``bayes-pipeline``: train, forecast and backtest from the command line.
 
-User errors (bad data, bad config, missing model) print one line to stderr and exit with
-code 2; nothing is written when the input is rejected.
+About 300 lines, most of them the option declarations Typer reads the help from.
+
+An entry point like the Prefect flows beside it: each command checks its input, shows
+progress, and calls one function of the flows or of ``pipeline_lib``. User errors (bad
+data, bad config, missing model) print one line to stderr and exit with code 2; nothing is
+written when the input is rejected.
 """
 
 from __future__ import annotations
@@ -154,22 +158,9 @@ def forecast(
     Days too close to the horizon's end to cover that period get empty cells."""
     cfg = _build_config(source)
     panel = validate_table(read_table(cfg.data), cfg.data, min_days=1)
-    from pipeline_lib import registry
+    from pipeline_lib.forecasting.batch import forecast_registered
 
-    registry.configure(cfg.tracking_uri)
-    uri = model or registry.champion_uri(cfg.registry.model_name)
-    version = registry.resolve_version(uri)
-    _say(f"forecasting {len(panel.series)} series, {horizon} days, with {uri} (version {version})")
-    forecaster = registry.load_forecaster(uri)
-    sampled = forecaster.forecast(panel, horizon, num_samples or cfg.evaluation.num_samples,
-                                  seed=cfg.evaluation.seed)
-    frame = sampled.to_frame(version)
-    if orders:
-        from pipeline_lib.inventory.policy import order_columns
-
-        inv = cfg.inventory
-        frame = frame.assign(**order_columns(sampled.samples, len(panel.series), horizon, inv.service_level,
-                                             inv.protection_days))
+    frame = forecast_registered(cfg, panel, horizon, model, num_samples, orders, say=_say)
     _write_csv(frame, out)
     typer.echo(f"wrote {len(frame)} rows to {out}")
 
@@ -191,11 +182,11 @@ def backtest(
         raise typer.BadParameter(f"--horizon {horizon} exceeds --test-days {test_days}")
     _say(f"[1/2] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
-    from pipeline_lib import pipeline
+    from pipeline_lib import stages
 
     _say(f"[2/2] {folds} fold(s): train on {len(panel.series)} series before each test window, "
          f"forecast its {test_days} days with horizon {horizon}")
-    frame, scores = pipeline.rolling_origin_backtest(cfg, panel, folds, horizon)
+    frame, scores = stages.rolling_origin_backtest(cfg, panel, folds, horizon)
     _write_csv(frame, out)
     for score in scores:
         _say(f"fold {score['fold']}: PICP80 {score['picp_80']:.3f}  PICP90 {score['picp_90']:.3f}  "
@@ -214,16 +205,15 @@ def compare(
 ) -> None:
     """Backtest the toolbox's variants (heads, priors, attention, distillation, MCMC) on the
     same split; print the table and write comparison.csv / comparison.md to the workdir."""
-    from pipeline_lib.compare import ALL_VARIANTS, check_variants, write_table
-    from pipeline_lib.compare import compare as run_comparison
+    from pipeline_lib.compare import ALL_VARIANTS, check_variants
+    from pipeline_lib.compare import compare_to_files as run_comparison
 
     names = check_variants([v.strip() for v in variants.split(",") if v.strip()] if variants else list(ALL_VARIANTS))
     cfg = _build_config(source)
     _say(f"validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
     _say(f"comparing {len(names)} variant(s) on {len(panel.series)} series, {cfg.window.test_days} test days")
-    frame = run_comparison(cfg, panel, names, say=_say)
-    csv_path, md_path = write_table(frame, cfg.workdir / "compare", cfg.data.source_name())
+    csv_path, md_path = run_comparison(cfg, panel, names, say=_say)
     typer.echo(md_path.read_text())
     typer.echo(f"wrote {csv_path} and {md_path}")
 
@@ -245,28 +235,15 @@ def replay(
 ) -> None:
     """Walk the data day by day: forecast, then monitor with that day's actuals (alerts,
     retrains), optionally with a planted demand shift; print a timeline and chart it."""
-    import datetime as dt
-
-    from pipeline_lib.monitoring.replay import ReplaySpec, default_spec
+    from pipeline_lib.monitoring.replay import replay_spec
 
     cfg = _build_config(source)
     if first_response is not None:
         cfg = cfg.updated(monitoring={"first_response": first_response})
     _say(f"[1/3] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
-    first_day = min(s.dates[0] for s in panel.series).date()
-    last_day = max(s.dates[-1] for s in panel.series).date()
-    shifted = shift_factor != 1.0
-    spec = default_spec(last_day, days, 7 if shifted else None, shift_factor)
-    try:
-        if start is not None:
-            begin = dt.date.fromisoformat(start)
-            spec = ReplaySpec(begin, days, begin + dt.timedelta(days=7) if shifted else None, shift_factor)
-        if shift_day is not None:
-            spec = ReplaySpec(spec.start, days, dt.date.fromisoformat(shift_day), shift_factor)
-    except ValueError as exc:
-        raise typer.BadParameter(f"dates must be YYYY-MM-DD ({exc})") from None
-    spec.check(first_day, last_day, panel.source)
+    spec = replay_spec(min(s.dates[0] for s in panel.series).date(), max(s.dates[-1] for s in panel.series).date(),
+                       panel.source, days, start, shift_day, shift_factor)
     shift_text = f", demand x{shift_factor:g} from {spec.shift_day}" if spec.shift_day else ""
     _say(f"[2/3] replaying {spec.start} .. {spec.end}{shift_text} (state in {cfg.workdir})")
     _prepare_environment(cfg)
@@ -319,16 +296,10 @@ def inventory_backtest(
                                  "needs last week's demand for every protected day)")
     _say(f"[1/3] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
-    from pipeline_lib.inventory.run import inventory_backtest as run_backtest
-    from pipeline_lib.pipeline import backtest_model, log_inventory_run
+    from pipeline_lib.inventory.run import train_and_simulate
 
-    _say(f"[2/3] training on {len(panel.series)} series before the last {cfg.window.test_days} days"
-         + (" (evaluation fit, then the served refit on every day before them)" if cfg.train.refit else ""))
-    trained = backtest_model(cfg, panel)
-    _say(f"[3/3] simulating {cfg.window.test_days} days of ordering (lead time {cfg.inventory.lead_time_days} d, "
-         f"review every {cfg.inventory.review_period_days} d, target {cfg.inventory.service_level:.0%})")
-    report = run_backtest(cfg, trained.model, panel, cfg.reports_dir / "inventory")
-    url = log_inventory_run(cfg, panel, report)
+    steps = iter(("[2/3]", "[3/3]"))
+    report, url = train_and_simulate(cfg, panel, say=lambda line: _say(f"{next(steps, '     ')} {line}"))
     table = report.backtest.table
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(report.summary())

@@ -1,0 +1,77 @@
+"""Carrying out a claimed retrain: the response the policy chose, its outcome recorded on
+the claim and announced as an alert.
+
+The flow supplies the two orchestrator-specific ways to retrain (start the training
+deployment, or run the training flow here); everything else is decided and recorded here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.data.validate import Panel
+from pipeline_lib.monitoring.alerts import Alert
+from pipeline_lib.monitoring.daily import RetrainRequest, retrain_alert
+from pipeline_lib.monitoring.policy import ONLINE_UPDATE
+from pipeline_lib.store import ForecastStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What a response did: ``new_version`` None when it was only dispatched (the
+    deployment's run registers it later); ``promoted`` None when not known yet."""
+
+    text: str
+    new_version: str | None = None
+    promoted: bool | None = None
+
+
+@dataclass(frozen=True)
+class RetrainRecord:
+    alert: Alert
+    alert_is_new: bool  # False when a rerun of the day already recorded it (do not send twice)
+    failure: Exception | None  # the response's error, recorded and alerted; the caller re-raises
+
+
+def respond(config: PipelineConfig, request: RetrainRequest, panel: Panel,
+            dispatch: Callable[[], str] | None, train_here: Callable[[], object]) -> RetrainResult:
+    """Carry out ``request``: an online update of the champion, or a retrain through
+    ``dispatch`` (starts the training deployment, returns a description of its run) when
+    there is one, else ``train_here`` (the training flow in this process; returns a
+    :class:`~pipeline_lib.stages.TrainingOutcome`)."""
+    if request.response == ONLINE_UPDATE:
+        from pipeline_lib.stages import online_update_champion
+
+        outcome = online_update_champion(config, panel, request.day)
+        return RetrainResult(f"online update in {outcome.metrics['update_seconds']:.0f} s: version "
+                             f"{outcome.version} ({outcome.gate}); a full retrain follows if the breaches go on",
+                             outcome.version, "champion" in outcome.aliases)
+    if dispatch is not None:
+        return RetrainResult(f"started deployment {config.monitoring.training_deployment} ({dispatch()})")
+    outcome = train_here()
+    return RetrainResult(f"trained version {outcome.version}: {outcome.gate}", outcome.version,
+                         "champion" in outcome.aliases)
+
+
+def respond_and_record(config: PipelineConfig, store: ForecastStore, request: RetrainRequest, panel: Panel,
+                       dispatch: Callable[[], str] | None, train_here: Callable[[], object]) -> RetrainRecord:
+    """:func:`respond`, then the outcome on the claimed retrain event (``completed``,
+    ``dispatched`` or ``failed``) and the day's retrain alert in the store. A failed
+    response is recorded and alerted too, and returned for the caller to raise."""
+    failure = None
+    try:
+        result = respond(config, request, panel, dispatch, train_here)
+        store.finish_retrain(request.streak_start, "completed" if result.new_version else "dispatched",
+                             result.new_version, result.promoted, result.text)
+    except Exception as exc:  # noqa: BLE001 - recorded and alerted, then re-raised by the caller
+        failure = exc
+        result = RetrainResult(f"retraining failed ({exc.__class__.__name__}: {exc}); the champion is unchanged")
+        store.finish_retrain(request.streak_start, "failed", detail=result.text)
+    alert = retrain_alert(request, result.text, config.monitoring.consecutive_days)
+    is_new = store.add_alert(alert.day, alert.kind, alert.model_version, alert.message)
+    return RetrainRecord(alert, is_new, failure)

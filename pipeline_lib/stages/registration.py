@@ -1,0 +1,143 @@
+"""Register: one MLflow run with params, metrics, pictures and the model; a new version
+with ``challenger`` (and ``champion`` when the gate says so), or nothing at all."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_lib import registry
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.data.validate import Panel
+from pipeline_lib.errors import RegistryUnavailableError
+from pipeline_lib.stages.evaluation import Evaluation
+from pipeline_lib.stages.ingestion import data_fingerprint
+from pipeline_lib.stages.promotion import GateOutcome
+from pipeline_lib.stages.training import TrainedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    run_id: str
+    run_url: str
+    model_name: str
+    version: str
+    aliases: tuple[str, ...]
+    metrics: dict
+    gate: str = ""
+    plot_uris: tuple[str, ...] = ()
+
+
+def register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
+             plots: list[Path], gate: GateOutcome) -> TrainingOutcome:
+    """Log params, metrics and pictures; log and register the model; set aliases.
+
+    The new version always gets ``challenger``; it gets ``champion`` when ``gate`` says so.
+    The decision and its numbers are written on the version (tags and description).
+    """
+    registry.configure(config.tracking_uri)
+    try:
+        return _register(config, panel, trained, evaluation, plots, gate)
+    except registry.connection_errors() as exc:
+        raise RegistryUnavailableError(
+            f"MLflow failed while registering ({registry.describe_error(exc)}); the run is marked FAILED, "
+            "no model version was kept and the aliases are unchanged") from exc
+
+
+def _register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
+              plots: list[Path], gate: GateOutcome) -> TrainingOutcome:
+    # All or nothing (registry.tracked_run); ``champion`` is moved last, so until then the
+    # old champion keeps serving.
+    with registry.tracked_run(config.registry.experiment_name, config.artifact_root,
+                              f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}", tags={"pipeline": "training"}) as run:
+        version, aliases, plot_uris = _log_and_register(config, panel, trained, evaluation, plots, gate, run)
+    return TrainingOutcome(run.run_id, run.url, config.registry.model_name, version, tuple(aliases),
+                           evaluation.metrics, gate.decision.summary(), plot_uris)
+
+
+def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
+                      plots: list[Path], gate: GateOutcome, run: registry.TrackedRun) -> tuple[str, list[str], tuple]:
+    registry.log_params(_flatten(config.model_dump(mode="json", exclude={"workdir"})))
+    # Both fits are logged: the evaluation fit (early stopping, holdout metrics) as train_*,
+    # the refit that is registered and served as refit_*.
+    evaluation_fit = trained.evaluation_fit or trained.training
+    registry.log_params({"train.epochs_run": evaluation_fit.epochs_run, "train.best_epoch": evaluation_fit.best_epoch,
+                         "model.head_resolved": trained.model.model_config.head,
+                         "served_model": "refit on all days" if trained.evaluation_fit else "evaluation fit"})
+    for prefix, fit in (("train", evaluation_fit), ("refit", trained.training if trained.evaluation_fit else None)):
+        for record in fit.history if fit is not None else ():
+            registry.log_metrics({f"{prefix}_{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    registry.log_metrics({**evaluation.metrics, "validation_nll": evaluation_fit.best_validation_nll,
+                          "training_seconds": evaluation_fit.seconds
+                          + (trained.training.seconds if trained.evaluation_fit else 0.0)})
+    plot_uris = tuple(registry.log_artifact(path, "plots") for path in plots)
+    registry.log_dict(config.model_dump(mode="json"), "config.json")
+    fingerprint = data_fingerprint(panel)
+    registry.log_dict(fingerprint, "data_fingerprint.json")
+    model_uri = registry.log_forecaster(trained.model, _input_example(panel), config.serving.model_dump())
+    if gate.champion_metrics is not None:
+        registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
+                              if k in ("picp_95", "picp_90", "crps_scaled", "mase")})
+    name = config.registry.model_name
+    version = run.register(model_uri, name,
+                           description=f"{_describe(evaluation.metrics)}. Gate: {gate.decision.summary()}").version
+    tags = {f"metric.{k}": f"{v:.4f}" for k, v in evaluation.metrics.items()
+            if k in ("picp_95", "picp_90", "crps_scaled", "mase")}
+    tags.update({"gate.promote": str(gate.decision.promote), "gate.reasons": " | ".join(gate.decision.reasons),
+                 "gate.champion_version": str(gate.champion_version),
+                 # The monitoring's drift reference ends here.
+                 "data.last_date": fingerprint["last_date"]})
+    registry.tag_version(name, version, tags)
+    registry.set_tags({"gate.promote": str(gate.decision.promote)})
+    aliases = [registry.CHALLENGER]
+    registry.set_alias(name, registry.CHALLENGER, version)
+    if gate.decision.promote:
+        registry.set_alias(name, registry.CHAMPION, version)
+        aliases.append(registry.CHAMPION)
+    return version, aliases, plot_uris
+
+
+def _describe(metrics: dict) -> str:
+    return (f"Test split, one-day-ahead: PICP95 {metrics.get('picp_95', float('nan')):.3f}, "
+            f"PICP90 {metrics.get('picp_90', float('nan')):.3f}, "
+            f"CRPS(scaled) {metrics.get('crps_scaled', float('nan')):.3f}, "
+            f"MASE {metrics.get('mase', float('nan')):.3f}")
+
+
+def _input_example(panel: Panel, days: int = 35) -> pd.DataFrame:
+    frame = panel.to_frame()
+    first = frame["series_id"].drop_duplicates().head(2)
+    frame = frame[frame["series_id"].isin(first)]
+    return frame.groupby("series_id", group_keys=False).tail(days).reset_index(drop=True)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_inventory_run(config: PipelineConfig, panel: Panel, report) -> str:
+    """A run of its own for ``bayes-pipeline inventory-backtest`` (no model is registered)."""
+    registry.configure(config.tracking_uri)
+    run_name = f"inventory-backtest-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    with registry.tracked_run(config.registry.experiment_name, config.artifact_root, run_name,
+                              tags={"pipeline": "inventory-backtest"}) as run:
+        registry.log_params(_flatten(config.model_dump(mode="json", include={"inventory", "window", "model"})))
+        registry.log_metrics(report.metrics())
+        registry.log_artifact(report.chart, "inventory")
+        registry.log_artifact(report.table_path, "inventory")
+        registry.log_dict(data_fingerprint(panel), "data_fingerprint.json")
+        return run.url
+

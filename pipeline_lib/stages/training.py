@@ -1,0 +1,140 @@
+"""Train: the evaluation fit (test days unseen), the refit on every day that is served,
+and the PIT recalibration fitted on days the model never trained on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import tf_keras
+
+from pipeline_lib import registry
+from pipeline_lib.config import PipelineConfig
+from pipeline_lib.data.features import actuals_for, build_windows, fit_scalers, part_days, target_transform
+from pipeline_lib.data.validate import Panel
+from pipeline_lib.errors import DataValidationError, TrainingDivergedError
+from pipeline_lib.evaluation import metrics as m
+from pipeline_lib.evaluation.calibration import PitRecalibration
+from pipeline_lib.model.distribute import make_strategy
+from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster
+from pipeline_lib.model.heads import HEADS
+from pipeline_lib.model.training import TrainingResult, train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    """A trained model and how it was trained. ``evaluation_fit``: for a refit (the served
+    model), the training of the evaluation fit whose epoch count and holdout it reuses."""
+
+    model: ForecastModel
+    training: TrainingResult
+    evaluation_fit: TrainingResult | None = None
+
+
+def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
+    """The evaluation fit: scalers fitted on each series' training part, then the Bayesian
+    LSTM (ELBO, early stopping on the validation days); the test days stay unseen, so its
+    holdout metrics measure the training procedure (see :func:`refit`)."""
+    fractional = next((s for s in panel.series if not np.array_equal(s.target, np.round(s.target))), None)
+    head = HEADS.get(config.model.head)  # None for "auto", resolved from the data below
+    if head is not None and head.needs_counts and fractional is not None:
+        raise DataValidationError(f"{panel.source}: series {fractional.series_id!r} has non-integer targets; "
+                                  f"model.head {config.model.head!r} needs whole numbers (use normal or student_t)")
+    zero_share = float(np.mean(np.concatenate([s.target for s in panel.series]) == 0))
+    model_config = config.resolved_model(targets_are_counts=fractional is None, zero_share=zero_share)
+    if config.model.head == "auto":
+        log.info("head: %s (auto: %s targets, %.0f%% zero days)", model_config.head,
+                 "whole-number" if fractional is None else "fractional", 100 * zero_share)
+    scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
+                                config.model.level_days,
+                                weekday_profile=config.model.weekday_profile)
+    train_windows = build_windows(panel, scalers, spec, config.window, "train")
+    validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
+    log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
+    strategy = make_strategy(config.train.distribute, config.train.devices)
+    # Python's, NumPy's and TensorFlow's generators: tf_keras draws the seeds of unseeded
+    # initializers from Python's `random`, so TensorFlow's seed alone leaves the initial
+    # weights different in every process.
+    tf_keras.utils.set_random_seed(config.train.seed)
+    with strategy.scope():  # the network's variables must live on the strategy's devices
+        model = ForecastModel.create(spec, scalers, model_config)
+    try:
+        result = train_model(model.network, train_windows, validation_windows, config.train, progress=progress,
+                             strategy=strategy)
+    except TrainingDivergedError as exc:
+        record_failure(config, "train", exc)
+        raise
+    if config.evaluation.recalibrate:
+        model.calibration = fit_recalibration(config, model, panel)
+    return TrainedModel(model=model, training=result)
+
+
+def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: bool = True) -> TrainedModel:
+    """The model that is served: the evaluation fit's configuration trained on *every* day
+    (scalers refitted too) for the number of epochs its early stopping chose, so the
+    weights learn the latest weeks, which the evaluation fit held out (scikit-learn's
+    ``refit=True``). Its recalibration is fitted on the evaluation fit's out-of-sample
+    predictions of the holdout (validation and test days): no refitted model has unseen days
+    left to calibrate on. The holdout metrics of ``fitted`` describe this model's procedure.
+    """
+    scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
+                                config.model.level_days, part="all",
+                                weekday_profile=config.model.weekday_profile)
+    windows = build_windows(panel, scalers, spec, config.window, "all")
+    log.info("refitting on all %d windows for %d epochs", len(windows), fitted.training.best_epoch)
+    strategy = make_strategy(config.train.distribute, config.train.devices)
+    tf_keras.utils.set_random_seed(config.train.seed)
+    with strategy.scope():  # the evaluation fit's model config: its resolved head
+        model = ForecastModel.create(spec, scalers, fitted.model.model_config)
+    try:
+        result = train_model(model.network, windows, None, config.train, progress=progress, strategy=strategy,
+                             epochs=fitted.training.best_epoch)
+    except TrainingDivergedError as exc:
+        record_failure(config, "refit", exc)
+        raise
+    if config.evaluation.recalibrate:
+        model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout")
+    return TrainedModel(model=model, training=result, evaluation_fit=fitted.training)
+
+
+def fit_served(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
+    """What a training run serves for ``panel``: the refit on every day (``train.refit``),
+    else the evaluation fit itself."""
+    fitted = train(config, panel, progress=progress)
+    return refit(config, panel, fitted, progress=progress) if config.train.refit else fitted
+
+
+def backtest_model(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:
+    """The model a backtest of ``panel``'s test days judges: with ``train.refit``, the served
+    model trained (evaluation fit + refit) on every day before them, as a training run on
+    that day would have made it; without, the evaluation fit of ``panel`` itself (trained on
+    its training part, early-stopped on its validation days)."""
+    if not config.train.refit:
+        return train(config, panel, progress=progress)
+    n_test = config.window.test_days
+    known = panel.truncate([len(s) - n_test for s in panel.series])
+    return fit_served(config, known, progress=progress)
+
+
+def record_failure(config: PipelineConfig, stage: str, error: BaseException) -> str | None:
+    """Leave a FAILED run in MLflow saying which stage stopped and why (nothing registered)."""
+    registry.configure(config.tracking_uri)
+    return registry.record_failed_run(config.registry.experiment_name, config.artifact_root,
+                                      f"failed-{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}", stage, str(error))
+
+
+def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
+                      part: str = "validation") -> PitRecalibration:
+    """PIT recalibration from ``model``'s one-day-ahead forecasts of days it never trained
+    on: the ``validation`` days (an evaluation fit, which keeps the test days for scoring),
+    or the ``holdout`` (validation + test days, for the refit served in its place)."""
+    days = part_days(panel, config.window, part)
+    sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
+                             calibrated=False)
+    actuals, _ = actuals_for(panel, days)
+    return PitRecalibration.fit(m.probability_integral_transform(actuals, sampled.samples))
+

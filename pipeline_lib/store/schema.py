@@ -1,0 +1,90 @@
+"""The forecast store's tables (SQLAlchemy Core) and the migrations between schema versions.
+
+See :mod:`pipeline_lib.store` for what each table holds and which key makes a rerun safe.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from pipeline_lib.contract import QUANTILE_COLUMNS
+
+SCHEMA_VERSION = 3
+
+# Columns (table, column, SQL type) that take a store from version ``v - 1`` to ``v``.
+# Each is added only if missing: SQLite commits DDL as it goes, so a migration that died
+# half-way is simply finished by the next run.
+MIGRATIONS = {
+    2: (("forecasts", "order_up_to", "FLOAT"), ("forecasts", "safety_stock", "FLOAT")),
+    3: (("retrain_events", "claimed_at", "TIMESTAMP"),),
+}
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "schema_info", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+)
+
+forecasts = sa.Table(
+    "forecasts", metadata,
+    sa.Column("run_date", sa.Date, primary_key=True),
+    sa.Column("series_id", sa.String(200), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("horizon", sa.Integer, nullable=False),
+    sa.Column("model_version", sa.String(50), nullable=False),
+    sa.Column("mean", sa.Float, nullable=False),
+    sa.Column("std", sa.Float, nullable=False),
+    *(sa.Column(name, sa.Float, nullable=False) for name in QUANTILE_COLUMNS),
+    # Order-up-to level and safety stock for an order placed that day (schema version 2).
+    sa.Column("order_up_to", sa.Float),
+    sa.Column("safety_stock", sa.Float),
+    sa.Index("ix_forecasts_date", "date"),
+)
+
+actuals = sa.Table(
+    "actuals", metadata,
+    sa.Column("series_id", sa.String(200), primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    sa.Column("actual", sa.Float, nullable=False),
+)
+
+coverage_daily = sa.Table(
+    "coverage_daily", metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("scope", sa.String(100), primary_key=True),
+    sa.Column("level", sa.Float, primary_key=True),
+    sa.Column("model_version", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # ok | partial | pending
+    sa.Column("picp", sa.Float),  # NULL while pending
+    sa.Column("mpiw", sa.Float),
+    sa.Column("n", sa.Integer, nullable=False),  # forecasts with an actual
+    sa.Column("expected", sa.Integer, nullable=False),  # forecasts that targeted the day
+    sa.Column("breach", sa.Boolean),
+)
+
+alerts = sa.Table(
+    "alerts", metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("kind", sa.String(30), primary_key=True),  # breach | retrain | error
+    sa.Column("model_version", sa.String(50), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("report", sa.Text),
+)
+
+retrain_events = sa.Table(
+    "retrain_events", metadata,
+    sa.Column("streak_start", sa.Date, primary_key=True),
+    sa.Column("triggered_on", sa.Date, nullable=False),
+    sa.Column("mode", sa.String(20), nullable=False),
+    sa.Column("champion_before", sa.String(50), nullable=False),
+    # started (retraining in the claiming process) | dispatched (to the training deployment)
+    # | completed | failed
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("new_version", sa.String(50)),
+    sa.Column("promoted", sa.Boolean),
+    sa.Column("detail", sa.Text),
+    sa.Column("claimed_at", sa.DateTime),  # UTC wall clock; NULL on claims made before schema 3
+)
+
+TABLES = ("forecasts", "actuals", "coverage_daily", "alerts", "retrain_events")

@@ -1,0 +1,73 @@
+"""Features, scaling and the panel operations, against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from support import synthetic_demand
+
+from pipeline_lib.config import DataConfig, WindowConfig
+from pipeline_lib.data.features import (
+    LAG_COLUMN,
+    N_WEEKDAYS,
+    OBSERVED_COLUMN,
+    feature_rows,
+    fit_scalers,
+    forward_transform,
+    inverse_transform,
+    target_transform,
+)
+from pipeline_lib.data.validate import validate_table
+
+WINDOW = WindowConfig(context_length=14, validation_days=14, test_days=7, min_train_days=14)
+
+
+@pytest.fixture
+def panel():
+    return validate_table(synthetic_demand(n_series=3, n_days=60), DataConfig(), min_days=1)
+
+
+def test_the_feature_layout_names_every_column(panel):
+    """Lag, observed flag, covariates, weekday one-hot, magnitude: at the columns the layout
+    says, for every row of a series (row r is day r - L)."""
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True))
+    series = panel.series[1]
+    scaler = scalers[series.series_id]
+    rows = feature_rows(series, scaler, spec)
+    L = spec.context_length
+    assert rows.shape == (L + len(series) + 1, spec.num_features)
+    assert spec.covariate_columns == slice(2, 3) and spec.weekday_columns == slice(3, 3 + N_WEEKDAYS)
+    assert spec.magnitude_column == spec.num_features - 1 == 3 + N_WEEKDAYS
+    # Day t (row t + L) reads the target of day t - 1, standardised; padding rows are zeros.
+    np.testing.assert_allclose(rows[L + 1:, LAG_COLUMN], scaler.forward(series.target), rtol=1e-6)
+    assert (rows[:L + 1, OBSERVED_COLUMN] == 0).all() and (rows[L + 1:, OBSERVED_COLUMN] == 1).all()
+    np.testing.assert_allclose(rows[L + 1:, spec.covariate_columns][:, 0], scaler.scale_covariates(
+        series.covariates)[:, 0], rtol=1e-6)
+    weekdays = series.dates[0].dayofweek + np.arange(-L, len(series) + 1)
+    assert (rows[:, spec.weekday_columns].argmax(axis=1) == weekdays % 7).all()
+    assert np.unique(rows[:, spec.magnitude_column]).size == 1
+
+
+def test_transforms_round_trip_and_clip():
+    y = np.array([0.0, 1.0, 7.0, 250.0])
+    np.testing.assert_allclose(forward_transform(y, "log1p"), np.log1p(y))
+    np.testing.assert_allclose(inverse_transform((np.log1p(y) - 1.0) / 2.0, 1.0, 2.0, "log1p"), y, rtol=1e-12)
+    assert forward_transform(np.array([-3.0]), "log1p")[0] == 0.0  # negative demand counts as none
+    assert inverse_transform(np.array([-5.0]), 0.0, 1.0, "log1p")[0] == 0.0
+    np.testing.assert_allclose(inverse_transform(forward_transform(-y, "none"), 0.0, 1.0, "none"), -y)
+    assert target_transform(True) == "log1p" and target_transform(False) == "none"
+
+
+def test_panel_truncate_until_and_chunks(panel):
+    cut = panel.truncate([10, 20, 30])
+    assert [len(s) for s in cut.series] == [10, 20, 30]
+    np.testing.assert_array_equal(cut.series[1].target, panel.series[1].target[:20])
+    day = panel.series[0].dates[9]
+    until = panel.until(day)
+    assert all(s.dates[-1] == day and len(s) == 10 for s in until.series)
+    assert panel.until(panel.series[0].dates[0] - pd.Timedelta(days=1)).series == ()  # nothing known yet
+    chunks = panel.chunks(2)
+    assert [len(c.series) for c in chunks] == [2, 1]
+    assert [s.series_id for c in chunks for s in c.series] == panel.series_ids
+    assert all(c.source == panel.source and c.covariate_names == panel.covariate_names for c in chunks)
