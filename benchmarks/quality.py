@@ -18,7 +18,9 @@ Models: ``naive`` seasonal naive (period 7) with empirical residual quantiles; `
 ``arima`` statsforecast AutoETS / AutoARIMA (extra ``bench``); ``oracle`` the true
 predictive distribution (synthetic data only: the physical limit); ``lstm`` the served
 Bayesian LSTM (``lstm_raw``: before recalibration); ``mc_dropout`` an MC-dropout LSTM
-(Uber 2017) on the same windows.
+(Uber 2017) on the same windows. With ``--combine``: ``lstm+ets_pool`` / ``lstm+ets_vincent``
+(and the same with ``arima``), equal-weight combinations of the served LSTM with the peer,
+as a 50/50 mixture and as the average of the two quantile functions.
 
 Metrics: PICP 80/90/95 (pooled over folds and seeds) and the same on days with demand
 (``_nonzero``), ``crps_scaled`` (2 x mean pinball over the 23 levels, per series divided by
@@ -117,6 +119,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="override, e.g. model.head=count")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--multi-day", action="store_true", help="also score 28-day sample paths")
+    parser.add_argument("--combine", action="store_true", help="also score equal-weight combinations of the "
+                        "LSTM with each statistical peer run (pool and quantile average)")
     parser.add_argument("--plots", type=Path, default=None, help="write the calibration PNG here")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
@@ -162,6 +166,16 @@ class Runs:
               f"picp90 {metrics['picp_90']:.3f} ({seconds:.1f} s)", file=sys.stderr, flush=True)
 
 
+def combinations(ours: np.ndarray, theirs: np.ndarray) -> dict[str, np.ndarray]:
+    """Equal-weight combinations of two predictive distributions, as K samples each:
+    ``pool`` the linear pool (a 50/50 mixture: K/2 evenly spaced order statistics of each),
+    ``vincent`` the average of their quantile functions (Vincentization: the mean of the
+    two sorted sample sets at the same K levels; keeps the sharpness a pool loses)."""
+    k = ours.shape[0]
+    pool = np.concatenate([_resample(ours, k // 2), _resample(theirs, k - k // 2)], axis=0)
+    return {"pool": pool, "vincent": 0.5 * (_resample(ours, k) + _resample(theirs, k))}
+
+
 def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: list[int], runs: Runs) -> None:
     """Score every model on fold ``fold`` (its test window ends ``fold * test_days`` days
     before the data's last day); each LSTM seed trains as a training run on that day would."""
@@ -176,6 +190,8 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
     scales = stages.seasonal_scales(fold_panel, config)
     fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(fold_panel.series)}
 
+    peers: dict[str, tuple[np.ndarray, float]] = {}
+
     def record(model, samples, seconds, seed=None):
         runs.record(model, fold, seed, actuals, samples, series_index, scales, seconds)
 
@@ -187,7 +203,8 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
             print(f"{name} skipped: install the optional peers with pip install -e '.[bench]'", file=sys.stderr)
             continue
         if samples is not None:
-            record(name, samples, time.perf_counter() - start)
+            peers[name] = (samples, time.perf_counter() - start)
+            record(name, samples, peers[name][1])
     if "lstm" not in models and "mc_dropout" not in models:
         return
     for seed in seeds:
@@ -200,6 +217,11 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
             record("lstm", evaluation.sampled.samples, seconds, seed)
             if evaluation.raw_samples is not None:
                 record("lstm_raw", evaluation.raw_samples, seconds, seed)
+            for peer in ("ets", "arima"):
+                if args.combine and peer in peers:
+                    ours, theirs = evaluation.sampled.samples, peers[peer][0]
+                    for how, combined in combinations(ours, theirs).items():
+                        record(f"lstm+{peer}_{how}", combined, seconds + peers[peer][1], seed)
             if args.multi_day:
                 frame = stages.backtest_forecasts(seeded, trained.model, fold_panel, horizon=n_test)
                 scored = score_forecast_table(frame, panel.to_frame())
