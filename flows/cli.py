@@ -10,11 +10,14 @@ written when the input is rejected.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import logging
 import os
+import re
 import sys
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +32,51 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Probabilistic demand forecasting with a Bayesian LSTM.")
 
 USER_ERROR_EXIT = 2
+VERBOSE_ENV = "BAYES_PIPELINE_VERBOSE"
+# TensorFlow's native log lines (absl-formatted I/W/E lines: oneDNN, CUDA probing, CPU
+# features): written by C++ straight to file descriptor 2, so only a redirect hides them.
+NATIVE_LOG_LINE = re.compile(r"^(?:[IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl"
+                                   r"|To enable the following instructions)")
+# The local Prefect API server of a run without PREFECT_API_URL; Prefect waits 20 s for it
+# by default, which a machine busy with training can miss.
+EPHEMERAL_STARTUP_SECONDS = "120"
+
+
+@app.callback()
+def _global_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="also show TensorFlow's native "
+                                                 "log lines")) -> None:
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    elif not os.environ.get(VERBOSE_ENV):
+        _filter_native_stderr()
+
+
+def _filter_native_stderr() -> None:
+    """From here on Python keeps writing to the terminal, while what native code (TensorFlow's
+    C++ logging) writes to file descriptor 2 passes through a filter that drops its
+    absl-formatted lines (oneDNN, CUDA probing, CPU features). Off with ``--verbose``."""
+    terminal = os.dup(2)
+    sys.stderr.flush()
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, errors="backslashreplace")
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as native, os.fdopen(terminal, "wb", buffering=0) as out:
+            for line in native:
+                if not NATIVE_LOG_LINE.match(line.decode(errors="replace")):
+                    out.write(line)
+
+    reader = threading.Thread(target=forward, name="native-stderr-filter", daemon=True)
+    reader.start()
+
+    def close() -> None:  # EOF for the reader (fd 2 was the last write end), then drain it
+        os.dup2(sys.stderr.fileno(), 2)
+        reader.join(timeout=2)
+
+    atexit.register(close)
+
 
 class SourceOptions(NamedTuple):
     """The options every command takes: where the data are and how to read them, the config
@@ -94,16 +142,26 @@ def _prepare_environment(config: PipelineConfig) -> None:
     os.environ.setdefault("PREFECT_HOME", str(prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_SECONDS)
 
 
 def _fail_cleanly(func):
-    """Turn PipelineError into one line on stderr and exit code 2."""
+    """Turn PipelineError, and a local Prefect server that does not start, into one line on
+    stderr and exit code 2."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except PipelineError as exc:
             _say(f"error: {exc}")
+            raise typer.Exit(USER_ERROR_EXIT) from None
+        except RuntimeError as exc:
+            if "ephemeral Prefect API server" not in str(exc):
+                raise
+            seconds = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_SECONDS)
+            _say(f"error: the local Prefect API server did not start within {seconds} s (is the machine busy?); "
+                 "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run `prefect server start` and "
+                 "set PREFECT_API_URL")
             raise typer.Exit(USER_ERROR_EXIT) from None
 
     return wrapper

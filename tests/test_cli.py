@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,3 +150,38 @@ def test_backtest_of_too_short_series_says_how_long_they_must_be(tmp_path):
     panel = validate_table(synthetic_demand(n_series=2, n_days=41), config.data, 1)
     with pytest.raises(DataValidationError, match="need series of at least 42 days; the shortest has 41"):
         stages.rolling_origin_backtest(config, panel, folds=1, horizon=1, progress=False)
+
+
+NATIVE_PROBE = ("import sys, tensorflow as tf\n"
+                "tf.constant(1.0) + 1.0\n"
+                "print('a pipeline line', file=sys.stderr)\n")
+
+
+@pytest.mark.parametrize("filtered", [True, False])
+def test_native_tensorflow_log_lines_are_filtered_unless_verbose(filtered):
+    """What the CLI installs before any command: TensorFlow's C++ start-up lines (written to
+    fd 2, past Python) disappear, the pipeline's own stderr lines stay."""
+    import subprocess
+
+    from flows.cli import NATIVE_LOG_LINE
+
+    setup = "from flows.cli import _filter_native_stderr; _filter_native_stderr()\n" if filtered else ""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", setup + NATIVE_PROBE], capture_output=True, text=True, env=env,
+                            check=True)
+    native = [line for line in result.stderr.splitlines() if NATIVE_LOG_LINE.match(line)]
+    assert "a pipeline line" in result.stderr
+    assert (native == []) if filtered else native, result.stderr  # the control shows there is noise to hide
+
+
+def test_a_prefect_server_that_does_not_start_is_one_error_line(tmp_path, synthetic_csv):
+    import subprocess
+
+    env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1", "PREFECT_API_URL": ""}
+    result = subprocess.run([str(Path(sys.executable).parent / "bayes-pipeline"), "train", "--data",
+                             str(synthetic_csv), "--epochs", "1", "--workdir", str(tmp_path / "w")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did not start within 1 s" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
