@@ -45,10 +45,8 @@ EPHEMERAL_STARTUP_SECONDS = "120"
 @app.callback()
 def _global_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="also show TensorFlow's native "
                                                  "log lines")) -> None:
-    if verbose:
-        os.environ[VERBOSE_ENV] = "1"
-    elif not os.environ.get(VERBOSE_ENV):
-        _filter_native_stderr()
+    """Read by :func:`main` before the command starts (the filter must be in place before
+    TensorFlow loads); declared here for ``--help``."""
 
 
 def _filter_native_stderr() -> None:
@@ -373,6 +371,8 @@ def _write_csv(frame, out: Path) -> None:
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    if not (set(sys.argv[1:2]) & {"--verbose", "-v"} or os.environ.get(VERBOSE_ENV)):
+        _filter_native_stderr()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     app()
 
