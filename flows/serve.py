@@ -33,7 +33,9 @@ def deployments(config: PipelineConfig) -> list:
         if flow is training_pipeline:
             parameters["progress"] = False
         built.append(flow.to_deployment(name=name, cron=cron, parameters=parameters,
-                                        tags=["training"] if cron is None else ["daily"]))
+                                        tags=["training"] if cron is None else ["daily"],
+                                        # one training at a time, as infra/prefect.yaml
+                                        concurrency_limit=1 if flow is training_pipeline else None))
     return built
 
 

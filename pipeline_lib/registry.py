@@ -308,6 +308,24 @@ def set_alias(model_name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(model_name, alias, version)
 
 
+def promote_if_unchanged(model_name: str, version: str, expected: str | None) -> str | None:
+    """Move ``champion`` to ``version`` only if it still points at ``expected`` (the version
+    the promotion gate compared against; None: there was no champion). Returns None when it
+    moved, else the version that holds the alias now (a promotion or rollback in the MLflow
+    UI, or another training run, happened meanwhile: it wins).
+
+    MLflow has no compare-and-set on aliases: the champion is re-read immediately before
+    the move, so the window left is one registry round trip (milliseconds) instead of a
+    training run (minutes). Training runs are also serialised (the training deployment's
+    ``concurrency_limit: 1``).
+    """
+    current = alias_version(model_name, CHAMPION)
+    if current != expected:
+        return current
+    set_alias(model_name, CHAMPION, version)
+    return None
+
+
 def tag_version(model_name: str, version: str, tags: dict[str, str]) -> None:
     c = client()
     for key, value in tags.items():

@@ -102,3 +102,35 @@ def test_miscalibrated_challenger_stays_challenger_and_good_one_is_promoted(smal
     assert fourth.aliases == ("challenger",), fourth.gate
     assert "champion failing live coverage" in fourth.gate and "PICP95" in fourth.gate
     assert registry.alias_version(config.registry.model_name, "champion") == third.version
+
+
+@pytest.mark.model
+def test_a_champion_moved_during_training_is_not_overwritten(small_config, synthetic_csv):
+    """The gate compares against the champion it read; by registration time someone may have
+    moved the alias (a rollback in the MLflow UI) or another training may have promoted its
+    version. Then the new version stays challenger, and says why."""
+    from pipeline_lib.evaluation.gate import GateDecision
+
+    config = small_config.updated(data={"path": synthetic_csv})
+    panel = load_panel(config.data, config.window)
+    trained = stages.train(config, panel, progress=False)
+    evaluation = stages.evaluate(config, trained.model, panel, by_horizon=False)
+    name = config.registry.model_name
+
+    def register(compared_against, promote=True):
+        gate = stages.GateOutcome(GateDecision(promote, ("forced",)), compared_against, None)
+        return stages.register(config, panel, trained, evaluation, [], gate)
+
+    assert "champion" in register(None).aliases  # v1, the first champion
+    assert register("1", promote=False).aliases == ("challenger",)  # v2
+    gate_read_v1 = "1"  # a training starts and its gate reads the champion, v1 ...
+    registry.set_alias(name, "champion", "2")  # ... meanwhile a person promotes v2 in the UI
+    third = register(gate_read_v1)
+    assert third.aliases == ("challenger",) and "champion moved meanwhile" in third.gate
+    assert registry.alias_version(name, "champion") == "2"
+    tags = registry.client().get_model_version(name, third.version).tags
+    assert tags["gate.promote"] == "False" and "from v1 to v2" in tags["gate.superseded"]
+    # Two trainings whose gates both read v2: the first to register promotes, the second waits.
+    first, second = register("2"), register("2")
+    assert "champion" in first.aliases and second.aliases == ("challenger",)
+    assert registry.alias_version(name, "champion") == first.version

@@ -84,6 +84,8 @@ def test_compose_file_is_valid():
 
 
 def test_compose_and_deployments_agree():
+    from pipeline_lib.config import PipelineConfig
+
     compose = _compose()
     deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
     worker = compose["services"]["prefect-worker"]
@@ -98,13 +100,18 @@ def test_compose_and_deployments_agree():
     assert {name: cron for name, (_, cron) in DEPLOYMENTS.items() if cron} == crons
     entrypoints = {d["name"]: d["entrypoint"].split(":")[1] for d in deployments}
     assert {name: flow.fn.__name__ for name, (flow, _) in DEPLOYMENTS.items()} == entrypoints
+    # Trainings are serialised, in both: a second one waits instead of racing to the alias.
+    limits = {d["name"]: d.get("concurrency_limit") for d in deployments}
+    assert limits == {"training-pipeline": 1, "daily-forecast": None, "daily-monitoring": None}
+    from flows.serve import deployments as served
+
+    served_limits = {d.name: d.concurrency_limit for d in served(PipelineConfig())}
+    assert served_limits == limits
     # The worker gets every setting the flows read from the environment ...
     needed = {"MLFLOW_TRACKING_URI", "BAYES_PIPELINE_STORE_URL", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING",
               "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "BAYES_PIPELINE_DATA_ROOTS"}
     assert needed <= set(worker["environment"])
     # ... the monitoring's default training deployment is the one prefect.yaml defines ...
-    from pipeline_lib.config import PipelineConfig
-
     flow_name, deployment = PipelineConfig().monitoring.training_deployment.split("/")
     assert deployment == "training-pipeline" and flow_name == "training_pipeline"
     # ... and every ${VARIABLE} the compose file uses is defined in .env.example.

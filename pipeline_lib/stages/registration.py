@@ -57,8 +57,11 @@ def _register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalu
     with registry.tracked_run(config.registry.experiment_name, config.artifact_root,
                               f"train-{datetime.now(UTC):%Y%m%d-%H%M%S}", tags={"pipeline": "training"}) as run:
         version, aliases, plot_uris = _log_and_register(config, panel, trained, evaluation, plots, gate, run)
+    summary = gate.decision.summary()
+    if gate.decision.promote and registry.CHAMPION not in aliases:
+        summary += "; the champion moved meanwhile: kept as challenger"
     return TrainingOutcome(run.run_id, run.url, config.registry.model_name, version, tuple(aliases),
-                           evaluation.metrics, gate.decision.summary(), plot_uris)
+                           evaluation.metrics, summary, plot_uris)
 
 
 def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
@@ -98,8 +101,16 @@ def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedMode
     aliases = [registry.CHALLENGER]
     registry.set_alias(name, registry.CHALLENGER, version)
     if gate.decision.promote:
-        registry.set_alias(name, registry.CHAMPION, version)
-        aliases.append(registry.CHAMPION)
+        now = registry.promote_if_unchanged(name, version, gate.champion_version)
+        if now is None:
+            aliases.append(registry.CHAMPION)
+        else:  # the gate's comparison no longer holds: the new version waits as challenger
+            compared = f"v{gate.champion_version}" if gate.champion_version else "no champion"
+            why = (f"champion moved from {compared} to v{now} while this version trained; kept as challenger "
+                   "(promote it by hand in the MLflow UI if it should serve)")
+            log.warning("version %s of %s: %s", version, name, why)
+            registry.tag_version(name, version, {"gate.promote": "False", "gate.superseded": why})
+            registry.set_tags({"gate.promote": "False", "gate.superseded": why})
     return version, aliases, plot_uris
 
 
