@@ -1,4 +1,5 @@
-"""Alert delivery shared by the daily flows: a Prefect event plus the configured notifications."""
+"""Alert delivery shared by the daily flows: the store's outbox sent as a Prefect event plus
+the configured notifications (pipeline_lib.monitoring.alerts.deliver_pending)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,34 @@ from prefect import get_run_logger, task
 from prefect.events import emit_event
 
 from flows.common import NO_CACHE_TASK
+from pipeline_lib.config import PipelineConfig
 from pipeline_lib.errors import PipelineError
-from pipeline_lib.monitoring.alerts import Alert, notify
+from pipeline_lib.monitoring.alerts import Alert, Delivery, deliver_pending, notify
+from pipeline_lib.store import ForecastStore
 
 
-@task(name="send_alert", retries=1, **NO_CACHE_TASK)
-def send_alert(alert: Alert) -> list[str]:
-    """A Prefect event (for automations) and the configured notifications."""
+def _send(alert: Alert) -> list[str]:
+    """A Prefect event (for automations) and the configured notifications; returns the
+    destinations that failed."""
     emit_event(event=f"bayes-pipeline.alert.{alert.kind}",
                resource={"prefect.resource.id": f"bayes-pipeline.monitoring.{alert.day}",
                          "prefect.resource.name": f"coverage {alert.day}"},
                payload=alert.payload())
-    failed = notify(alert)
-    if failed:
-        get_run_logger().warning("alert for %s not delivered to %s", alert.day, ", ".join(failed))
-    return failed
+    return notify(alert)
+
+
+@task(name="deliver_alerts", **NO_CACHE_TASK)
+def deliver_alerts(config: PipelineConfig) -> Delivery:
+    """Send the outbox: this run's alerts and any earlier run could not deliver."""
+    store = ForecastStore(config.store_url).create()
+    try:
+        delivery = deliver_pending(store, _send)
+    finally:
+        store.dispose()
+    if delivery.retried or delivery.undeliverable:
+        get_run_logger().warning("%d alert(s) not delivered (retried by the next run), %d given up",
+                                 len(delivery.retried), len(delivery.undeliverable))
+    return delivery
 
 
 def retry_unless_user_error(task, task_run, state) -> bool:

@@ -15,7 +15,7 @@ import functools
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_table_artifact
 
-from flows.alerting import retry_unless_user_error, send_alert
+from flows.alerting import deliver_alerts, retry_unless_user_error
 from flows.common import NO_CACHE_TASK, ingest
 from flows.runners import task_runner
 from pipeline_lib import registry
@@ -23,7 +23,7 @@ from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.errors import ModelLoadError
 from pipeline_lib.forecasting import daily
-from pipeline_lib.monitoring.alerts import Alert
+from pipeline_lib.monitoring.alerts import check_destinations
 from pipeline_lib.store import ForecastStore
 
 
@@ -72,6 +72,7 @@ def daily_forecast_flow(config: PipelineConfig = PipelineConfig(),
                         run_date: dt.date | None = None) -> daily.ForecastRun:
     """Forecast ``run_date`` (default: the day after the data's last day) and the following
     ``serving.horizon - 1`` days for every series with the champion model."""
+    check_destinations()
     raw = ingest(config)
     panel = validate_table(raw, config.data, min_days=1)
     if run_date is None:
@@ -100,7 +101,7 @@ def _alert_model_error(config: PipelineConfig, run_date: dt.date, error: ModelLo
                f"({error}); move the champion alias to a healthy version in the MLflow UI")
     store = ForecastStore(config.store_url).create()
     try:
-        if store.add_alert(run_date, "error", "champion", message):
-            send_alert(Alert("error", run_date, "champion", message))
+        store.add_alert(run_date, "error", "champion", message)
     finally:
         store.dispose()
+    deliver_alerts(config)

@@ -17,14 +17,14 @@ import datetime as dt
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.alerting import send_alert
+from flows.alerting import deliver_alerts
 from flows.common import NO_CACHE_TASK, ingest
 from flows.training import training_pipeline
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import daily
-from pipeline_lib.monitoring.alerts import Alert
+from pipeline_lib.monitoring.alerts import Alert, check_destinations
 from pipeline_lib.monitoring.retrain import respond_and_record
 from pipeline_lib.store import ForecastStore
 
@@ -98,16 +98,14 @@ def _dispatcher(config: PipelineConfig, request: daily.RetrainRequest):
 
 
 def _retrain_and_record(config: PipelineConfig, request: daily.RetrainRequest, panel) -> Alert:
-    """Retrain (:func:`pipeline_lib.monitoring.retrain.respond_and_record`) and send the alert;
-    a failed retrain is recorded and alerted too, then fails the flow."""
+    """Retrain (:func:`pipeline_lib.monitoring.retrain.respond_and_record`; its alert goes into
+    the outbox); a failed retrain is recorded and alerted too, then fails the flow."""
     store = ForecastStore(config.store_url).create()
     try:
         record = respond_and_record(config, store, request, panel, _dispatcher(config, request),
                                     lambda: training_pipeline(config, progress=False, champion_failing=True))
     finally:
         store.dispose()
-    if record.alert_is_new:
-        send_alert(record.alert)
     if record.failure is not None:
         raise record.failure
     return record.alert
@@ -117,6 +115,7 @@ def _retrain_and_record(config: PipelineConfig, request: daily.RetrainRequest, p
 def daily_monitoring_flow(config: PipelineConfig = PipelineConfig(), day: dt.date | None = None) -> daily.MonitoringRun:
     """Monitor ``day`` (default: yesterday)."""
     logger = get_run_logger()
+    check_destinations()
     day = day or dt.date.today() - dt.timedelta(days=1)
     panel = validate_table(ingest(config), config.data, min_days=1)
     version, reference_end = champion_version(config)
@@ -126,10 +125,11 @@ def daily_monitoring_flow(config: PipelineConfig = PipelineConfig(), day: dt.dat
         logger.info(decision.describe(config.monitoring.consecutive_days))
     if run.drift is not None:
         logger.info("drift: %s (%s)", run.drift.describe(), run.drift.report_path)
-    for alert in run.alerts:
-        send_alert(alert)
-    if run.retrain is not None:
-        logger.info(_retrain_and_record(config, run.retrain, panel).message)
+    try:
+        if run.retrain is not None:
+            logger.info(_retrain_and_record(config, run.retrain, panel).message)
+    finally:  # the day's alerts, the retrain's (even a failed one) and any left undelivered
+        deliver_alerts(config)
     link = log_monitoring(config, run)
     _publish(config, run, link)
     return run

@@ -52,14 +52,21 @@ def level_following_demand(n_series: int = 30, n_days: int = 160, seed: int = 0,
 
 
 @contextmanager
-def webhook_receiver(path: str = "/alerts"):
-    """A JSON endpoint on 127.0.0.1 for alert tests: yields its URL and the received bodies."""
+def webhook_receiver(path: str = "/alerts", failures: int = 0):
+    """A JSON endpoint on 127.0.0.1 for alert tests: yields its URL and the received bodies.
+    The first ``failures`` requests get a 503 (and are not counted as received)."""
     received: list[dict] = []
+    refused = {"n": 0}
 
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if refused["n"] < failures:
+                refused["n"] += 1
+                self.send_response(503)
+            else:
+                received.append(body)
+                self.send_response(204)
             self.end_headers()
 
         def log_message(self, *args):

@@ -236,8 +236,12 @@ def test_evidently_sees_target_drift_only_after_a_shift(tmp_path, factor, drifte
     assert summary.report_path.stat().st_size > 10_000 and "<html" in summary.report_path.read_text()[:2000].lower()
 
 
-@pytest.mark.parametrize("dropped", [("forecasts.order_up_to", "forecasts.safety_stock", "retrain_events.claimed_at"),
-                                     ("forecasts.safety_stock", "retrain_events.claimed_at")],
+OUTBOX_COLUMNS = ("alerts.details", "alerts.status", "alerts.attempts", "alerts.last_error")
+
+
+@pytest.mark.parametrize("dropped", [("forecasts.order_up_to", "forecasts.safety_stock", "retrain_events.claimed_at",
+                                      *OUTBOX_COLUMNS),
+                                     ("forecasts.safety_stock", "retrain_events.claimed_at", *OUTBOX_COLUMNS)],
                          ids=["version 1", "died half-way through migration 2"])
 def test_a_version_1_store_is_migrated_in_place(tmp_path, dropped):
     import sqlalchemy as sa
@@ -257,9 +261,10 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path, dropped):
     stored = store.table("forecasts")
     assert stored["order_up_to"].tolist()[:2] == [30.0, 25.0] and pd.isna(stored["order_up_to"].iloc[2])
     with engine.connect() as conn:
-        assert sorted(conn.execute(sa.text("SELECT version FROM schema_info")).scalars()) == [1, 2, 3]
+        assert sorted(conn.execute(sa.text("SELECT version FROM schema_info")).scalars()) == [1, 2, 3, 4]
     assert store.claim_retrain(day(0), day(2), "subflow", "1", dt.timedelta(hours=6))
     assert store.table("retrain_events")["claimed_at"].notna().all()
+    assert store.add_alert(day(0), "breach", "1", "m") and len(store.undelivered_alerts()) == 1  # the outbox
     store.dispose()
     engine.dispose()
 
@@ -301,3 +306,47 @@ def test_the_default_rule_never_fires_on_calibrated_intervals_and_fires_on_narro
     else:
         assert min(pic) >= 0.9 and claims.empty and not any(run.alerts for run in runs), pic
         assert 0.94 <= np.mean(pic) <= 0.98, np.mean(pic)  # honest, not trivially wide
+
+
+def test_alerts_wait_in_the_outbox_until_every_destination_took_them(tmp_path, monkeypatch):
+    """A breach alert whose webhook is down stays ``pending`` and is resent by each later
+    run until it goes through; one that can never be delivered is given up after
+    ALERT_MAX_ATTEMPTS runs. Nothing is sent twice."""
+    store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    store.add_alert(day(0), "breach", "1", "coverage 80% below 90%", details={"picp": 0.8})
+
+    def status():
+        row = store.table("alerts").set_index("kind").loc["breach"]
+        return row["status"], row["attempts"]
+
+    with webhook_receiver(failures=2) as (url, received):
+        monkeypatch.setenv(alerts.WEBHOOKS_ENV, url)
+        first = alerts.deliver_pending(store, alerts.notify)  # the run that raised it: 503
+        assert len(first.retried) == 1 and status() == ("pending", 1) and received == []
+        alerts.deliver_pending(store, alerts.notify)  # the next day's run: 503 again
+        assert status() == ("pending", 2)
+        third = alerts.deliver_pending(store, alerts.notify)  # delivered
+        assert [a.kind for a in third.sent] == ["breach"] and status() == ("sent", 3)
+        assert len(received) == 1 and received[0]["details"] == {"picp": 0.8}
+        assert alerts.deliver_pending(store, alerts.notify) == alerts.Delivery()  # nothing left to send
+        assert len(received) == 1
+    monkeypatch.setenv(alerts.WEBHOOKS_ENV, "http://127.0.0.1:9/down")  # nothing listens on port 9
+    store.add_alert(day(1), "retrain", "1", "retraining")
+    for _ in range(alerts.ALERT_MAX_ATTEMPTS):
+        last = alerts.deliver_pending(store, alerts.notify)
+    assert len(last.undeliverable) == 1
+    row = store.table("alerts").set_index("kind").loc["retrain"]
+    assert row["status"] == "undeliverable" and row["attempts"] == alerts.ALERT_MAX_ATTEMPTS
+    assert alerts.deliver_pending(store, alerts.notify) == alerts.Delivery()  # given up for good
+    store.dispose()
+
+
+def test_a_malformed_webhook_url_is_a_configuration_error_at_start(monkeypatch):
+    from pipeline_lib.errors import ConfigError
+
+    monkeypatch.setenv(alerts.WEBHOOKS_ENV, "https://hooks.example.com/a,hooks.example.com/secret-token")
+    with pytest.raises(ConfigError, match=r"URL 2 of 2 is not an http\(s\) URL") as error:
+        alerts.check_destinations()
+    assert "secret-token" not in str(error.value)
+    monkeypatch.setenv(alerts.WEBHOOKS_ENV, "https://hooks.example.com/a")
+    alerts.check_destinations()

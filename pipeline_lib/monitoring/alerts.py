@@ -9,7 +9,11 @@ Destinations come from the environment, never from config files (they carry toke
   ``mailto://...``, ``msteams://...``); sent with Apprise (installed with Prefect).
 
 A failing destination is logged and reported back, never raised: an alert that cannot be
-delivered must not stop the monitoring that produced it.
+delivered must not stop the monitoring that produced it. Alerts go through an outbox: the
+monitoring records each one in the store's ``alerts`` table as ``pending``, and
+:func:`deliver_pending` sends every pending alert, this run's and earlier runs' undelivered
+ones, until all destinations took it (``sent``) or ``ALERT_MAX_ATTEMPTS`` runs have tried
+(``undeliverable``).
 """
 
 from __future__ import annotations
@@ -20,12 +24,19 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from pipeline_lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 WEBHOOKS_ENV = "BAYES_PIPELINE_ALERT_WEBHOOKS"
 APPRISE_ENV = "BAYES_PIPELINE_APPRISE_URLS"
+ALERT_MAX_ATTEMPTS = 5  # delivery attempts (one per monitoring or forecast run) before giving up
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,46 @@ def destinations() -> tuple[list[str], list[str]]:
     return _split(os.environ.get(WEBHOOKS_ENV)), _split(os.environ.get(APPRISE_ENV))
 
 
+def check_destinations() -> None:
+    """Fail at the start of a run, not at its first alert, on a webhook URL that cannot be a
+    destination (the flows call this first).
+
+    Raises:
+        ConfigError: naming the variable and the position of the bad URL (never the URL
+            itself: it may carry a token).
+    """
+    webhooks, _ = destinations()
+    for position, url in enumerate(webhooks, start=1):
+        parts = urlparse(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"${WEBHOOKS_ENV}: URL {position} of {len(webhooks)} is not an http(s) URL with a "
+                              "host; alerts could not be delivered to it")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One pass over the outbox: what was sent, what will be retried, what was given up."""
+
+    sent: tuple[Alert, ...] = ()
+    retried: tuple[Alert, ...] = ()
+    undeliverable: tuple[Alert, ...] = ()
+
+
+def deliver_pending(store, send: Callable[[Alert], list[str]],
+                    max_attempts: int = ALERT_MAX_ATTEMPTS) -> Delivery:
+    """Send every ``pending`` alert of ``store`` with ``send`` (returns the destinations that
+    failed) and record each attempt; oldest first."""
+    outcome: dict[str, list[Alert]] = {"sent": [], "pending": [], "undeliverable": []}
+    for row in store.undelivered_alerts().to_dict("records"):
+        alert = Alert(row["kind"], pd.Timestamp(row["day"]).date(), row["model_version"], row["message"],
+                      row["report"], json.loads(row["details"] or "{}"))
+        status = store.record_delivery(alert.day, alert.kind, send(alert), max_attempts)
+        outcome[status].append(alert)
+        if status == "undeliverable":
+            log.error("alert %s of %s given up after %d attempts", alert.kind, alert.day, max_attempts)
+    return Delivery(tuple(outcome["sent"]), tuple(outcome["pending"]), tuple(outcome["undeliverable"]))
+
+
 def notify(alert: Alert, timeout: float = 10.0) -> list[str]:
     """Send ``alert`` everywhere configured; returns the destinations that failed."""
     webhooks, apprise_urls = destinations()
@@ -89,7 +140,5 @@ def notify(alert: Alert, timeout: float = 10.0) -> list[str]:
 
 def _host(url: str) -> str:
     """A URL without path and query (they may hold tokens), for logs."""
-    from urllib.parse import urlparse
-
     parts = urlparse(url)
     return f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.port else f"{parts.scheme}://{parts.hostname}"

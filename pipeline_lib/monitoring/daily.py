@@ -126,10 +126,9 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
             report = _report_for(config, store, panel, d, day, drift, reference_end, report_dir)
             message = breach_message(d, row["picp"], level, mon.pic_threshold, decision.streak_length,
                                      mon.consecutive_days, row["model_version"], report)
-            if store.add_alert(d, "breach", row["model_version"], message, report):
-                run.alerts.append(Alert("breach", d, row["model_version"], message, report,
-                                        {"picp": row["picp"], "threshold": mon.pic_threshold,
-                                         "streak": decision.streak_length}))
+            details = {"picp": row["picp"], "threshold": mon.pic_threshold, "streak": decision.streak_length}
+            if store.add_alert(d, "breach", row["model_version"], message, report, details):
+                run.alerts.append(Alert("breach", d, row["model_version"], message, report, details))
         if decision.retrain and run.retrain is None and mon.retrain != "off":
             # Keyed by the policy's claim key and dated on the key's N-th day, whichever run
             # gets here first (both are the same for a run of any later day).

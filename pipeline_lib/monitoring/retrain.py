@@ -73,5 +73,5 @@ def respond_and_record(config: PipelineConfig, store: ForecastStore, request: Re
         result = RetrainResult(f"retraining failed ({exc.__class__.__name__}: {exc}); the champion is unchanged")
         store.finish_retrain(request.streak_start, "failed", detail=result.text)
     alert = retrain_alert(request, result.text, config.monitoring.consecutive_days)
-    is_new = store.add_alert(alert.day, alert.kind, alert.model_version, alert.message)
+    is_new = store.add_alert(alert.day, alert.kind, alert.model_version, alert.message, details=alert.details)
     return RetrainRecord(alert, is_new, failure)

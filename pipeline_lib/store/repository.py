@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 from pathlib import Path
 
@@ -190,10 +191,31 @@ class ForecastStore:
         return self._frame(query)
 
     # --- alerts and retrains ---------------------------------------------------------------
-    def add_alert(self, day, kind: str, model_version: str, message: str, report: str | None = None) -> bool:
-        """Record an alert; False if this day already has one of this kind (a rerun)."""
+    def add_alert(self, day, kind: str, model_version: str, message: str, report: str | None = None,
+                  details: dict | None = None) -> bool:
+        """Record an alert in the outbox (``pending``); False if this day already has one of
+        this kind (a rerun)."""
         return self._insert_once(alerts, day=as_day(day), kind=kind, model_version=str(model_version),
-                                 message=message, report=report)
+                                 message=message, report=report, details=json.dumps(details or {}, default=str),
+                                 status="pending", attempts=0)
+
+    @_retried
+    def undelivered_alerts(self) -> pd.DataFrame:
+        """The outbox: alerts still ``pending``, oldest first."""
+        query = sa.select(alerts).where(alerts.c.status == "pending").order_by(alerts.c.day, alerts.c.kind)
+        return self._frame(query)
+
+    @_retried
+    def record_delivery(self, day, kind: str, failed: list[str], max_attempts: int) -> str:
+        """After one attempt to send an alert: ``sent`` when no destination failed, else one
+        more attempt counted (``undeliverable`` after ``max_attempts``). Returns the status."""
+        key = (alerts.c.day == as_day(day)) & (alerts.c.kind == kind)
+        with self.engine.begin() as conn:
+            attempts = (conn.execute(sa.select(alerts.c.attempts).where(key)).scalar() or 0) + 1
+            status = "sent" if not failed else ("undeliverable" if attempts >= max_attempts else "pending")
+            conn.execute(alerts.update().where(key).values(
+                status=status, attempts=attempts, last_error=", ".join(failed) or None))
+        return status
 
     @_retried
     def alert_days(self, kind: str) -> set[dt.date]:

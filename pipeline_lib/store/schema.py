@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from pipeline_lib.contract import QUANTILE_COLUMNS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Columns (table, column, SQL type) that take a store from version ``v - 1`` to ``v``.
 # Each is added only if missing: SQLite commits DDL as it goes, so a migration that died
@@ -17,6 +17,8 @@ SCHEMA_VERSION = 3
 MIGRATIONS = {
     2: (("forecasts", "order_up_to", "FLOAT"), ("forecasts", "safety_stock", "FLOAT")),
     3: (("retrain_events", "claimed_at", "TIMESTAMP"),),
+    4: (("alerts", "details", "TEXT"), ("alerts", "status", "VARCHAR(20)"), ("alerts", "attempts", "INTEGER"),
+        ("alerts", "last_error", "TEXT")),
 }
 
 metadata = sa.MetaData()
@@ -70,6 +72,13 @@ alerts = sa.Table(
     sa.Column("model_version", sa.String(50), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("report", sa.Text),
+    # The outbox (schema version 4): pending until every destination took it, resent by
+    # each later run until then, at most ALERT_MAX_ATTEMPTS times (then undeliverable).
+    # NULL: an alert recorded before version 4 (it was sent then, or never will be).
+    sa.Column("details", sa.Text),  # JSON of Alert.details
+    sa.Column("status", sa.String(20)),  # pending | sent | undeliverable
+    sa.Column("attempts", sa.Integer),
+    sa.Column("last_error", sa.Text),
 )
 
 retrain_events = sa.Table(
