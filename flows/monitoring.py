@@ -25,7 +25,7 @@ from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import daily
 from pipeline_lib.monitoring.alerts import Alert, check_destinations
-from pipeline_lib.monitoring.retrain import respond_and_record
+from pipeline_lib.monitoring.retrain import respond_and_record, settle_dispatched
 from pipeline_lib.store import ForecastStore
 
 
@@ -40,9 +40,32 @@ def champion_version(config: PipelineConfig) -> tuple[str, dt.date | None]:
 @task(name="evaluate_coverage", retries=2, retry_delay_seconds=10, **NO_CACHE_TASK)
 def evaluate_coverage(config: PipelineConfig, panel, day: dt.date, version: str,
                       reference_end: dt.date | None) -> daily.MonitoringRun:
+    from prefect.runtime import flow_run
+
     store = ForecastStore(config.store_url).create()
     try:
-        return daily.monitor_day(config, store, panel, day, version, config.reports_dir, reference_end)
+        # The flow run claims a retrain, so this task's retries keep the claim they made.
+        return daily.monitor_day(config, store, panel, day, version, config.reports_dir, reference_end,
+                                 claimer=flow_run.id)
+    finally:
+        store.dispose()
+
+
+@task(name="settle_dispatched_retrains", retries=2, retry_delay_seconds=5, **NO_CACHE_TASK)
+def settle_dispatched_retrains(config: PipelineConfig) -> list[str]:
+    """Mark retrains whose training-deployment run failed as failed (retried by the policy)."""
+    if not _prefect_server():
+        return []
+    from prefect.client.orchestration import get_client
+
+    def final_state(run_id: str) -> str | None:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run_id).state
+        return state.type.value if state is not None and state.is_final() else None
+
+    store = ForecastStore(config.store_url).create()
+    try:
+        return settle_dispatched(store, final_state)
     finally:
         store.dispose()
 
@@ -62,13 +85,18 @@ def log_monitoring(config: PipelineConfig, run: daily.MonitoringRun) -> str | No
                                        metrics, files)
 
 
+def _prefect_server() -> bool:
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 def _deployment_available(name: str) -> bool:
     """True when a Prefect server is configured and has the training deployment."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    if not _prefect_server():
         return False
     try:
         with get_client(sync_client=True) as client:
@@ -92,7 +120,7 @@ def _dispatcher(config: PipelineConfig, request: daily.RetrainRequest):
         flow_run = run_deployment(config.monitoring.training_deployment,
                                   parameters={"config": config.model_dump(mode="json"), "champion_failing": True},
                                   timeout=0, idempotency_key=f"retrain-{request.streak_start}")
-        return f"flow run {flow_run.id}"
+        return str(flow_run.id)
 
     return dispatch
 
@@ -119,6 +147,7 @@ def daily_monitoring_flow(config: PipelineConfig = PipelineConfig(), day: dt.dat
     day = day or dt.date.today() - dt.timedelta(days=1)
     panel = validate_table(ingest(config), config.data, min_days=1)
     version, reference_end = champion_version(config)
+    settle_dispatched_retrains(config)
     run = evaluate_coverage(config, panel, day, version, reference_end)
     logger.info(run.describe())
     for decision in run.decisions:

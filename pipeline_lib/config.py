@@ -190,6 +190,10 @@ class MonitoringConfig(_Strict):
     retrain_claim_timeout_hours: float = Field(
         6.0, gt=0, description="a retrain claimed this long ago and never finished (its process died) "
         "is started again by the next monitoring run; keep it above your longest training")
+    retrain_max_attempts: int = Field(3, ge=1, description="attempts at a streak's retrain: a failed one "
+                                      "(or a deployment run that failed) is retried by later monitoring runs")
+    retrain_retry_after_hours: float = Field(20.0, gt=0, description="back-off before retrying a failed retrain: "
+                                             "this long after the first failure, twice that after the second")
     first_response: Literal["retrain", "online_update"] = Field(
         "retrain", description="response to a breach streak: retrain, or first an online Bayesian update "
         "of the champion on the last online_update_days (seconds), retraining only if the streak goes on")

@@ -236,7 +236,8 @@ def test_evidently_sees_target_drift_only_after_a_shift(tmp_path, factor, drifte
     assert summary.report_path.stat().st_size > 10_000 and "<html" in summary.report_path.read_text()[:2000].lower()
 
 
-OUTBOX_COLUMNS = ("alerts.details", "alerts.status", "alerts.attempts", "alerts.last_error")
+OUTBOX_COLUMNS = ("alerts.details", "alerts.status", "alerts.attempts", "alerts.last_error",
+                  "retrain_events.attempts", "retrain_events.claimed_by", "retrain_events.dispatched_run")
 
 
 @pytest.mark.parametrize("dropped", [("forecasts.order_up_to", "forecasts.safety_stock", "retrain_events.claimed_at",
@@ -261,7 +262,7 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path, dropped):
     stored = store.table("forecasts")
     assert stored["order_up_to"].tolist()[:2] == [30.0, 25.0] and pd.isna(stored["order_up_to"].iloc[2])
     with engine.connect() as conn:
-        assert sorted(conn.execute(sa.text("SELECT version FROM schema_info")).scalars()) == [1, 2, 3, 4]
+        assert sorted(conn.execute(sa.text("SELECT version FROM schema_info")).scalars()) == [1, 2, 3, 4, 5]
     assert store.claim_retrain(day(0), day(2), "subflow", "1", dt.timedelta(hours=6))
     assert store.table("retrain_events")["claimed_at"].notna().all()
     assert store.add_alert(day(0), "breach", "1", "m") and len(store.undelivered_alerts()) == 1  # the outbox
@@ -350,3 +351,76 @@ def test_a_malformed_webhook_url_is_a_configuration_error_at_start(monkeypatch):
     assert "secret-token" not in str(error.value)
     monkeypatch.setenv(alerts.WEBHOOKS_ENV, "https://hooks.example.com/a")
     alerts.check_destinations()
+
+
+def test_a_failed_retrain_is_retried_within_its_streak_with_back_off_and_a_bound(tmp_path):
+    """A ``failed`` claim stops counting as retrained once its back-off has passed (20 h after
+    the first failure, 40 h after the second), one caller takes it over, and after three
+    attempts the streak counts as retrained for good."""
+    from pipeline_lib.store import RetrainRetry
+
+    store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    retry = RetrainRetry(dt.timedelta(hours=20), max_attempts=3)
+    t0 = dt.datetime(2024, 3, 3, 7, 0)
+
+    def claim(at, claimer=None):
+        return store.claim_retrain(day(0), day(2), "subflow", "1", dt.timedelta(hours=6), now=at, retry=retry,
+                                   claimer=claimer)
+
+    assert claim(t0)
+    store.finish_retrain(day(0), "failed", detail="MLflow down")
+    assert store.retrained_streaks(retry=retry, now=t0 + dt.timedelta(hours=19)) == {day(0)}  # backing off
+    assert not claim(t0 + dt.timedelta(hours=19))
+    assert store.retrained_streaks(retry=retry, now=t0 + dt.timedelta(days=1)) == set()  # due again
+    results = []
+    run_concurrently(lambda: results.append(claim(t0 + dt.timedelta(days=1))), 4)
+    assert sorted(results) == [False, False, False, True]  # one taker
+    store.finish_retrain(day(0), "failed")
+    second = t0 + dt.timedelta(days=1)
+    assert not claim(second + dt.timedelta(hours=39))  # twice the back-off now
+    assert claim(second + dt.timedelta(hours=41))
+    store.finish_retrain(day(0), "failed")
+    event = store.table("retrain_events").iloc[0]
+    assert event["attempts"] == 3 and event["status"] == "failed"
+    later = second + dt.timedelta(days=30)
+    assert store.retrained_streaks(retry=retry, now=later) == {day(0)} and not claim(later)  # the bound
+    # Without retries (the old behaviour) a failed claim counted as done at once.
+    assert store.retrained_streaks(now=t0) == {day(0)}
+    store.dispose()
+
+
+def test_a_retried_monitoring_task_keeps_the_retrain_it_claimed(tmp_path):
+    """The monitoring task that claims a retrain is retried by Prefect when it fails later
+    on: the retry of the same flow run gets its claim back; another run does not."""
+    config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 2})
+    store = ForecastStore(config.store_url).create()
+    for k in range(2):
+        store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B", "C", "D"], 1))
+    panel = constant_panel(actual_days=2, value=30.0)  # both days breach
+    monitor_day(config, store, panel, day(0), "1", tmp_path / "r", claimer="run-1")
+    first = monitor_day(config, store, panel, day(1), "1", tmp_path / "r", claimer="run-1")
+    assert first.retrain is not None  # claimed ... then the task died before retraining
+    retried = monitor_day(config, store, panel, day(1), "1", tmp_path / "r", claimer="run-1")
+    assert retried.retrain is not None and retried.retrain.streak_start == first.retrain.streak_start
+    other = monitor_day(config, store, panel, day(1), "1", tmp_path / "r", claimer="run-2")
+    assert other.retrain is None  # another run finds it taken (not stale yet)
+    store.dispose()
+
+
+def test_a_dispatched_retrain_whose_deployment_run_failed_is_retried(tmp_path):
+    from pipeline_lib.monitoring.retrain import settle_dispatched
+    from pipeline_lib.store import RetrainRetry
+
+    store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    t0 = dt.datetime(2024, 3, 3, 7, 0)
+    for k, run_id in ((0, "run-ok"), (10, "run-failed"), (20, "run-running")):
+        store.claim_retrain(day(k), day(k + 2), "deployment", "1", now=t0)
+        store.finish_retrain(day(k), "dispatched", detail="started", dispatched_run=run_id)
+    states = {"run-ok": "COMPLETED", "run-failed": "CRASHED", "run-running": None}
+    assert settle_dispatched(store, states.get) == ["run-failed"]
+    events = store.table("retrain_events").set_index("streak_start")
+    assert events.loc[day(10), "status"] == "failed" and "ended CRASHED" in events.loc[day(10), "detail"]
+    assert (events.loc[[day(0), day(20)], "status"] == "dispatched").all()
+    retry = RetrainRetry(dt.timedelta(hours=20), max_attempts=3)
+    assert store.retrained_streaks(retry=retry, now=t0 + dt.timedelta(days=1)) == {day(0), day(20)}
+    store.dispose()

@@ -22,7 +22,7 @@ from pipeline_lib.monitoring.alerts import Alert, breach_message
 from pipeline_lib.monitoring.coverage import OVERALL, PENDING, daily_coverage
 from pipeline_lib.monitoring.drift import CURRENT_WINDOW_DAYS, DriftSummary, drift_report, drift_windows
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, PolicyDecision, retrain_decision
-from pipeline_lib.store import ForecastStore
+from pipeline_lib.store import ForecastStore, RetrainRetry
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,16 @@ def days_to_evaluate(store: ForecastStore, day: dt.date, lookback_days: int, cha
 
 
 def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day, champion_version: str,
-                report_dir: Path, reference_end: dt.date | None = None) -> MonitoringRun:
+                report_dir: Path, reference_end: dt.date | None = None, claimer: str | None = None) -> MonitoringRun:
     """Evaluate ``day`` (and the window days that need it), apply the policy, collect alerts.
 
     ``panel``: the source data (actuals up to at least ``day`` when they have arrived);
-    ``reference_end``: last day of the champion's training data (drift reference).
-    Writes coverage rows, alert rows and at most one claimed retrain event.
+    ``reference_end``: last day of the champion's training data (drift reference);
+    ``claimer``: who claims a retrain (the flow run id): a retried call with the same claimer
+    gets its own claim back instead of finding it taken.
+    Writes coverage rows, alert rows and at most one claimed retrain event; a failed retrain
+    of an earlier run is claimed again when ``monitoring.retrain_max_attempts`` and its
+    back-off allow.
     """
     day = as_day(day)
     mon = config.monitoring
@@ -116,8 +120,10 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
     # undone, and this run must finish them exactly as the dead run would have.
     window = [d for d in sorted(rows_by_day) if day - dt.timedelta(days=mon.lookback_days) <= d <= day]
     stale_after = dt.timedelta(hours=mon.retrain_claim_timeout_hours)
+    retry = RetrainRetry(dt.timedelta(hours=mon.retrain_retry_after_hours), mon.retrain_max_attempts)
     for d in window:
-        decision = retrain_decision(breaches, d, mon.consecutive_days, store.retrained_streaks(stale_after),
+        retrained = store.retrained_streaks(stale_after, retry=retry, claimer=claimer)
+        decision = retrain_decision(breaches, d, mon.consecutive_days, retrained,
                                     online_update_first=mon.first_response == ONLINE_UPDATE)
         if d in evaluated:
             run.decisions.append(decision)
@@ -134,7 +140,8 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
             # gets here first (both are the same for a run of any later day).
             trigger_day = decision.claim_key + dt.timedelta(days=mon.consecutive_days - 1)
             mode = ONLINE_UPDATE if decision.response == ONLINE_UPDATE else mon.retrain
-            if store.claim_retrain(decision.claim_key, trigger_day, mode, champion_version, stale_after):
+            if store.claim_retrain(decision.claim_key, trigger_day, mode, champion_version, stale_after,
+                                   retry=retry, claimer=claimer):
                 run.retrain = RetrainRequest(decision.claim_key, trigger_day, champion_version, decision.response)
     return run
 

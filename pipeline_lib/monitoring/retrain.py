@@ -29,6 +29,7 @@ class RetrainResult:
     text: str
     new_version: str | None = None
     promoted: bool | None = None
+    dispatched_run: str | None = None  # the training deployment's flow run id
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class RetrainRecord:
 def respond(config: PipelineConfig, request: RetrainRequest, panel: Panel,
             dispatch: Callable[[], str] | None, train_here: Callable[[], object]) -> RetrainResult:
     """Carry out ``request``: an online update of the champion, or a retrain through
-    ``dispatch`` (starts the training deployment, returns a description of its run) when
+    ``dispatch`` (starts the training deployment, returns the id of its flow run) when
     there is one, else ``train_here`` (the training flow in this process; returns a
     :class:`~pipeline_lib.stages.TrainingOutcome`)."""
     if request.response == ONLINE_UPDATE:
@@ -52,7 +53,9 @@ def respond(config: PipelineConfig, request: RetrainRequest, panel: Panel,
                              f"{outcome.version} ({outcome.gate}); a full retrain follows if the breaches go on",
                              outcome.version, "champion" in outcome.aliases)
     if dispatch is not None:
-        return RetrainResult(f"started deployment {config.monitoring.training_deployment} ({dispatch()})")
+        run_id = dispatch()
+        return RetrainResult(f"started deployment {config.monitoring.training_deployment} (flow run {run_id})",
+                             dispatched_run=run_id)
     outcome = train_here()
     return RetrainResult(f"trained version {outcome.version}: {outcome.gate}", outcome.version,
                          "champion" in outcome.aliases)
@@ -67,7 +70,7 @@ def respond_and_record(config: PipelineConfig, store: ForecastStore, request: Re
     try:
         result = respond(config, request, panel, dispatch, train_here)
         store.finish_retrain(request.streak_start, "completed" if result.new_version else "dispatched",
-                             result.new_version, result.promoted, result.text)
+                             result.new_version, result.promoted, result.text, result.dispatched_run)
     except Exception as exc:  # noqa: BLE001 - recorded and alerted, then re-raised by the caller
         failure = exc
         result = RetrainResult(f"retraining failed ({exc.__class__.__name__}: {exc}); the champion is unchanged")
@@ -75,3 +78,19 @@ def respond_and_record(config: PipelineConfig, store: ForecastStore, request: Re
     alert = retrain_alert(request, result.text, config.monitoring.consecutive_days)
     is_new = store.add_alert(alert.day, alert.kind, alert.model_version, alert.message, details=alert.details)
     return RetrainRecord(alert, is_new, failure)
+
+
+def settle_dispatched(store: ForecastStore, final_state: Callable[[str], str | None]) -> list[str]:
+    """Retrains handed to the training deployment whose flow run ended without success are
+    marked ``failed``, so that the policy retries them (``monitoring.retrain_max_attempts``).
+    ``final_state(run_id)``: the run's final state name (``COMPLETED``, ``FAILED``, ...), or
+    None while it runs. Returns the run ids marked failed."""
+    failed = []
+    for row in store.dispatched_retrains().to_dict("records"):
+        run_id = row["dispatched_run"]
+        state = final_state(run_id) if run_id else None
+        if state is not None and state != "COMPLETED":
+            store.finish_retrain(row["streak_start"], "failed",
+                                 detail=f"the training deployment's flow run {run_id} ended {state}")
+            failed.append(run_id)
+    return failed

@@ -18,7 +18,7 @@ instead of duplicating them:
   and the next monitoring run retrains again.
 """
 
-from pipeline_lib.store.repository import ForecastStore
+from pipeline_lib.store.repository import ForecastStore, RetrainRetry
 from pipeline_lib.store.schema import SCHEMA_VERSION, TABLES
 
-__all__ = ["SCHEMA_VERSION", "TABLES", "ForecastStore"]
+__all__ = ["SCHEMA_VERSION", "TABLES", "ForecastStore", "RetrainRetry"]

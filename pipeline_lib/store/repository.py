@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,27 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def _stale_claim(cutoff: dt.datetime) -> tuple:
-    """Conditions of a claim still ``started`` that was made before ``cutoff``. A claim
-    without a time (made before schema 3) is never stale: its age is unknown."""
-    # is_not(None) keeps NOT(...) true for NULL times (SQL's NULL < x is NULL, not false).
-    return (retrain_events.c.status == "started", retrain_events.c.claimed_at.is_not(None),
-            retrain_events.c.claimed_at < cutoff)
+@dataclass(frozen=True)
+class RetrainRetry:
+    """When a ``failed`` retrain of a streak is tried again: at most ``max_attempts`` attempts
+    in all, the ``n``-th retry no sooner than ``after * 2**(n - 1)`` after the last claim."""
+
+    after: dt.timedelta
+    max_attempts: int
+
+    def due(self, attempts: int, claimed_at: dt.datetime | None, now: dt.datetime) -> bool:
+        return (attempts < self.max_attempts and claimed_at is not None
+                and now - claimed_at >= self.after * 2 ** (attempts - 1))
+
+
+def _to_retry(status: str, claimed_at: dt.datetime | None, attempts: int | None, now: dt.datetime,
+              stale_after: dt.timedelta | None, retry: RetrainRetry | None) -> bool:
+    """Whether a streak's retrain claim is to be retried: still ``started`` more than
+    ``stale_after`` ago (its process died; a claim without a time, made before schema 3, is
+    never stale: its age is unknown), or ``failed`` with another attempt due by ``retry``."""
+    if status == "started":
+        return stale_after is not None and claimed_at is not None and claimed_at < now - stale_after
+    return status == "failed" and retry is not None and retry.due(attempts or 1, claimed_at, now)
 
 
 def _retried(method):
@@ -223,50 +239,86 @@ class ForecastStore:
             return set(conn.execute(sa.select(alerts.c.day).where(alerts.c.kind == kind)).scalars())
 
     def claim_retrain(self, streak_start, triggered_on, mode: str, champion_before: str,
-                      stale_after: dt.timedelta | None = None, now: dt.datetime | None = None) -> bool:
-        """Claim the retrain of the streak starting ``streak_start``; False if already claimed.
+                      stale_after: dt.timedelta | None = None, now: dt.datetime | None = None,
+                      retry: RetrainRetry | None = None, claimer: str | None = None) -> bool:
+        """Claim the retrain of the streak starting ``streak_start``; False if it is claimed.
 
-        A claim still ``started`` more than ``stale_after`` ago belongs to a process that died
-        while retraining (nothing else leaves it so): it is taken over, by one caller only.
-        ``now``: UTC wall clock (default: the current time)."""
+        The claim is this caller's again when ``claimer`` (a flow run id) already holds it
+        ``started``: a retried task of the same run must not drop its own retrain. It is
+        taken over, by one caller only, when it went stale (still ``started`` more than
+        ``stale_after`` ago: its process died while retraining) or when it ``failed`` and
+        ``retry`` says another attempt is due. ``now``: UTC wall clock (default: now)."""
         now = now or _utc_now()
-        if self._insert_once(retrain_events, streak_start=as_day(streak_start), triggered_on=as_day(triggered_on),
-                             mode=mode, champion_before=str(champion_before), status="started", claimed_at=now):
+        key = as_day(streak_start)
+        if self._insert_once(retrain_events, streak_start=key, triggered_on=as_day(triggered_on), mode=mode,
+                             champion_before=str(champion_before), status="started", claimed_at=now, attempts=1,
+                             claimed_by=claimer):
             return True
-        return stale_after is not None and self._take_over_stale_claim(
-            as_day(streak_start), mode, str(champion_before), now, stale_after)
+        row = self._claim(key)
+        if row is None:
+            return False
+        if claimer is not None and row["status"] == "started" and row["claimed_by"] == claimer:
+            return True
+        if not _to_retry(row["status"], row["claimed_at"], row["attempts"], now, stale_after, retry):
+            return False
+        why = (f"the previous claim was still 'started' after {stale_after} (its process died)"
+               if row["status"] == "started"
+               else f"attempt {(row['attempts'] or 1) + 1} of {retry.max_attempts} after a failed retrain")
+        return self._take_over(key, row, mode, str(champion_before), now, claimer, why)
 
     @_retried
-    def _take_over_stale_claim(self, streak_start: dt.date, mode: str, champion_before: str, now: dt.datetime,
-                               stale_after: dt.timedelta) -> bool:
-        # One UPDATE whose WHERE re-checks staleness: of several callers at once, the first
-        # one's write makes the claim fresh again, so the others match no row.
+    def _claim(self, key: dt.date) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(retrain_events).where(retrain_events.c.streak_start == key)).mappings().first()
+        return dict(row) if row else None
+
+    @_retried
+    def _take_over(self, key: dt.date, row: dict, mode: str, champion_before: str, now: dt.datetime,
+                   claimer: str | None, why: str) -> bool:
+        # One UPDATE whose WHERE re-checks the row as it was read: of several callers at once,
+        # the first one's write changes it, so the others match no row.
+        unchanged = (retrain_events.c.status == row["status"],
+                     retrain_events.c.claimed_at == row["claimed_at"] if row["claimed_at"] is not None
+                     else retrain_events.c.claimed_at.is_(None))
         with self.engine.begin() as conn:
             result = conn.execute(
-                retrain_events.update()
-                .where(retrain_events.c.streak_start == streak_start, *_stale_claim(now - stale_after))
-                .values(mode=mode, champion_before=champion_before, claimed_at=now,
-                        detail=f"taken over at {now:%Y-%m-%d %H:%M} UTC: the previous claim was still "
-                               f"'started' after {stale_after} (its process died)"))
+                retrain_events.update().where(retrain_events.c.streak_start == key, *unchanged)
+                .values(mode=mode, champion_before=champion_before, claimed_at=now, status="started",
+                        attempts=(row["attempts"] or 1) + 1, claimed_by=claimer, new_version=None,
+                        promoted=None, dispatched_run=None,
+                        detail=f"taken over at {now:%Y-%m-%d %H:%M} UTC: {why}"))
         return result.rowcount == 1
 
     @_retried
     def finish_retrain(self, streak_start, status: str, new_version: str | None = None,
-                       promoted: bool | None = None, detail: str | None = None) -> None:
+                       promoted: bool | None = None, detail: str | None = None,
+                       dispatched_run: str | None = None) -> None:
+        values = dict(status=status, new_version=new_version, promoted=promoted, detail=detail)
+        if dispatched_run is not None:
+            values["dispatched_run"] = dispatched_run
         with self.engine.begin() as conn:
             conn.execute(retrain_events.update().where(retrain_events.c.streak_start == as_day(streak_start))
-                         .values(status=status, new_version=new_version, promoted=promoted, detail=detail))
+                         .values(**values))
 
     @_retried
-    def retrained_streaks(self, stale_after: dt.timedelta | None = None,
-                          now: dt.datetime | None = None) -> set[dt.date]:
-        """Keys (first days of breach streaks) of the retrains claimed, except those whose
-        claim went stale (see :meth:`claim_retrain`), which are to be retried."""
-        query = sa.select(retrain_events.c.streak_start)
-        if stale_after is not None:
-            query = query.where(sa.not_(sa.and_(*_stale_claim((now or _utc_now()) - stale_after))))
+    def dispatched_retrains(self) -> pd.DataFrame:
+        """Retrains handed to the training deployment whose outcome is not known yet."""
+        return self._frame(sa.select(retrain_events).where(retrain_events.c.status == "dispatched"))
+
+    @_retried
+    def retrained_streaks(self, stale_after: dt.timedelta | None = None, now: dt.datetime | None = None,
+                          retry: RetrainRetry | None = None, claimer: str | None = None) -> set[dt.date]:
+        """Keys (first days of breach streaks) of the retrains claimed, except those to be
+        retried: stale claims (see :meth:`claim_retrain`), failed ones ``retry`` says are due,
+        and ``claimer``'s own claims still ``started`` (a retried task of the run that made them)."""
+        now = now or _utc_now()
         with self.engine.connect() as conn:
-            return set(conn.execute(query).scalars())
+            rows = conn.execute(sa.select(retrain_events.c.streak_start, retrain_events.c.status,
+                                          retrain_events.c.claimed_at, retrain_events.c.attempts,
+                                          retrain_events.c.claimed_by)).all()
+        return {key for key, status, claimed_at, attempts, claimed_by in rows
+                if not _to_retry(status, claimed_at, attempts, now, stale_after, retry)
+                and not (claimer is not None and status == "started" and claimed_by == claimer)}
 
     @_retried
     def forget_from(self, day) -> None:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from pipeline_lib.contract import QUANTILE_COLUMNS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Columns (table, column, SQL type) that take a store from version ``v - 1`` to ``v``.
 # Each is added only if missing: SQLite commits DDL as it goes, so a migration that died
@@ -19,6 +19,8 @@ MIGRATIONS = {
     3: (("retrain_events", "claimed_at", "TIMESTAMP"),),
     4: (("alerts", "details", "TEXT"), ("alerts", "status", "VARCHAR(20)"), ("alerts", "attempts", "INTEGER"),
         ("alerts", "last_error", "TEXT")),
+    5: (("retrain_events", "attempts", "INTEGER"), ("retrain_events", "claimed_by", "VARCHAR(100)"),
+        ("retrain_events", "dispatched_run", "VARCHAR(64)")),
 }
 
 metadata = sa.MetaData()
@@ -94,6 +96,12 @@ retrain_events = sa.Table(
     sa.Column("promoted", sa.Boolean),
     sa.Column("detail", sa.Text),
     sa.Column("claimed_at", sa.DateTime),  # UTC wall clock; NULL on claims made before schema 3
+    # Schema version 5: the attempt count (NULL: 1) of a streak's retrain, failed ones being
+    # retried; the run that holds the claim (a Prefect flow run id: a retried task of the
+    # same run keeps its claim); the training deployment's flow run a dispatched retrain started.
+    sa.Column("attempts", sa.Integer),
+    sa.Column("claimed_by", sa.String(100)),
+    sa.Column("dispatched_run", sa.String(64)),
 )
 
 TABLES = ("forecasts", "actuals", "coverage_daily", "alerts", "retrain_events")
