@@ -80,6 +80,26 @@ def webhook_receiver(path: str = "/alerts", failures: int = 0):
         server.shutdown()
 
 
+def system_binary(name: str, also_in: str | None = None):
+    """A system program the tests drive (``initdb``, ``chromium``, ``docker-compose``): on
+    PATH, else in the directories ``also_in`` globs; a clear failure when it is missing,
+    since a skipped core path would pass silently. infra/test-prerequisites.sh installs them
+    (the README's test command runs it before pytest)."""
+    import glob
+    import shutil
+    from pathlib import Path
+
+    found = shutil.which(name)
+    if found is None and also_in:
+        candidates = sorted(glob.glob(str(Path(also_in) / name)))
+        found = candidates[-1] if candidates else None
+    if found is None:
+        import pytest
+
+        pytest.fail(f"{name} is not installed: run infra/test-prerequisites.sh (the README's test command does)")
+    return Path(found)
+
+
 def run_concurrently(target, copies: int) -> None:
     """Start ``copies`` threads running ``target`` at once and wait for all of them."""
     threads = [threading.Thread(target=target) for _ in range(copies)]

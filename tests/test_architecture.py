@@ -41,3 +41,13 @@ def test_flow_and_task_bodies_are_wiring():
                 body = node.body[1:] if ast.get_docstring(node) else node.body
                 lines = body[-1].end_lineno - body[0].lineno + 1
                 assert lines <= 40, f"{path.name}:{node.name} has {lines} lines"
+
+
+def test_the_system_prerequisites_script_says_what_it_cannot_install(tmp_path):
+    """Without a package manager (an empty PATH here) the script names what is missing in
+    one line and fails, instead of letting pytest fail later on a missing binary."""
+    result = subprocess.run(["/bin/sh", str(ROOT / "infra" / "test-prerequisites.sh")], capture_output=True,
+                            text=True, env={"PATH": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the tests need") and "chromium" in result.stderr
+    assert "no apt-get" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -5,7 +5,6 @@ and the compose file and the deployments agree."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from support import level_following_demand
+from support import level_following_demand, system_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,9 +68,8 @@ def _compose() -> dict:
 def test_compose_file_is_valid():
     """``docker-compose config`` (Debian's docker-compose package) parses and validates it
     against the compose schema with the example environment."""
-    if shutil.which("docker-compose") is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "docker-compose"], check=True, capture_output=True)
-    result = subprocess.run(["docker-compose", "--env-file", ".env.example", "config"], cwd=ROOT,
+    compose = system_binary("docker-compose")
+    result = subprocess.run([str(compose), "--env-file", ".env.example", "config"], cwd=ROOT,
                             capture_output=True, text=True, check=False)  # asserted below
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)

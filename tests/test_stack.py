@@ -23,12 +23,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import synthetic_demand
+from support import synthetic_demand, system_binary
 
 pytestmark = [pytest.mark.flows, pytest.mark.stack]
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # Credentials are made up per run: nothing to leak, nothing for the secret scan to find.
 USER = "pipeline"
 PASSWORD = secrets.token_urlsafe(16)
@@ -56,10 +55,8 @@ def _wait_http(url: str, seconds: float, process: subprocess.Popen, log: Path) -
 
 
 def _ensure_postgres() -> Path:
-    if not (PG_BIN / "initdb").exists():
-        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    return PG_BIN
+    """The directory of PostgreSQL's server programs (initdb, pg_ctl)."""
+    return system_binary("initdb", also_in="/usr/lib/postgresql/*/bin").resolve().parent
 
 
 def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -209,16 +206,12 @@ def test_deployments_run_on_the_stack(stack):
     assert shutil.which("runuser") or os.geteuid() != 0
 
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def _ensure_chromium() -> Path:
-    if not CHROMIUM.exists():
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    return CHROMIUM
+    return system_binary("chromium")
 
 
 def test_the_uis_show_the_champion_and_the_schedules(stack):
