@@ -4,14 +4,16 @@ lines: an MLflow upgrade touches this file and no other).
 MLflow's API moves quickly (stages gave way to aliases in 2.x; ``artifact_path`` became
 ``name`` in 3.x), so every call lives here and an upgrade touches one file.
 
-The model is logged as a ``mlflow.pyfunc.PythonModel`` whose artifacts are plain files
-(weights, config, scalers) rebuilt from this package's code on load: the ``mlflow.keras``
-flavour is Keras-3 only and TFP needs Keras 2.
+The model is logged as code (``registry_model.py``, MLflow's models-from-code; no pickle)
+with plain files as artifacts (weights, config, scalers, serving defaults and a manifest of
+their sha256), and the pipeline loads it from those files with this package's code: the
+``mlflow.keras`` flavour is Keras-3 only and TFP needs Keras 2.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -217,34 +219,6 @@ def run_url(run) -> str:
             f"open with `mlflow ui --backend-store-uri {uri}`)")
 
 
-def _python_model_class():
-    mlflow = _mlflow()
-
-    class DemandForecasterModel(mlflow.pyfunc.PythonModel):
-        """Input: long-format history (``series_id, date, target, <covariates>``).
-        Params: ``horizon`` (days), ``num_samples``, ``seed``, ``model_version``; defaults
-        from the ``serving`` section of the config the version was trained with.
-        Output: the forecast table of docs/output-contract (one row per series and day)."""
-
-        def load_context(self, context):
-            from pipeline_lib.model.forecast import ForecastModel
-
-            self.model = ForecastModel.load(Path(context.artifacts["model_dir"]))
-            serving = context.artifacts.get("serving")
-            self.defaults = predict_defaults(json.loads(Path(serving).read_text()) if serving else {})
-
-        def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-            from pipeline_lib.data.validate import panel_from_history
-
-            params = {**self.defaults, **(params or {})}
-            panel = panel_from_history(model_input, self.model.spec.covariate_names)
-            sampled = self.model.forecast(panel, int(params["horizon"]), int(params["num_samples"]),
-                                          int(params["seed"]))
-            return sampled.to_frame(str(params["model_version"]))
-
-    return DemandForecasterModel
-
-
 def predict_defaults(serving: dict) -> dict:
     """The served model's default prediction parameters from a ``serving`` config section
     (``ServingConfig.model_dump()``); versions saved without one get ``ServingConfig()``'s."""
@@ -255,25 +229,42 @@ def predict_defaults(serving: dict) -> dict:
             "model_version": "unknown"}
 
 
+MODEL_CODE = Path(__file__).with_name("registry_model.py")  # the pyfunc, logged as code
+MANIFEST_FILE = "manifest.json"  # sha256 of every file of a logged model, written at registration
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def log_forecaster(forecast_model, input_example: pd.DataFrame, serving: dict) -> str:
-    """Log the model to the active run with ``serving`` (``ServingConfig.model_dump()``) as
-    its default prediction parameters; returns its model URI."""
+    """Log the model to the active run, as code (:mod:`pipeline_lib.registry_model`) plus
+    plain files: the model's files, ``serving`` (``ServingConfig.model_dump()``, its default
+    prediction parameters) and a manifest of their sha256; returns its model URI."""
     mlflow = _mlflow()
     from mlflow.models import infer_signature
 
+    from pipeline_lib.registry_model import DemandForecasterModel
+
     defaults = predict_defaults(serving)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = forecast_model.save(Path(tmp) / "model")
-        serving_file = Path(tmp) / "serving.json"
+        bundle = Path(tmp)
+        model_dir = forecast_model.save(bundle / "model")
+        serving_file = bundle / "serving.json"
         serving_file.write_text(json.dumps(serving))
-        python_model = _python_model_class()()
+        manifest = {path.relative_to(bundle).as_posix(): _sha256(path)
+                    for path in sorted(bundle.rglob("*")) if path.is_file()}
+        manifest[MODEL_CODE.name] = _sha256(MODEL_CODE)
+        manifest_file = bundle / MANIFEST_FILE
+        manifest_file.write_text(json.dumps(manifest, indent=1))
+        python_model = DemandForecasterModel()
         python_model.model, python_model.defaults = forecast_model, defaults
         example_output = python_model.predict(None, input_example, {"horizon": 2, "num_samples": 20})
         signature = infer_signature(input_example, example_output, params=defaults)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=_python_model_class()(),
-            artifacts={"model_dir": str(model_dir), "serving": str(serving_file)},
+            python_model=str(MODEL_CODE),
+            artifacts={"model_dir": str(model_dir), "serving": str(serving_file), "manifest": str(manifest_file)},
             signature=signature,
             input_example=input_example,
             pip_requirements=PIP_REQUIREMENTS,
@@ -387,11 +378,16 @@ def resolve(model_uri: str) -> ModelVersion:
 
 
 def load_forecaster(model_uri: str):
-    """Load a registered model as a :class:`ForecastModel` (rebuilt from code).
+    """Load a registered model as a :class:`ForecastModel`, from its plain files and this
+    package's code: nothing of the artifact is executed or unpickled.
 
     Only ``models:/`` and ``runs:/`` URIs are accepted: models come from the configured
-    tracking server and registry, never from arbitrary paths or URLs (a pickled model from
-    elsewhere would run its code here).
+    tracking server and registry, never from arbitrary paths or URLs. Every file is checked
+    against the manifest written at registration first.
+
+    Raises:
+        ModelLoadError: the version cannot be downloaded, or a file is missing, changed
+            since registration or unreadable (naming the file).
     """
     if not model_uri.startswith(("models:/", "runs:/")):
         raise ModelLoadError(f"{model_uri}: only models:/<name>@<alias>, models:/<name>/<version> or runs:/ URIs "
@@ -400,10 +396,30 @@ def load_forecaster(model_uri: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        pyfunc = mlflow.pyfunc.load_model(model_uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     except (MlflowException, OSError) as exc:
         raise ModelLoadError(f"cannot load model {model_uri}: {str(exc).splitlines()[0]}") from None
-    return pyfunc.unwrap_python_model().model
+    return load_model_files(local, model_uri)
+
+
+def load_model_files(local: Path, label: str):
+    """The :class:`ForecastModel` of a downloaded model directory (see :func:`load_forecaster`)."""
+    from pipeline_lib.model.forecast import ForecastModel
+
+    artifacts = Path(local) / "artifacts"
+    try:
+        manifest = json.loads((artifacts / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{label}: model file {MANIFEST_FILE} is missing (or the version was registered before "
+                             "manifests, 2026-11-29: retrain it); its files cannot be verified") from None
+    except (OSError, ValueError):
+        raise ModelLoadError(f"{label}: model file {MANIFEST_FILE} is corrupt; the files cannot be verified") from None
+    for name, digest in manifest.items():
+        path = Path(local) / name if name == MODEL_CODE.name else artifacts / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise ModelLoadError(f"{label}: model file {name} is missing or changed since the version was "
+                                 "registered; move the champion alias to a healthy version")
+    return ForecastModel.load(artifacts / "model")
 
 
 def log_monitoring_day(experiment_name: str, artifact_root: Path, day: str, metrics: dict[str, float],

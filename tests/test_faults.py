@@ -267,17 +267,50 @@ def test_corrupt_champion_is_one_clear_error_and_one_alert(registered):
     from flows.forecasting import daily_forecast_flow
 
     config, *_ = registered
-    for weights in config.artifact_root.rglob("weights.npz"):
+    originals = {path: path.read_bytes() for path in config.artifact_root.rglob("weights.npz")}
+    for weights in originals:
         weights.write_bytes(b"not a numpy archive")
-    with prefect_test_harness(server_startup_timeout=120):
-        for _ in range(2):  # the next day's rerun fails the same way, without a second alert
-            with pytest.raises(ModelLoadError, match="missing or corrupt"):
-                daily_forecast_flow(config, run_date=dt.date(2023, 5, 2))
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            for _ in range(2):  # the next day's rerun fails the same way, without a second alert
+                with pytest.raises(ModelLoadError, match="model/weights.npz is missing or changed"):
+                    daily_forecast_flow(config, run_date=dt.date(2023, 5, 2))
+    finally:  # the registry as the other tests of the module found it
+        for path, content in originals.items():
+            path.write_bytes(content)
     store = ForecastStore(config.store_url)
     alerts = store.table("alerts")
     assert alerts["kind"].tolist() == ["error"] and "could not be loaded" in alerts["message"].iloc[0]
     assert store.table("forecasts").empty
     store.dispose()
+
+
+@pytest.mark.parametrize("name", ["artifacts/model/weights.npz", "artifacts/model/model.json",
+                                  "artifacts/model/scalers.json", "artifacts/serving.json",
+                                  "artifacts/manifest.json", "registry_model.py"])
+@pytest.mark.parametrize("damage", ["tampered", "deleted"])
+def test_every_file_of_a_registered_model_is_verified_before_it_is_loaded(registered, tmp_path, name, damage):
+    """A downloaded version whose files changed after registration (corrupted, tampered,
+    or gone) is refused with a ModelLoadError naming the file; nothing of it runs."""
+    import shutil
+
+    from pipeline_lib import registry
+
+    config, *_ = registered
+    registry.configure(config.tracking_uri)
+    import mlflow
+
+    local = tmp_path / "version"
+    shutil.copytree(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{config.registry.model_name}/1"),
+                    local)
+    registry.load_model_files(local, "v1")  # intact: loads
+    target = local / name
+    if damage == "deleted":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[:-1] + b"!")
+    with pytest.raises(ModelLoadError, match=f"{name.removeprefix('artifacts/')} is (missing|changed|corrupt)"):
+        registry.load_model_files(local, "v1")
 
 
 def test_random_sql_in_series_ids_is_just_data(tmp_path):
