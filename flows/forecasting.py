@@ -19,7 +19,7 @@ from flows.alerting import deliver_alerts, retry_unless_user_error
 from flows.common import NO_CACHE_TASK, ingest
 from flows.runners import task_runner
 from pipeline_lib import registry
-from pipeline_lib.config import PipelineConfig
+from pipeline_lib.config import PipelineConfig, deployed_config
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.errors import ModelLoadError
 from pipeline_lib.forecasting import daily
@@ -68,10 +68,12 @@ def store_forecasts(config: PipelineConfig, run_date: dt.date, frames: list, ver
 
 
 @flow(name="daily_forecast", log_prints=True)
-def daily_forecast_flow(config: PipelineConfig = PipelineConfig(),
+def daily_forecast_flow(config: PipelineConfig | None = None,
                         run_date: dt.date | None = None) -> daily.ForecastRun:
     """Forecast ``run_date`` (default: the day after the data's last day) and the following
-    ``serving.horizon - 1`` days for every series with the champion model."""
+    ``serving.horizon - 1`` days for every series with the champion model. ``config``: None
+    (the scheduled deployment) reads ``$BAYES_PIPELINE_CONFIG``."""
+    config = config or deployed_config()
     check_destinations()
     raw = ingest(config)
     panel = validate_table(raw, config.data, min_days=1)

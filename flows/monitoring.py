@@ -21,7 +21,7 @@ from flows.alerting import deliver_alerts
 from flows.common import NO_CACHE_TASK, ingest
 from flows.training import training_pipeline
 from pipeline_lib import registry
-from pipeline_lib.config import PipelineConfig
+from pipeline_lib.config import PipelineConfig, deployed_config
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import daily
 from pipeline_lib.monitoring.alerts import Alert, check_destinations
@@ -140,8 +140,10 @@ def _retrain_and_record(config: PipelineConfig, request: daily.RetrainRequest, p
 
 
 @flow(name="daily_monitoring", log_prints=True)
-def daily_monitoring_flow(config: PipelineConfig = PipelineConfig(), day: dt.date | None = None) -> daily.MonitoringRun:
-    """Monitor ``day`` (default: yesterday)."""
+def daily_monitoring_flow(config: PipelineConfig | None = None, day: dt.date | None = None) -> daily.MonitoringRun:
+    """Monitor ``day`` (default: yesterday). ``config``: None (the scheduled deployment)
+    reads ``$BAYES_PIPELINE_CONFIG``."""
+    config = config or deployed_config()
     logger = get_run_logger()
     check_destinations()
     day = day or dt.date.today() - dt.timedelta(days=1)

@@ -25,7 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.common import NO_CACHE_TASK, ingest
 from flows.runners import task_runner
 from pipeline_lib import stages
-from pipeline_lib.config import PipelineConfig
+from pipeline_lib.config import PipelineConfig, deployed_config
 from pipeline_lib.model.forecast import ForecastModel, ModelFiles, SampledForecast
 
 
@@ -119,13 +119,15 @@ def register(config: PipelineConfig, panel, trained, evaluation, plots, gate):
 
 
 @flow(name="training_pipeline", log_prints=True)
-def training_pipeline(config: PipelineConfig = PipelineConfig(), progress: bool = True,
+def training_pipeline(config: PipelineConfig | None = None, progress: bool = True,
                       champion_failing: bool = False) -> stages.TrainingOutcome:
     """Train, evaluate, gate and register a Bayesian LSTM (champion only through the gate).
 
+    ``config``: None (a scheduled deployment) reads ``$BAYES_PIPELINE_CONFIG``.
     ``champion_failing``: set by the monitoring when the champion breached its coverage
     threshold; the gate then judges the challenger relative to the champion.
     """
+    config = config or deployed_config()
     check_registry(config)
     raw = ingest(config)
     panel = validate(config, raw)

@@ -9,6 +9,8 @@ demand from the work directory, and URLs/secrets come from the environment.
 Environment variables:
 
 - ``BAYES_PIPELINE_WORKDIR``: default work directory (else ``./.bayes-pipeline``).
+- ``BAYES_PIPELINE_CONFIG``: the YAML config of deployed flows started without a ``config``
+  parameter (the compose stack mounts it; see docs/deployment.md).
 - ``MLFLOW_TRACKING_URI``: overrides the SQLite tracking store in the work directory.
 - ``BAYES_PIPELINE_STORE_URL``: overrides the SQLite forecast store in the work directory.
 - ``BAYES_PIPELINE_ALERT_WEBHOOKS``: comma-separated URLs that receive alerts as JSON POSTs.
@@ -31,6 +33,7 @@ from pipeline_lib.errors import ConfigError
 log = logging.getLogger(__name__)
 
 WORKDIR_ENV = "BAYES_PIPELINE_WORKDIR"
+CONFIG_ENV = "BAYES_PIPELINE_CONFIG"
 AUTO_COUNT_MIN_ZERO_SHARE = 0.05  # head: auto picks the count head from this share of zero days
 DEFAULT_WORKDIR = Path(".bayes-pipeline")
 
@@ -360,3 +363,10 @@ def load_config(path: Path | None) -> PipelineConfig:
         return parse_config(raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def deployed_config() -> PipelineConfig:
+    """The config of a flow run started without one (a scheduled deployment): the YAML file
+    named by ``$BAYES_PIPELINE_CONFIG``, else the defaults. Read when the run starts."""
+    path = os.environ.get(CONFIG_ENV)
+    return load_config(Path(path)) if path else PipelineConfig()

@@ -82,7 +82,7 @@ def test_compose_file_is_valid():
 
 
 def test_compose_and_deployments_agree():
-    from pipeline_lib.config import PipelineConfig
+    from pipeline_lib.config import PipelineConfig, load_config
 
     compose = _compose()
     deployments = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["deployments"]
@@ -107,8 +107,23 @@ def test_compose_and_deployments_agree():
     assert served_limits == limits
     # The worker gets every setting the flows read from the environment ...
     needed = {"MLFLOW_TRACKING_URI", "BAYES_PIPELINE_STORE_URL", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING",
-              "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "BAYES_PIPELINE_DATA_ROOTS"}
+              "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "BAYES_PIPELINE_DATA_ROOTS",
+              "BAYES_PIPELINE_APP_DIR", "BAYES_PIPELINE_CONFIG"}
     assert needed <= set(worker["environment"])
+    # ... prefect.yaml's pull step finds the flows where the image put them ...
+    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
+    workdir = re.search(r"^WORKDIR (\S+)", dockerfile, re.M).group(1)
+    assert worker["environment"]["BAYES_PIPELINE_APP_DIR"] == workdir
+    assert f"BAYES_PIPELINE_APP_DIR={workdir}" in dockerfile
+    assert "$BAYES_PIPELINE_APP_DIR" in yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())["pull"][0][
+        "prefect.deployments.steps.set_working_directory"]["directory"]
+    # ... and the deployed flows' config is a file of the repository, mounted where the
+    # environment says, that validates and points at the mounted data.
+    mounts = dict(v.split(":")[:2][::-1] for v in worker["volumes"] if v.startswith("./"))
+    config_path = worker["environment"]["BAYES_PIPELINE_CONFIG"]
+    host_file = ROOT / mounts[str(Path(config_path).parent)] / Path(config_path).name
+    deployed = load_config(host_file)
+    assert str(deployed.data.path).startswith(worker["environment"]["BAYES_PIPELINE_DATA_ROOTS"])
     # ... the monitoring's default training deployment is the one prefect.yaml defines ...
     flow_name, deployment = PipelineConfig().monitoring.training_deployment.split("/")
     assert deployment == "training-pipeline" and flow_name == "training_pipeline"
@@ -117,3 +132,25 @@ def test_compose_and_deployments_agree():
     defined = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
                if "=" in line and not line.startswith("#")}
     assert used <= defined, used - defined
+
+
+def test_flows_started_without_a_config_read_the_deployed_one(tmp_path, monkeypatch):
+    """A scheduled deployment passes no config: the flows read $BAYES_PIPELINE_CONFIG when the
+    run starts (not at import), else the defaults."""
+    import inspect
+
+    from flows.forecasting import daily_forecast_flow
+    from flows.monitoring import daily_monitoring_flow
+    from flows.training import training_pipeline
+    from pipeline_lib.config import CONFIG_ENV, PipelineConfig, deployed_config
+
+    for flow in (training_pipeline, daily_forecast_flow, daily_monitoring_flow):
+        assert inspect.signature(flow.fn).parameters["config"].default is None
+        assert "deployed_config()" in inspect.getsource(flow.fn)
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    assert deployed_config() == PipelineConfig()
+    path = tmp_path / "deployed.yaml"
+    path.write_text("data:\n  path: /data/input/shop.csv\nserving:\n  horizon: 14\n")
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    config = deployed_config()
+    assert str(config.data.path) == "/data/input/shop.csv" and config.serving.horizon == 14
