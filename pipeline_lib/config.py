@@ -9,6 +9,8 @@ demand from the work directory, and URLs/secrets come from the environment.
 Environment variables:
 
 - ``BAYES_PIPELINE_WORKDIR``: default work directory (else ``./.bayes-pipeline``).
+- ``BAYES_PIPELINE_SQL_URL``: the SQLAlchemy URL of a SQL data source, when it carries a
+  password (a config never does: configs are logged to MLflow and shown by Prefect).
 - ``BAYES_PIPELINE_CONFIG``: the YAML config of deployed flows started without a ``config``
   parameter (the compose stack mounts it; see docs/deployment.md).
 - ``MLFLOW_TRACKING_URI``: overrides the SQLite tracking store in the work directory.
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 WORKDIR_ENV = "BAYES_PIPELINE_WORKDIR"
 CONFIG_ENV = "BAYES_PIPELINE_CONFIG"
+SQL_URL_ENV = "BAYES_PIPELINE_SQL_URL"
 AUTO_COUNT_MIN_ZERO_SHARE = 0.05  # head: auto picks the count head from this share of zero days
 DEFAULT_WORKDIR = Path(".bayes-pipeline")
 
@@ -47,6 +50,29 @@ def bundled_dataset_path() -> Path:
     return Path(str(resources.files("pipeline_lib.data") / "bundled" / "online_retail_ii_daily_top50.csv.gz"))
 
 
+def _url_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password
+    except ArgumentError:
+        return None
+
+
+def _redacted(url: str) -> str:
+    """The URL's host and database only (no user, no password, no query)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "<an unparseable URL>"
+    host = f"{parsed.host}:{parsed.port}" if parsed.port else (parsed.host or "")
+    return f"{parsed.get_backend_name()}://{host}/{parsed.database or ''}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,8 +81,10 @@ class DataConfig(_Strict):
     """Where the long-format daily data comes from and what its columns mean."""
 
     path: Path | None = Field(None, description="CSV, CSV.gz or Parquet file; None = bundled data")
-    sql_url: str | None = Field(None, description="SQLAlchemy URL to read from instead of a file")
-    sql_query: str | None = Field(None, description="query returning the long-format table")
+    sql_url: str | None = Field(None, description="SQLAlchemy URL to read from instead of a file, without a "
+                                "password (a URL with one goes in $BAYES_PIPELINE_SQL_URL)")
+    sql_query: str | None = Field(None, description="query returning the long-format table (from sql_url, "
+                                  "else from $BAYES_PIPELINE_SQL_URL)")
     id_col: str = "series_id"
     time_col: str = "date"
     target_col: str = "units"
@@ -72,18 +100,44 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if (self.sql_url is None) != (self.sql_query is None):
-            raise ValueError("sql_url and sql_query must be given together")
-        if self.sql_url is not None and self.path is not None:
+        if self.sql_url is not None and self.sql_query is None:
+            raise ValueError("sql_url needs sql_query")
+        if self.sql_query is not None and self.path is not None:
             raise ValueError("give either a file path or a SQL source, not both")
+        if self.sql_url is not None and _url_password(self.sql_url):
+            # Configs are logged to MLflow (params, config.json) and shown as Prefect
+            # parameters: a password in one would be in all of them.
+            raise ValueError(f"sql_url carries a password: put the URL in ${SQL_URL_ENV} (the environment) "
+                             "and leave sql_url out; a config is never a place for secrets")
         return self
+
+    @property
+    def uses_sql(self) -> bool:
+        return self.sql_query is not None
+
+    def resolved_sql_url(self) -> str:
+        """The SQL source's URL: ``sql_url``, else ``$BAYES_PIPELINE_SQL_URL``.
+
+        Raises:
+            ConfigError: neither is set.
+        """
+        url = self.sql_url or os.environ.get(SQL_URL_ENV)
+        if not url:
+            raise ConfigError(f"data.sql_query is set but there is no SQL URL: set ${SQL_URL_ENV} (or data.sql_url "
+                              "for a URL without a password)")
+        return url
 
     def resolved_path(self) -> Path:
         return self.path if self.path is not None else bundled_dataset_path()
 
     def source_name(self) -> str:
-        if self.sql_url is not None:
-            return f"SQL query on {self.sql_url.split('@')[-1]}"
+        """Where the data come from, for messages and MLflow: never a password."""
+        if self.uses_sql:
+            try:
+                where = _redacted(self.resolved_sql_url())
+            except ConfigError:
+                where = f"${SQL_URL_ENV} (unset)"
+            return f"SQL query on {where}"
         return str(self.resolved_path())
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipeline_lib.config import PipelineConfig, load_config
@@ -39,3 +41,38 @@ def test_bad_config_files(tmp_path, text, words):
     for word in words:
         assert word in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_a_sql_password_never_enters_a_config(tmp_path, monkeypatch):
+    """Configs are logged to MLflow and shown by Prefect: a URL with a password is refused
+    there (without echoing it) and read from $BAYES_PIPELINE_SQL_URL instead, and every
+    message about the source shows its host and database only."""
+    import sqlalchemy
+
+    from pipeline_lib.config import SQL_URL_ENV, parse_config
+    from pipeline_lib.data.ingest import read_table
+    from pipeline_lib.errors import ConfigError, DataValidationError
+
+    marker = "s3cr3t-MARKER"
+    with pytest.raises(ConfigError, match=r"\$BAYES_PIPELINE_SQL_URL") as refused:
+        parse_config({"data": {"sql_url": f"postgresql://shop:{marker}@db.internal:5432/sales",
+                               "sql_query": "SELECT 1"}})
+    assert marker not in str(refused.value)
+
+    url = f"sqlite:///{tmp_path / 'sales.db'}"
+    engine = sqlalchemy.create_engine(url)
+    pd.DataFrame({"series_id": ["A"], "date": ["2024-01-01"], "units": [3]}).to_sql("sales", engine, index=False)
+    engine.dispose()
+    config = parse_config({"data": {"sql_query": "SELECT series_id, date, units FROM sales"}})
+    monkeypatch.delenv(SQL_URL_ENV, raising=False)
+    with pytest.raises(ConfigError, match="no SQL URL"):
+        read_table(config.data)
+    monkeypatch.setenv(SQL_URL_ENV, url)
+    assert read_table(config.data)["units"].tolist() == [3]
+    assert url not in json.dumps(config.model_dump(mode="json"))  # what MLflow and Prefect would see
+
+    monkeypatch.setenv(SQL_URL_ENV, f"postgresql+psycopg2://shop:{marker}@127.0.0.1:1/sales")  # nothing listens
+    assert config.data.source_name() == "SQL query on postgresql://127.0.0.1:1/sales"
+    with pytest.raises(DataValidationError) as failed:
+        read_table(config.data)
+    assert marker not in str(failed.value) and "127.0.0.1:1/sales" in str(failed.value)

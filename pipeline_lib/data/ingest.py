@@ -22,7 +22,7 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 
 def read_table(data: DataConfig) -> pd.DataFrame:
     """Return the raw table, ids read as strings so codes like ``'00123'`` survive."""
-    if data.sql_url is not None:
+    if data.uses_sql:
         return _read_sql(data)
     return read_file(data.resolved_path(), id_col=data.id_col)
 
@@ -73,8 +73,9 @@ def read_file(path: Path, id_col: str) -> pd.DataFrame:
 def _read_sql(data: DataConfig) -> pd.DataFrame:
     import sqlalchemy
 
+    url = data.resolved_sql_url()
     try:
-        engine = sqlalchemy.create_engine(data.sql_url)
+        engine = sqlalchemy.create_engine(url)
         with engine.connect() as connection:
             frame = pd.read_sql_query(sqlalchemy.text(data.sql_query), connection)
     except Exception as exc:
