@@ -210,6 +210,18 @@ def log_dict(payload: dict, file_name: str) -> None:
     _mlflow().log_dict(payload, file_name)
 
 
+def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> None:
+    """Record a dataset the active run used (MLflow dataset tracking: name, digest, schema,
+    profile and ``source``, shown on the run's page); ``context``: training or evaluation."""
+    import warnings
+
+    mlflow = _mlflow()
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a location
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="target")
+    mlflow.log_input(dataset, context=context)
+
+
 def run_url(run) -> str:
     """A link (server) or local path (SQLite) a person can follow to the run."""
     uri = _mlflow().get_tracking_uri()

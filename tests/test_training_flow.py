@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,12 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
     for rule in ("a", "b_textbook", "b_tuned", "c"):
         assert 0.0 <= run.data.metrics[f"inventory_{rule}_cycle_service_level"] <= 1.0
         assert run.data.metrics[f"inventory_{rule}_average_inventory"] >= 0.0
+    # The run says what it was trained and judged on: two datasets with digest and source.
+    inputs = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "evaluation"}
+    assert all(d.digest and str(synthetic_csv) in d.source for d in inputs.values())
+    rows = {context: json.loads(d.profile)["num_rows"] for context, d in inputs.items()}
+    assert rows == {"training": 4 * 120, "evaluation": 4 * config.window.test_days}
     # Coverage by days ahead from the single origin before the test split (7 test days).
     horizon_keys = sorted(k for k in run.data.metrics if k.startswith("picp_95_h"))
     assert horizon_keys == [f"picp_95_h{h:02d}" for h in range(1, 8)]

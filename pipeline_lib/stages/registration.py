@@ -83,6 +83,11 @@ def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedMode
     registry.log_dict(config.model_dump(mode="json"), "config.json")
     fingerprint = data_fingerprint(panel)
     registry.log_dict(fingerprint, "data_fingerprint.json")
+    # What the served model learned from, and the days it was judged on.
+    history = panel.to_frame()
+    test_days = history.groupby("series_id").cumcount(ascending=False) < config.window.test_days
+    registry.log_dataset(history, f"{config.registry.model_name}-training", panel.source, "training")
+    registry.log_dataset(history[test_days], f"{config.registry.model_name}-test", panel.source, "evaluation")
     model_uri = registry.log_forecaster(trained.model, _input_example(panel), config.serving.model_dump())
     if gate.champion_metrics is not None:
         registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
