@@ -379,6 +379,11 @@ class PipelineConfig(_Strict):
     def reports_dir(self) -> Path:
         return self.workdir / "reports"
 
+    @property
+    def evidently_workspace(self) -> Path:
+        """The Evidently workspace of the daily drift snapshots (``evidently ui --workspace``)."""
+        return Path(os.environ.get("BAYES_PIPELINE_EVIDENTLY_WORKSPACE") or self.workdir / "evidently")
+
     def updated(self, **sections: dict) -> PipelineConfig:
         """A copy with some fields of some sections replaced, validated again."""
         merged = self.model_dump()

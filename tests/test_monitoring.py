@@ -7,6 +7,8 @@ hand; the flows and the replay are tested end to end in test_replay.py.
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -223,16 +225,28 @@ def test_evidently_sees_target_drift_only_after_a_shift(tmp_path, factor, drifte
     rng = np.random.default_rng(3)
     levels = rng.uniform(5, 80, size=50)
 
-    def frame(days, scale):
-        target = rng.poisson(np.repeat(levels * scale, days)).astype(float)
-        return pd.DataFrame({"target": target, "price": rng.normal(2.0, 0.1, size=target.size)})
+    def frame(days, scale, start):
+        target = rng.poisson(np.tile(levels * scale, days)).astype(float)
+        dates = pd.date_range(start, periods=days, freq="D").repeat(len(levels))
+        return pd.DataFrame({"date": dates, "target": target, "price": rng.normal(2.0, 0.1, size=target.size)})
 
-    reference = frame(56, 1.0)
-    current = frame(7, factor).assign(covered=1.0)
-    summary = drift_report(reference, current, ("price",), 0.1, tmp_path / "report.html")
+    reference = frame(56, 1.0, "2024-01-01")
+    current = frame(7, factor, "2024-02-26").assign(covered=1.0)
+    summary = drift_report(reference, current, ("price",), 0.1, tmp_path / "report.html", decision="PIC 91%: ok",
+                           day=dt.date(2024, 3, 3), workspace=tmp_path / "workspace")
     assert summary.target_drifted is drifted
     assert summary.drifted_columns == int(drifted)  # the price did not move
     assert summary.coverage == 1.0
+    # The snapshot is in the workspace `evidently ui` serves, dated, led by the decision, and
+    # small next to the HTML export (the data are not copied into it).
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(tmp_path / "workspace"))
+    project = next(p for p in workspace.list_projects() if p.name == "bayes-pipeline")
+    (run_id,) = workspace.list_runs(project.id)
+    snapshot = workspace.get_run(project.id, run_id)
+    assert snapshot.metadata["decision"] == "PIC 91%: ok" and snapshot.timestamp.date() == dt.date(2024, 3, 3)
+    assert Path(summary.snapshot).stat().st_size < summary.report_path.stat().st_size / 20
     assert summary.report_path.stat().st_size > 10_000 and "<html" in summary.report_path.read_text()[:2000].lower()
 
 
@@ -304,6 +318,9 @@ def test_the_default_rule_never_fires_on_calibrated_intervals_and_fires_on_narro
     if fires:
         assert max(pic) < 0.9 and len(claims) == 1, pic  # one retrain per streak
         assert runs[2].retrain is not None and runs[2].retrain.streak_start == runs[0].day
+        # The day's drift snapshot leads with the verdict, streak included.
+        decision = json.loads(Path(runs[2].drift.snapshot).read_text())["metadata"]["decision"]
+        assert "BREACH, day 3 of 3 before a retrain" in decision and f"{pic[2]:.1%}" in decision
     else:
         assert min(pic) >= 0.9 and claims.empty and not any(run.alerts for run in runs), pic
         assert 0.94 <= np.mean(pic) <= 0.98, np.mean(pic)  # honest, not trivially wide

@@ -145,6 +145,12 @@ def test_compose_and_deployments_agree():
     host_file = ROOT / mounts[str(Path(config_path).parent)] / Path(config_path).name
     deployed = load_config(host_file)
     assert str(deployed.data.path).startswith(worker["environment"]["BAYES_PIPELINE_DATA_ROOTS"])
+    # ... and the worker writes its drift snapshots into the workspace evidently-ui serves.
+    ui = compose["services"]["evidently-ui"]
+    served = ui["command"][ui["command"].index("--workspace") + 1]
+    ui_volume = next(v.split(":")[0] for v in ui["volumes"] if v.split(":")[1] == served)
+    worker_volume = next(v.split(":")[1] for v in worker["volumes"] if v.split(":")[0] == ui_volume)
+    assert worker["environment"]["BAYES_PIPELINE_EVIDENTLY_WORKSPACE"] == worker_volume
     # ... the monitoring's default training deployment is the one prefect.yaml defines ...
     flow_name, deployment = PipelineConfig().monitoring.training_deployment.split("/")
     assert deployment == "training-pipeline" and flow_name == "training_pipeline"

@@ -160,7 +160,8 @@ def _report_for(config: PipelineConfig, store: ForecastStore, panel: Panel, d: d
 
 def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.date,
            reference_end: dt.date | None, report_dir: Path) -> DriftSummary | None:
-    """Evidently report of the last week up to ``day`` against the training reference."""
+    """Evidently report of the last week up to ``day`` against the training reference, led by
+    the day's coverage verdict; also a snapshot in the Evidently workspace."""
     lower, upper = interval_columns(config.evaluation.nominal_level)
     first = day - dt.timedelta(days=CURRENT_WINDOW_DAYS - 1)
     intervals = [store.forecasts_for(first + dt.timedelta(days=k)) for k in range(CURRENT_WINDOW_DAYS)]
@@ -170,7 +171,24 @@ def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.d
         log.info("no drift report for %s: %s window is empty", day, "current" if current.empty else "reference")
         return None
     return drift_report(reference, current, tuple(panel.covariate_names), config.monitoring.drift_threshold,
-                        Path(report_dir) / f"monitoring-{day}.html", title=f"Demand drift and coverage, {day}")
+                        Path(report_dir) / f"monitoring-{day}.html", title=f"Demand drift and coverage, {day}",
+                        decision=_verdict(store, day, config), day=day, workspace=config.evidently_workspace)
+
+
+def _verdict(store: ForecastStore, day: dt.date, config: PipelineConfig) -> str:
+    """The day's coverage verdict as one line (what a planner reads first)."""
+    coverage = store.coverage(OVERALL)
+    rows = coverage[coverage["day"].map(as_day) == day] if not coverage.empty else coverage
+    if rows.empty or rows.iloc[0]["picp"] is None or pd.isna(rows.iloc[0]["picp"]):
+        return "coverage pending (no actuals yet)"
+    row = rows.iloc[0]
+    verdict = "ok"
+    if row["breach"]:
+        breached = {as_day(d) for d, b in zip(coverage["day"], coverage["breach"], strict=True) if b}
+        streak = next(k for k in range(len(breached) + 1) if day - dt.timedelta(days=k) not in breached)
+        verdict = f"BREACH, day {streak} of {config.monitoring.consecutive_days} before a retrain"
+    return (f"PIC {row['picp']:.1%} of the {config.evaluation.nominal_level:.0%} interval over {row['n']} series "
+            f"(threshold {config.monitoring.pic_threshold:.0%}): {verdict}")
 
 
 def retrain_alert(request: RetrainRequest, outcome_text: str, consecutive_days: int) -> Alert:

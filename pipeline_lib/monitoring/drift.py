@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 TARGET = "target"
 COVERED = "covered"
+DATE = "date"
+WORKSPACE_PROJECT = "bayes-pipeline"  # the Evidently project the daily snapshots go to
 CURRENT_WINDOW_DAYS = 7  # the recent window of a report: the last week
 
 
@@ -39,6 +41,7 @@ class DriftSummary:
     columns: int
     coverage: float | None  # share of covered actuals in the current window
     report_path: Path
+    snapshot: str | None = None  # where the snapshot is in the Evidently workspace, if one was given
 
     def describe(self) -> str:
         coverage = "n/a" if self.coverage is None else f"{self.coverage:.1%}"
@@ -77,37 +80,60 @@ def drift_windows(history: pd.DataFrame, forecasts: list[pd.DataFrame], lower: s
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, covariates: tuple[str, ...],
-                 threshold: float, out_path: Path, title: str = "") -> DriftSummary:
-    """Write the HTML report to ``out_path`` and return its headline numbers.
+                 threshold: float, out_path: Path, title: str = "", decision: str = "",
+                 day: dt.date | None = None, workspace: Path | None = None,
+                 project: str = WORKSPACE_PROJECT) -> DriftSummary:
+    """Write the HTML report to ``out_path`` (and, with ``workspace``, the snapshot into that
+    Evidently workspace's ``project``, which ``evidently ui`` serves, dated ``day``) and
+    return its headline numbers.
 
-    ``reference``: ``target`` and covariate columns (one row per series and day) from the
-    training data; ``current``: the same plus ``covered`` (1.0 inside the nominal
-    interval, 0.0 outside, NaN without a forecast) for the recent window.
+    ``reference``: ``date``, ``target`` and covariate columns (one row per series and day)
+    from the training data; ``current``: the same plus ``covered`` (1.0 inside the nominal
+    interval, 0.0 outside, NaN without a forecast) for the recent window. ``decision``: what
+    the monitoring decided that day (PIC, breach, streak), the report's first line.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import DriftedColumnsCount, MeanValue, ValueDrift
 
     columns = [TARGET, *covariates]
-    definition = DataDefinition(numerical_columns=[*columns, COVERED])
+    # The date as the timestamp: Evidently then plots over days, not over row index bins.
+    definition = DataDefinition(timestamp=DATE, numerical_columns=[*columns, COVERED])
     metrics = [ValueDrift(column=TARGET, threshold=threshold),
                *(ValueDrift(column=c, threshold=threshold) for c in covariates),
                DriftedColumnsCount(columns=columns),
                MeanValue(column=COVERED)]
-    reference = reference[columns].assign(**{COVERED: float("nan")})  # coverage is a current-only metric
-    current = current[[*columns, COVERED]]
+    reference = _typed(reference[[DATE, *columns]].assign(**{COVERED: float("nan")}))  # current-only metric
+    current = _typed(current[[DATE, *columns, COVERED]])
+    metadata = {key: value for key, value in (("decision", decision), ("title", title)) if value}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN reference coverage column
-        snapshot = Report(metrics, metadata={"title": title} if title else None).run(
-            Dataset.from_pandas(current.astype(float), data_definition=definition),
-            Dataset.from_pandas(reference.astype(float), data_definition=definition),
+        snapshot = Report(metrics, metadata=metadata or None).run(
+            Dataset.from_pandas(current, data_definition=definition),
+            Dataset.from_pandas(reference, data_definition=definition),
+            timestamp=dt.datetime.combine(day, dt.time()) if day else None,
+            name=f"{day}: {decision}" if day and decision else None,
         )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(out_path))
+    where = None
+    if workspace is not None:
+        from evidently.ui.workspace import Workspace
+
+        store = Workspace.create(str(workspace))
+        found = [p for p in store.search_project(project) if p.name == project]
+        target = found[0] if found else store.create_project(project, description="daily demand drift and coverage")
+        where = str(store.add_run(target.id, snapshot, include_data=False).url)
     values = [metric["value"] for metric in snapshot.dict()["metrics"]]
     target_drift = float(values[0])
     drifted = values[1 + len(covariates)]
     coverage = values[2 + len(covariates)]
     coverage = None if coverage is None or pd.isna(coverage) else float(coverage)
     return DriftSummary(target_drift, target_drift >= threshold, int(drifted["count"]), len(columns),
-                        coverage, out_path)
+                        coverage, out_path, where)
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as floats, the date as a timestamp."""
+    numbers = frame.drop(columns=[DATE]).astype(float)
+    return numbers.assign(**{DATE: pd.to_datetime(frame[DATE])})
