@@ -46,19 +46,22 @@ def _mlflow():
     return mlflow
 
 
-# MLflow retries HTTP requests itself (urllib3 backoff); its defaults (7 retries, factor 2,
-# 120 s timeout) can hang a run for many minutes when the server is down. Bounded here,
-# unless the environment says otherwise: about 1 + 2 + 4 s of backoff, then a clear error.
-HTTP_RETRY_DEFAULTS = {
+# MLflow settings, unless the environment says otherwise. MLflow retries HTTP requests itself
+# (urllib3 backoff); its defaults (7 retries, factor 2, 120 s timeout) can hang a run for many
+# minutes when the server is down. Bounded here: about 1 + 2 + 4 s of backoff, then a clear
+# error.
+MLFLOW_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # Loading a version downloads a handful of small files: no progress bars in the daily logs.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
 def configure(tracking_uri: str) -> None:
     """Point the MLflow client at ``tracking_uri`` (registry on the same store)."""
-    for key, value in HTTP_RETRY_DEFAULTS.items():
+    for key, value in MLFLOW_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     mlflow = _mlflow()
     # set_tracking_uri also exports MLFLOW_TRACKING_URI, which would then override the
