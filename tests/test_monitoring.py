@@ -441,3 +441,20 @@ def test_a_dispatched_retrain_whose_deployment_run_failed_is_retried(tmp_path):
     retry = RetrainRetry(dt.timedelta(hours=20), max_attempts=3)
     assert store.retrained_streaks(retry=retry, now=t0 + dt.timedelta(days=1)) == {day(0), day(20)}
     store.dispose()
+
+
+def test_a_retrain_outcome_and_its_alert_are_written_together(tmp_path):
+    """A process that dies while recording a retrain leaves neither its outcome nor its
+    alert, never a completed retrain without the alert (the write fails half-way here)."""
+    store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    store.claim_retrain(day(0), day(2), "subflow", "1")
+    alert = {"day": day(2), "kind": "retrain", "model_version": "1", "message": None}  # NOT NULL: fails
+    with pytest.raises(Exception, match="NOT NULL"):
+        store.finish_retrain(day(0), "completed", "2", True, "trained version 2", alert=alert)
+    assert store.table("retrain_events").iloc[0]["status"] == "started" and store.table("alerts").empty
+    alert["message"] = "retraining: trained version 2"
+    assert store.finish_retrain(day(0), "completed", "2", True, "trained version 2", alert=alert)
+    assert not store.finish_retrain(day(0), "completed", "2", True, "trained version 2", alert=alert)  # a rerun
+    assert store.table("retrain_events").iloc[0]["status"] == "completed"
+    assert store.undelivered_alerts()["kind"].tolist() == ["retrain"]
+    store.dispose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import Panel
@@ -69,14 +69,14 @@ def respond_and_record(config: PipelineConfig, store: ForecastStore, request: Re
     failure = None
     try:
         result = respond(config, request, panel, dispatch, train_here)
-        store.finish_retrain(request.streak_start, "completed" if result.new_version else "dispatched",
-                             result.new_version, result.promoted, result.text, result.dispatched_run)
+        status = "completed" if result.new_version else "dispatched"
     except Exception as exc:  # noqa: BLE001 - recorded and alerted, then re-raised by the caller
-        failure = exc
+        failure, status = exc, "failed"
         result = RetrainResult(f"retraining failed ({exc.__class__.__name__}: {exc}); the champion is unchanged")
-        store.finish_retrain(request.streak_start, "failed", detail=result.text)
     alert = retrain_alert(request, result.text, config.monitoring.consecutive_days)
-    is_new = store.add_alert(alert.day, alert.kind, alert.model_version, alert.message, details=alert.details)
+    # The outcome and its alert in one transaction: no retrain recorded without its alert.
+    is_new = store.finish_retrain(request.streak_start, status, result.new_version, result.promoted, result.text,
+                                  result.dispatched_run, alert=asdict(alert))
     return RetrainRecord(alert, is_new, failure)
 
 

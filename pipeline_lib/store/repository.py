@@ -292,13 +292,26 @@ class ForecastStore:
     @_retried
     def finish_retrain(self, streak_start, status: str, new_version: str | None = None,
                        promoted: bool | None = None, detail: str | None = None,
-                       dispatched_run: str | None = None) -> None:
+                       dispatched_run: str | None = None, alert: dict | None = None) -> bool:
+        """Record a retrain's outcome; with ``alert`` (the columns of its ``alerts`` row), also
+        put that alert in the outbox, in the same transaction: a process that dies here
+        leaves neither or both. Returns whether the alert is new (False: a rerun's)."""
         values = dict(status=status, new_version=new_version, promoted=promoted, detail=detail)
         if dispatched_run is not None:
             values["dispatched_run"] = dispatched_run
         with self.engine.begin() as conn:
             conn.execute(retrain_events.update().where(retrain_events.c.streak_start == as_day(streak_start))
                          .values(**values))
+            if alert is None:
+                return False
+            key = (alerts.c.day == as_day(alert["day"])) & (alerts.c.kind == alert["kind"])
+            if conn.execute(sa.select(alerts.c.day).where(key)).first() is not None:
+                return False
+            conn.execute(alerts.insert().values(
+                day=as_day(alert["day"]), kind=alert["kind"], model_version=str(alert["model_version"]),
+                message=alert["message"], report=alert.get("report"),
+                details=json.dumps(alert.get("details") or {}, default=str), status="pending", attempts=0))
+        return True
 
     @_retried
     def dispatched_retrains(self) -> pd.DataFrame:
