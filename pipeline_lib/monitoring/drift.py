@@ -116,14 +116,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, covariates: tup
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(out_path))
-    where = None
-    if workspace is not None:
-        from evidently.ui.workspace import Workspace
-
-        store = Workspace.create(str(workspace))
-        found = [p for p in store.search_project(project) if p.name == project]
-        target = found[0] if found else store.create_project(project, description="daily demand drift and coverage")
-        where = str(store.add_run(target.id, snapshot, include_data=False).url)
+    where = _add_to_workspace(Path(workspace), project, snapshot) if workspace is not None else None
     values = [metric["value"] for metric in snapshot.dict()["metrics"]]
     target_drift = float(values[0])
     drifted = values[1 + len(covariates)]
@@ -131,6 +124,28 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, covariates: tup
     coverage = None if coverage is None or pd.isna(coverage) else float(coverage)
     return DriftSummary(target_drift, target_drift >= threshold, int(drifted["count"]), len(columns),
                         coverage, out_path, where)
+
+
+def _add_to_workspace(workspace: Path, project: str, snapshot) -> str | None:
+    """Add ``snapshot`` to ``project`` of the workspace; returns where it went. Runs of
+    several processes take turns (an exclusive lock file): Evidently's file workspace reads
+    and writes its project files without one. The workspace is what the UI shows; a failure
+    here is logged and does not stop the monitoring (the HTML report and the metrics stand)."""
+    import fcntl
+
+    from evidently.ui.workspace import Workspace
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    with open(workspace / ".bayes-pipeline.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            store = Workspace.create(str(workspace))
+            found = [p for p in store.search_project(project) if p.name == project]
+            target = found[0] if found else store.create_project(project, description="daily demand drift and coverage")
+            return str(store.add_run(target.id, snapshot, include_data=False).url)
+        except (OSError, ValueError) as exc:
+            log.warning("drift snapshot not added to the Evidently workspace %s: %s", workspace, exc)
+            return None
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
