@@ -188,17 +188,21 @@ def test_nan_guard_stops_training():
 
 @pytest.mark.model
 def test_epistemic_variance_falls_as_training_data_grows():
-    """With the per-example ELBO, KL/N weighs less as N grows, so the posterior narrows."""
+    """With the per-example ELBO, KL/N weighs less as N grows, so the posterior narrows.
+
+    Both fits keep their last weights (no validation set): restoring the best validation
+    epoch could hand back an early, still-narrow posterior and hide the effect (it did, on
+    CI). Every random source is seeded: unseeded tf_keras initialisers draw from Python's
+    ``random``. Across seeds 0-7 the ratio is 0.09-0.17."""
     test, _ = _regression_data(300, 5)
     epistemic = {}
     for n, epochs in ((128, 150), (4096, 5)):  # about the same number of gradient steps
         train, _ = _regression_data(n, 0)
-        tf.random.set_seed(0)
+        tf_keras.utils.set_random_seed(0)
         config = ModelConfig(head="normal", lstm_units=(8, 4), posterior_init_std=0.05)
         model = BayesianForecaster(2, config).build_for(6)
-        train_model(model, train, test,
-                    TrainConfig(epochs=epochs, batch_size=64, learning_rate=1e-2, patience=epochs,
-                                kl_annealing="none"), progress=False)
+        train_model(model, train, None, TrainConfig(batch_size=64, learning_rate=1e-2, kl_annealing="none"),
+                    progress=False, epochs=epochs)
         out = predict_distribution(model, test.inputs, num_samples=100, samples_per_draw=1)
         epistemic[n] = float(out.epistemic_variance.mean())
     assert epistemic[4096] < 0.5 * epistemic[128], epistemic
