@@ -55,7 +55,7 @@ def _models():
     from pipeline_lib.model.network import BayesianForecaster
 
     tf.random.set_seed(0)
-    bayesian = BayesianForecaster(FEATURES, ModelConfig(lstm_units=(64, 32))).build_for(STEPS)
+    bayesian = BayesianForecaster(FEATURES, ModelConfig(lstm_units=(64, 32), head="normal")).build_for(STEPS)
     deterministic = tf_keras.Sequential([
         tf_keras.layers.LSTM(64, return_sequences=True), tf_keras.layers.LSTM(32), tf_keras.layers.Dense(2),
     ])

@@ -57,6 +57,21 @@ def _softplus_inverse(x: float) -> float:
     return float(np.log(np.expm1(x)))
 
 
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _lstm_cell(projected: tf.Tensor, bias: tf.Tensor, c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """One LSTM step after the matmul: ``(h, c)`` from gate pre-activations ``projected +
+    bias`` (``(..., 4U)``, Keras gate order i, f, g, o) and the previous cell state ``c``.
+
+    XLA fuses the bias add, the four gate non-linearities and the state update into one
+    pass over memory; unfused, these ten element-wise ops took about 40% of the Monte Carlo
+    pass (S = 100 x 256 windows), more than the matmuls (see benchmarks/RESULTS.md). The
+    matmul itself stays outside the cluster, where oneDNN runs it (XLA's CPU matmul is slower).
+    """
+    i, f, g, o = tf.split(projected + bias, 4, axis=-1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(c), c
+
+
 def _random_signs(shape, seed: tf.Tensor) -> tf.Tensor:
     return tf.cast(2 * tf.random.stateless_uniform(shape, seed=seed, maxval=2, dtype=tf.int32) - 1, tf.float32)
 
@@ -239,7 +254,7 @@ class BayesianLSTM(VariationalLayer):
         stacked = tf.concat([draw.weights["kernel"], draw.weights["recurrent"]], axis=1)  # (S, F + U, 4U)
         bias = draw.weights["bias"][:, None, :]
         h0, c0 = state if state is not None else (tf.zeros([shape[0], shape[1], self.units]), None)
-        return self._unroll(lambda t, h: tf.matmul(tf.concat([inputs[t], h], axis=-1), stacked) + bias,
+        return self._unroll(lambda t, h: (tf.matmul(tf.concat([inputs[t], h], axis=-1), stacked), bias),
                             h0, len(inputs), as_list=True, c0=c0, return_state=return_state)
 
     def _forward_flipout(self, inputs: tf.Tensor, draw: WeightDraw) -> tf.Tensor:
@@ -258,8 +273,8 @@ class BayesianLSTM(VariationalLayer):
         sign_in_h, sign_out_h = draw.signs["sign_in_h"], draw.signs["sign_out_h"]
 
         def gates(t, h):
-            return (per_step[t] + tf.matmul(h, recurrent_loc)
-                    + tf.matmul(h * sign_in_h, recurrent_delta) * sign_out_h)
+            return (tf.matmul(h, recurrent_loc) + tf.matmul(h * sign_in_h, recurrent_delta) * sign_out_h,
+                    per_step[t])
 
         out = self._unroll(gates, tf.zeros([tf.shape(flat)[0], self.units]), steps)
         if self.return_sequences:
@@ -268,12 +283,12 @@ class BayesianLSTM(VariationalLayer):
 
     def _unroll(self, gates_at, h0: tf.Tensor, steps: int, as_list: bool = False, c0: tf.Tensor | None = None,
                 return_state: bool = False):
+        """``gates_at(t, h) -> (projected, bias)``, the two addends of step ``t``'s gate
+        pre-activations (the bias is added inside the fused cell)."""
         h, c = h0, (tf.zeros_like(h0) if c0 is None else c0)
         outputs = []
         for t in range(steps):
-            i, f, g, o = tf.split(gates_at(t, h), 4, axis=-1)
-            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            h = tf.sigmoid(o) * tf.tanh(c)
+            h, c = _lstm_cell(*gates_at(t, h), c)
             if self.return_sequences:
                 outputs.append(h)
         if not self.return_sequences:
