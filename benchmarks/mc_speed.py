@@ -10,9 +10,12 @@ Model: BayesianLSTM(64, sequences) -> BayesianLSTM(32) -> Normal head, 28-day wi
 - the vectorised S = 100 call on 256 windows against a deterministic ``tf_keras`` LSTM of
   the same size forwarding the 25,600 tiled windows (compiled);
 - one training epoch of the Bayesian model against the deterministic model trained by the
-  same loop;
+  same loop, and the Bayesian epoch with its LSTM layers in bfloat16 (``train.mixed_precision``)
+  against float32;
 - the tiled and Flipout strategies for a single window;
-- peak extra resident memory of the S = 100, B = 256 call (in a fresh child process).
+- peak extra resident memory of the S = 100, B = 256 call (in a fresh child process);
+- the 8-bit posterior (``serving.quantized_posterior``): weights-file size and prediction
+  time of the model loaded from it, against float32.
 
 The last line of ``--json`` output is one JSON object with the ratios.
 """
@@ -77,6 +80,35 @@ def _peak_memory_child(queue) -> None:
     before = hwm_mb()
     sample_one_step(bayesian, _windows(256), SAMPLES, samples_per_draw=1, strategy="tiled", batch_size=256)
     queue.put(hwm_mb() - before)
+
+
+def _quantized_model(bayesian, windows, repeats: int) -> tuple[int, int, float, float]:
+    """Bytes of the 8-bit and the float32 weights file, and the S=100 prediction times of the
+    model loaded from the 8-bit file (dequantized at load, so float32 arithmetic) and of the
+    float32 model, timed one after the other."""
+    import tempfile
+    from pathlib import Path
+
+    import tf_keras
+
+    from pipeline_lib.model.network import BayesianForecaster
+    from pipeline_lib.model.predict import sample_one_step
+    from pipeline_lib.model.quantize import dequantize, quantize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        float_file, quantized_file = Path(tmp) / "weights.npz", Path(tmp) / "weights.int8.npz"
+        np.savez(float_file, *bayesian.get_weights())
+        np.savez(quantized_file, **quantize([w.name for w in bayesian.weights], bayesian.get_weights()))
+        with np.load(quantized_file) as stored:
+            weights = dequantize(stored)
+        sizes = quantized_file.stat().st_size, float_file.stat().st_size
+    tf_keras.utils.set_random_seed(0)
+    loaded = BayesianForecaster(FEATURES, bayesian.model_config).build_for(STEPS)
+    loaded.set_weights(weights)
+    def predict(model):
+        return lambda: sample_one_step(model, windows, SAMPLES, samples_per_draw=1, batch_size=256)
+
+    return *sizes, _timed(predict(loaded), repeats), _timed(predict(bayesian), repeats)
 
 
 def _train_epoch_seconds(model, loss_fn, x, y, batch_size=256) -> float:
@@ -152,6 +184,11 @@ def main() -> None:
 
     epoch_bayes = _train_epoch_seconds(bayesian, bayesian_loss, x_train, y_train)
     epoch_det = _train_epoch_seconds(deterministic, deterministic_loss, x_train, y_train)
+    with bayesian.training_precision(tf.bfloat16):  # train.mixed_precision: bfloat16
+        epoch_bayes_bf16 = _train_epoch_seconds(bayesian, bayesian_loss, x_train, y_train)
+
+    print("timing the 8-bit posterior ...", file=sys.stderr)
+    quantized_bytes, float_bytes, quantized_vec_b256, float_vec_b256 = _quantized_model(bayesian, x256, repeats)
 
     queue = mp.get_context("spawn").Queue()
     child = mp.get_context("spawn").Process(target=_peak_memory_child, args=(queue,))
@@ -164,7 +201,10 @@ def main() -> None:
         "loop_over_vectorized_b256": loop_b256 / vec_b256,
         "vectorized_over_deterministic": vec_b256 / det_25600,
         "train_epoch_ratio": epoch_bayes / epoch_det,
+        "bfloat16_over_float32_train_epoch": epoch_bayes_bf16 / epoch_bayes,
         "peak_mem_mb": peak,
+        "quantized_over_float32_weights_bytes": quantized_bytes / float_bytes,
+        "quantized_over_float32_prediction": quantized_vec_b256 / float_vec_b256,
         "flipout_over_tiled_b1": vec_b1_flipout / vec_b1_tiled,
         "flipout_over_tiled_b256": vec_b256_flipout / vec_b256,
         "seconds": {
@@ -172,7 +212,8 @@ def main() -> None:
             "vectorized_b1_tiled": vec_b1_tiled, "vectorized_b1_flipout": vec_b1_flipout,
             "vectorized_b256": vec_b256, "vectorized_b256_flipout": vec_b256_flipout,
             "deterministic_25600": det_25600, "epoch_bayesian_12800": epoch_bayes,
-            "epoch_deterministic_12800": epoch_det,
+            "epoch_deterministic_12800": epoch_det, "epoch_bayesian_bfloat16_12800": epoch_bayes_bf16,
+            "vectorized_b256_quantized": quantized_vec_b256,
         },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}",
     }
@@ -183,9 +224,14 @@ def main() -> None:
     print(f"vectorised S=100 x 256 vs deterministic LSTM on 25,600 windows: "
           f"{results['vectorized_over_deterministic']:.2f}x the time (target <= 1.0)")
     print(f"training epoch, Bayesian / deterministic: {results['train_epoch_ratio']:.2f}x (target <= 1.5)")
+    print(f"training epoch, Bayesian bfloat16 / float32 (train.mixed_precision): "
+          f"{results['bfloat16_over_float32_train_epoch']:.2f}x")
     print(f"Flipout / tiled, 1 window: {results['flipout_over_tiled_b1']:.2f}; "
           f"256 windows: {results['flipout_over_tiled_b256']:.2f}")
     print(f"peak extra memory of S=100 x 256: {peak:.0f} MB")
+    print(f"8-bit posterior: weights file {quantized_bytes / 1e3:.0f} kB vs {float_bytes / 1e3:.0f} kB float32 "
+          f"({results['quantized_over_float32_weights_bytes']:.2f}x); S=100 x 256 prediction "
+          f"{results['quantized_over_float32_prediction']:.2f}x the float32 model's time")
     if args.json:
         print(json.dumps(results))
 

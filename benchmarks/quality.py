@@ -17,7 +17,8 @@ on every day, recalibration); the peers do not depend on the seed.
 Models: ``naive`` seasonal naive (period 7) with empirical residual quantiles; ``ets`` /
 ``arima`` statsforecast AutoETS / AutoARIMA (extra ``bench``); ``oracle`` the true
 predictive distribution (synthetic data only: the physical limit); ``lstm`` the served
-Bayesian LSTM (``lstm_raw``: before recalibration); ``mc_dropout`` an MC-dropout LSTM
+Bayesian LSTM (``lstm_raw``: before recalibration; ``lstm_8bit``: the same model with its
+posterior quantized to 8 bits, ``serving.quantized_posterior``); ``mc_dropout`` an MC-dropout LSTM
 (Uber 2017) on the same windows. With ``--combine``: ``lstm+ets_pool`` / ``lstm+ets_vincent``
 (and the same with ``arima``), equal-weight combinations of the served LSTM with the peer,
 as a 50/50 mixture and as the average of the two quantile functions.
@@ -195,7 +196,7 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
     def record(model, samples, seconds, seed=None):
         runs.record(model, fold, seed, actuals, samples, series_index, scales, seconds)
 
-    for name in (m for m in models if m not in ("lstm", "mc_dropout")):
+    for name in (m for m in models if m not in ("lstm", "lstm_8bit", "mc_dropout")):
         start = time.perf_counter()
         try:
             samples = peer_samples(name, fold_panel, days, fit_end, oracle, config.data.non_negative)
@@ -205,7 +206,7 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
         if samples is not None:
             peers[name] = (samples, time.perf_counter() - start)
             record(name, samples, peers[name][1])
-    if "lstm" not in models and "mc_dropout" not in models:
+    if not {"lstm", "lstm_8bit", "mc_dropout"} & set(models):
         return
     for seed in seeds:
         seeded = config.updated(train={"seed": seed})
@@ -227,6 +228,9 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
                 scored = score_forecast_table(frame, panel.to_frame())
                 runs.runs.append({"model": "lstm_28d", "fold": fold, "seed": seed, "n": int(scored["n"]),
                                   "seconds": seconds, "metrics": scored})
+        if "lstm_8bit" in models:  # the same trained model, its posterior stored in 8 bits
+            quantized = stages.evaluate(seeded, trained.model.quantized_copy(), fold_panel, by_horizon=False)
+            record("lstm_8bit", quantized.sampled.samples, seconds, seed)
         if "mc_dropout" in models:
             start = time.perf_counter()
             record("mc_dropout", mc_dropout_samples(seeded, trained.model, fold_panel), time.perf_counter() - start,

@@ -210,6 +210,11 @@ class TrainConfig(_Strict):
         "(synchronous data parallelism over the GPUs of one host)")
     devices: tuple[str, ...] | None = Field(None, description="mirrored: devices to use, e.g. "
                                             "['/gpu:0', '/gpu:1']; None = every GPU (else the CPU)")
+    mixed_precision: Literal["off", "auto", "bfloat16", "float16"] = Field(
+        "off", description="compute dtype of the LSTM layers' training pass; the variational parameters, "
+        "their sampling and the KL term stay float32, as do prediction and serving. auto = float16 with "
+        "loss scaling on a GPU, bfloat16 on a CPU with AVX512_BF16 or AMX, else off. Off by default: on "
+        "the 2-core AVX512_BF16 CPU of benchmarks/RESULTS.md bfloat16 was not faster (GPU not measured)")
 
 
 class EvaluationConfig(_Strict):
@@ -279,6 +284,10 @@ class ServingConfig(_Strict):
     horizon: int = Field(7, ge=1, description="days the daily forecast covers")
     seed: int = Field(11, description="daily forecast: chunk k of the series uses seed + k, so any runner "
                       "gives the same numbers")
+    quantized_posterior: bool = Field(
+        False, description="serve (and judge) the posterior with every mean and scale stored in 8 bits, "
+        "per output channel: a model file about 4x smaller, dequantized at load. Off by default: "
+        "benchmarks/RESULTS.md records its CRPS change")
 
 
 class InventoryConfig(_Strict):

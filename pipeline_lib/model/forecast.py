@@ -42,10 +42,12 @@ from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.model.heads import UNITS_SPACE
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.predict import sample_one_step, sample_paths
+from pipeline_lib.model.quantize import dequantize, quantize
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.npz"
+QUANTIZED_WEIGHTS_FILE = "weights.int8.npz"  # instead of WEIGHTS_FILE: see pipeline_lib.model.quantize
 CONFIG_FILE = "model.json"
 SCALERS_FILE = "scalers.json"
 CALIBRATION_FILE = "calibration.json"
@@ -147,6 +149,8 @@ class ForecastModel:
 
     ``calibration`` (fitted after training on the validation days) remaps the predictive
     samples so their quantiles are calibrated; ``None`` serves the raw distribution.
+    ``quantized``: the weights are an 8-bit posterior's (:meth:`quantized_copy`) and are
+    saved as such.
     """
 
     network: BayesianForecaster
@@ -154,6 +158,7 @@ class ForecastModel:
     scalers: dict[str, SeriesScaler]
     model_config: ModelConfig
     calibration: PitRecalibration | None = None
+    quantized: bool = False
 
     @classmethod
     def create(cls, spec: FeatureSpec, scalers: dict[str, SeriesScaler], model_config: ModelConfig) -> ForecastModel:
@@ -164,7 +169,10 @@ class ForecastModel:
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / WEIGHTS_FILE, *self.network.get_weights())
+        if self.quantized:
+            np.savez(directory / QUANTIZED_WEIGHTS_FILE, **self._quantized_weights())
+        else:
+            np.savez(directory / WEIGHTS_FILE, *self.network.get_weights())
         (directory / CONFIG_FILE).write_text(json.dumps(
             {"model_config": self.model_config.model_dump(mode="json"), "feature_spec": self.spec.to_dict()},
             indent=2))
@@ -185,11 +193,17 @@ class ForecastModel:
                                      "weekday_profile": tuple(raw.get("weekday_profile", ()))})
                 for sid, raw in json.loads((directory / SCALERS_FILE).read_text()).items()
             }
-            with np.load(directory / WEIGHTS_FILE) as stored:
-                weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+            quantized = (directory / QUANTIZED_WEIGHTS_FILE).exists()
+            if quantized:
+                with np.load(directory / QUANTIZED_WEIGHTS_FILE) as stored:
+                    weights = dequantize(stored)
+            else:
+                with np.load(directory / WEIGHTS_FILE) as stored:
+                    weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
             model = cls.create(FeatureSpec.from_dict(meta["feature_spec"]), scalers,
                                ModelConfig.model_validate(meta["model_config"]))
             model.network.set_weights(weights)
+            model.quantized = quantized
             if (directory / CALIBRATION_FILE).exists():
                 raw = json.loads((directory / CALIBRATION_FILE).read_text())
                 model.calibration = PitRecalibration(tuple(raw["levels"]), raw["n_calibration"])
@@ -197,6 +211,19 @@ class ForecastModel:
             raise ModelLoadError(
                 f"{directory}: model files missing or corrupt ({exc.__class__.__name__}: {exc})") from None
         return model
+
+    def _quantized_weights(self) -> dict[str, np.ndarray]:
+        return quantize([w.name for w in self.network.weights], self.network.get_weights())
+
+    def quantized_copy(self) -> ForecastModel:
+        """This model with its posterior means and scales rounded to what 8 bits store
+        (:mod:`pipeline_lib.model.quantize`): it forecasts as the saved and reloaded quantized
+        model will (saving quantizes again; the weights agree to float32 rounding), and saves
+        in 8 bits."""
+        copy = ForecastModel.create(self.spec, self.scalers, self.model_config)
+        copy.network.set_weights(dequantize(self._quantized_weights()))
+        copy.calibration, copy.quantized = self.calibration, True
+        return copy
 
     # --- inputs --------------------------------------------------------------------------
     def scaler_for(self, series: Series) -> SeriesScaler:

@@ -191,6 +191,8 @@ class BayesianLSTM(VariationalLayer):
         super().__init__(**kwargs)
         self.units = units
         self.return_sequences = return_sequences
+        # Compute dtype of ``call`` (the training pass); see BayesianForecaster.training_precision.
+        self.training_dtype = tf.float32
 
     def build(self, input_shape):
         features = int(input_shape[-1])
@@ -210,14 +212,20 @@ class BayesianLSTM(VariationalLayer):
         # CPU LSTM kernel with the sampled weights, so an epoch costs about what a
         # deterministic LSTM's does (an unrolled loop with per-step slices is 2x slower,
         # because each slice's gradient materialises the whole sequence).
+        # Mixed precision: the weights are drawn in float32 (a posterior std of 1e-3 would
+        # vanish in a bfloat16 mean) and only the drawn weights and the inputs are cast; the
+        # casts pass gradients through unchanged, so the float32 parameters are updated.
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-        weights = {name: w[0] for name, w in self.draw(1, tf.shape(inputs)[0], TILED, seed).weights.items()}
-        initial = tf.zeros([tf.shape(inputs)[0], self.units], dtype=inputs.dtype)
+        compute = self.training_dtype
+        weights = {name: tf.cast(w[0], compute)
+                   for name, w in self.draw(1, tf.shape(inputs)[0], TILED, seed).weights.items()}
+        inputs = tf.cast(inputs, compute)
+        initial = tf.zeros([tf.shape(inputs)[0], self.units], dtype=compute)
         last, sequence, *_ = _keras_standard_lstm(
             inputs, initial, initial, weights["kernel"], weights["recurrent"], weights["bias"],
             None, False, False, None, False, self.return_sequences,
         )
-        return sequence if self.return_sequences else last
+        return tf.cast(sequence if self.return_sequences else last, tf.float32)
 
     def _draw_signs(self, n, seed) -> dict:
         u = self.units

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 import tf_keras
 
@@ -55,6 +57,20 @@ class BayesianForecaster(tf_keras.Model):
         if self.attention is not None:
             h = self.attention(h)
         return self.output_layer(h)
+
+    @contextlib.contextmanager
+    def training_precision(self, dtype: tf.DType):
+        """Within the block, ``call`` (the training pass) runs the LSTM layers in ``dtype``;
+        their output, the attention, the head and every ``forward`` stay float32. Trace the
+        training step inside the block: the dtype is read when the step is traced."""
+        previous = [layer.training_dtype for layer in self.recurrent_layers]
+        for layer in self.recurrent_layers:
+            layer.training_dtype = dtype
+        try:
+            yield self
+        finally:
+            for layer, dtype_before in zip(self.recurrent_layers, previous, strict=True):
+                layer.training_dtype = dtype_before
 
     def variational_layers(self):
         return [*self.recurrent_layers, *([self.attention] if self.attention is not None else []),

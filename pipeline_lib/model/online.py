@@ -83,7 +83,8 @@ def online_update(model: ForecastModel, windows: WindowSet, steps: int = 60, lea
                   drift_std: float = 0.05, batch_size: int = 256, kl_weight: float = 1.0, clip_norm: float = 5.0,
                   seed: int = 0) -> ForecastModel:
     """A copy of ``model`` whose posterior is updated on ``windows`` (the new days); the
-    input model is not changed. The calibration is carried over unchanged.
+    input model is not changed. The calibration and the 8-bit storage of a quantized model
+    are carried over.
 
     ``drift_std``: how far each weight may have drifted since training (the prediction step
     of a Kalman filter with random-walk weights): the prior of the update is ``q_old`` with
@@ -112,7 +113,8 @@ def online_update(model: ForecastModel, windows: WindowSet, steps: int = 60, lea
         loss, _, _ = step(windows.inputs[index], targets[index], context[index])
         if not np.isfinite(float(loss)):
             raise TrainingDivergedError(f"online update diverged at step {i + 1}: loss {float(loss)}")
-    return updated
+    # An 8-bit champion (serving.quantized_posterior) stays 8-bit, and is judged as such.
+    return updated.quantized_copy() if model.quantized else updated
 
 
 @dataclass(frozen=True)

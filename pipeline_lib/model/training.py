@@ -79,6 +79,30 @@ def mixture_nll(log_prob, windows: WindowSet, space: str, seed: int = 0, batch_s
     return float(-np.mean(np.concatenate(values)))
 
 
+def _cpu_has_bfloat16() -> bool:
+    """True if the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), read from Linux's
+    /proc/cpuinfo; False where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def training_dtype(mixed_precision: str) -> tf.DType:
+    """The LSTM layers' training compute dtype for ``train.mixed_precision``.
+
+    ``auto``: float16 on a GPU (loss-scaled), bfloat16 on a CPU that multiplies it natively,
+    else float32.
+    """
+    if mixed_precision == "auto":
+        if tf.config.list_physical_devices("GPU"):
+            return tf.float16
+        return tf.bfloat16 if _cpu_has_bfloat16() else tf.float32
+    return {"off": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[mixed_precision]
+
+
 def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf.Variable, clip_norm: float,
                     strategy: tf.distribute.Strategy | None = None, kl_fn=None):
     """ELBO step ``(x, y, context) -> (loss, nll, kl)`` on one mini-batch.
@@ -88,18 +112,24 @@ def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf
     ``sum_i -log p(y_i) / B + beta * KL / (N * replicas)``, so the replicas' gradients sum
     to the gradient of the whole batch; the sum is clipped to ``clip_norm`` and applied once.
     ``kl_fn`` replaces ``model.kl_divergence`` (the online updater's KL to the old posterior).
+    A ``tf_keras.mixed_precision.LossScaleOptimizer`` (float16 training) gets the loss
+    scaled before the gradient and the gradients unscaled before clipping.
     """
     strategy = strategy or tf.distribute.get_strategy()
     replicas = float(strategy.num_replicas_in_sync)
     kl_fn = kl_fn or model.kl_divergence
+    loss_scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
 
     def replica_step(x, y, context, batch_size):
         with tf.GradientTape() as tape:
             nll_sum = -tf.reduce_sum(model.distribution(model(x, training=True), context).log_prob(y))
             kl = kl_fn()
             loss = nll_sum / batch_size + beta * kl / (float(n_train) * replicas)
-        grads = tape.gradient(loss, model.trainable_variables)
+            scaled = optimizer.get_scaled_loss(loss) if loss_scaled else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if loss_scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
         grads, _ = tf.clip_by_global_norm(grads, clip_norm)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True), skip_gradients_aggregation=True)
         return loss, nll_sum, kl
@@ -134,15 +164,26 @@ def train_model(
     last weights are kept. ``strategy``: the ``tf.distribute`` strategy whose scope created
     ``model``'s variables (default: none); the optimizer is created in the same scope.
 
+    ``config.mixed_precision``: the LSTM layers' training pass runs in the dtype
+    :func:`training_dtype` picks; validation and the returned model predict in float32.
+
     Raises:
         TrainingDivergedError: the loss became NaN or infinite (nothing is kept).
     """
+    dtype = training_dtype(config.mixed_precision)
+    with model.training_precision(dtype):
+        return _train_model(model, train, validation, config, progress, strategy, epochs, dtype)
+
+
+def _train_model(model, train, validation, config, progress, strategy, epochs, dtype) -> TrainingResult:
     tf.random.set_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     n_train = len(train)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         optimizer = tf_keras.optimizers.Adam(learning_rate=config.learning_rate)
+        if dtype == tf.float16:  # float16 gradients underflow unscaled; bfloat16 has float32's range
+            optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
         beta = tf.Variable(0.0, trainable=False, dtype=tf.float32)
     train_step = make_train_step(model, optimizer, n_train, beta, config.clip_norm, strategy)
 

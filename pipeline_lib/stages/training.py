@@ -68,9 +68,16 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     except TrainingDivergedError as exc:
         record_failure(config, "train", exc)
         raise
+    model = _as_served(config, model)
     if config.evaluation.recalibrate:
         model.calibration = fit_recalibration(config, model, panel)
     return TrainedModel(model=model, training=result)
+
+
+def _as_served(config: PipelineConfig, model: ForecastModel) -> ForecastModel:
+    """The weights as the registry will store them (8-bit with ``serving.quantized_posterior``),
+    so recalibration, evaluation and the gate judge the model that is served."""
+    return model.quantized_copy() if config.serving.quantized_posterior else model
 
 
 def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: bool = True) -> TrainedModel:
@@ -96,6 +103,7 @@ def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: 
     except TrainingDivergedError as exc:
         record_failure(config, "refit", exc)
         raise
+    model = _as_served(config, model)
     if config.evaluation.recalibrate:
         model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout")
     return TrainedModel(model=model, training=result, evaluation_fit=fitted.training)
