@@ -11,6 +11,7 @@ written when the input is rejected.
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import functools
 import inspect
 import logging
@@ -360,6 +361,44 @@ def inventory_backtest(
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(report.summary())
     typer.echo(f"chart: {report.chart}\ntable: {report.table_path}\nMLflow: {url}")
+
+
+@app.command("simulate")
+@_fail_cleanly
+@_with_source_options
+def simulate_command(
+    source: SourceOptions,
+    days: int = typer.Option(120, "--days", min=7, help="simulated days at the end of the data"),
+    change_after: int = typer.Option(30, "--change-after", min=0, help="days after the start at which the "
+                                     "scenario's change is planted"),
+    scenarios: str = typer.Option("none,shift,shift_20pct,trend,promotion", "--scenarios",
+                                  help="comma-separated: none, shift, shift_20pct, trend, promotion"),
+    policies: str = typer.Option("never,rule,online_first,weekly,binomial,rule_rearmed", "--policies",
+                                 help="comma-separated maintenance policies"),
+    retrain_epochs: int = typer.Option(3, "--retrain-epochs", min=1, help="every retrain's budget: epochs of a "
+                                       "warm start from the current model on every day so far"),
+    out: Path | None = typer.Option(None, "--out", help="directory for simulation.md/.json and the charts "
+                                    "(default: <workdir>/reports/simulation)"),
+) -> None:
+    """Closed-loop simulation of what monitoring is worth: forecast, order, sell, monitor and
+    maintain the model day by day, for each scenario and maintenance policy on the same days."""
+    cfg = _build_config(source)
+    _say(f"[1/2] validating {cfg.data.source_name()}")
+    panel = load_panel(cfg.data, cfg.window)
+    from pipeline_lib.monitoring.simulation import run_matrix
+
+    last = min(s.dates[-1] for s in panel.series).date()
+    start = last - dt.timedelta(days=days - 1)
+    _say(f"[2/2] simulating {start} .. {last} ({len(panel.series)} series)")
+    results = run_matrix(cfg, panel, start, days, change_after, _split(scenarios), _split(policies), retrain_epochs,
+                         out or cfg.reports_dir / "simulation", say=_say)
+    report = (out or cfg.reports_dir / "simulation") / "simulation.md"
+    typer.echo(report.read_text())
+    typer.echo(f"report: {report}\ncharts: {', '.join(str(r.chart) for r in results)}")
+
+
+def _split(values: str) -> list[str]:
+    return [v.strip() for v in values.split(",") if v.strip()]
 
 
 def _write_csv(frame, out: Path) -> None:

@@ -241,6 +241,11 @@ class MonitoringConfig(_Strict):
     """Daily forecasting and coverage monitoring (see pipeline_lib/monitoring)."""
 
     pic_threshold: float = Field(0.90, gt=0, le=1, description="daily PIC below this is a breach")
+    breach_rule: Literal["threshold", "binomial"] = Field(
+        "threshold", description="threshold = PIC below pic_threshold (the source's rule); binomial = the day's "
+        "covered count is significantly low for a calibrated interval (one-sided binomial test at breach_alpha), "
+        "which scales with the number of series")
+    breach_alpha: float = Field(0.01, gt=0, lt=0.5, description="binomial breach rule: significance level")
     consecutive_days: int = Field(3, ge=1, description="breach days in a row that trigger one retrain")
     lookback_days: int = Field(7, ge=0, description="earlier days re-checked on every run: missed days "
                                "are backfilled, days with late actuals re-evaluated")

@@ -185,3 +185,31 @@ def test_a_prefect_server_that_does_not_start_is_one_error_line(tmp_path, synthe
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "did not start within 1 s" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_simulate_compares_policies_on_the_same_days(tmp_path):
+    """The closed loop with the real model: a tiny LSTM, a planted shift, three policies on
+    the same days, the report, the chart and a clear error for an unknown policy."""
+    path = tmp_path / "demand.csv"
+    synthetic_demand(n_series=4, n_days=120).to_csv(path, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG + "serving: {num_samples: 20}\n")
+    out = tmp_path / "sim"
+    result = CliRunner().invoke(app, [
+        "simulate", "--data", str(path), "--config", str(config), "--workdir", str(tmp_path / "work"),
+        "--days", "14", "--change-after", "3", "--scenarios", "shift", "--policies", "never,rule,weekly",
+        "--retrain-epochs", "1", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = {r["policy"]: r for r in json.loads((out / "simulation.json").read_text())[0]["rows"]}
+    assert set(rows) == {"never", "rule", "weekly"}
+    assert rows["never"]["retrains"] == 0 and rows["weekly"]["retrains"] == 2
+    # A one-epoch model breaches from the start; the rule needs three breach days per retrain.
+    assert rows["rule"]["retrains"] >= 1 and rows["rule"]["breach_days"] >= 3 * rows["rule"]["retrains"]
+    assert (out / "simulation-shift.png").stat().st_size > 10_000
+    assert "| rule |" in (out / "simulation.md").read_text()
+    bad = CliRunner().invoke(app, ["simulate", "--data", str(path), "--config", str(config), "--workdir",
+                                   str(tmp_path / "work"), "--days", "14", "--policies", "sometimes"])
+    assert bad.exit_code == 2 and "unknown scenario or policy 'sometimes'" in bad.output

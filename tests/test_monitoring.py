@@ -18,7 +18,7 @@ from support import constant_panel, day, forecast_rows, run_concurrently, webhoo
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import alerts
-from pipeline_lib.monitoring.coverage import daily_coverage
+from pipeline_lib.monitoring.coverage import BreachRule, daily_coverage
 from pipeline_lib.monitoring.daily import monitor_day
 from pipeline_lib.monitoring.drift import drift_report
 from pipeline_lib.monitoring.policy import retrain_decision
@@ -73,16 +73,16 @@ def test_daily_coverage_matches_a_hand_count_by_scope():
     forecasts = pd.concat([issued_yesterday, issued_earlier])
     actual = np.array([10.0] * 7 + [13.0, 7.5, 10.0])  # 95% interval is [8, 12]: 13 and 7.5 are out
     actuals = pd.DataFrame({"series_id": series, "actual": actual})
-    rows = {r["scope"]: r for r in daily_coverage(forecasts, actuals, 0.95, 0.9, (10.0, 50.0))}
+    rows = {r["scope"]: r for r in daily_coverage(forecasts, actuals, BreachRule(0.95, 0.9), (10.0, 50.0))}
     assert rows["overall"]["picp"] == pytest.approx(0.8) and rows["overall"]["breach"]
     assert rows["overall"]["mpiw"] == pytest.approx(4.0, abs=1e-6)
     assert rows["h01"]["picp"] == pytest.approx(0.8) and rows["h02"]["picp"] == 0.0
     assert rows["segment:medium"]["n"] == 10 and "segment:slow" not in rows  # mean 10 is 'medium'
     # Missing actuals: partial; none: pending (PIC unknown, not 0%).
-    partial = daily_coverage(issued_yesterday, actuals.iloc[:4], 0.95, 0.9, (10.0, 50.0))[0]
+    partial = daily_coverage(issued_yesterday, actuals.iloc[:4], BreachRule(0.95, 0.9), (10.0, 50.0))[0]
     assert (partial["status"], partial["n"], partial["expected"], partial["picp"]) == ("partial", 4, 10, 1.0)
     assert partial["breach"] is None  # judged when the rest arrive
-    pending = daily_coverage(issued_yesterday, actuals.iloc[:0], 0.95, 0.9, (10.0, 50.0))[0]
+    pending = daily_coverage(issued_yesterday, actuals.iloc[:0], BreachRule(0.95, 0.9), (10.0, 50.0))[0]
     assert pending["status"] == "pending" and pending["picp"] is None and pending["breach"] is None
 
 
@@ -209,7 +209,8 @@ def test_monitoring_a_day_twice_leaves_identical_tables(store, tmp_path):
 def test_alert_reaches_a_local_webhook(monkeypatch):
     with webhook_receiver("/hook") as (url, received):
         monkeypatch.setenv(alerts.WEBHOOKS_ENV, f"{url}, http://127.0.0.1:9/unreachable")
-        alert = alerts.Alert("breach", day(3), "4", alerts.breach_message(day(3), 0.62, 0.95, 0.9, 2, 3, "4", "r.html"))
+        message = alerts.breach_message(day(3), 0.62, 0.95, "below the 90% threshold", 2, 3, "4", "r.html")
+        alert = alerts.Alert("breach", day(3), "4", message)
         failed = alerts.notify(alert, timeout=2)
     assert failed == ["http://127.0.0.1:9"]  # the dead destination is reported, not raised
     assert len(received) == 1

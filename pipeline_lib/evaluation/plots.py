@@ -140,6 +140,34 @@ def coverage_timeline_plot(timeline: pd.DataFrame, threshold: float, nominal_lev
     return _save(fig, path)
 
 
+def simulation_plot(pic: dict[str, pd.Series], stockouts: dict[str, pd.Series], actions: dict[str, list],
+                    threshold: float, path: Path, change_day=None, title: str = "Closed-loop simulation") -> Path:
+    """Per maintenance policy: daily PIC (top) and cumulative emergency replenishments
+    (bottom), retrains and online updates marked on the PIC line. Each argument is keyed by
+    policy; ``pic`` and ``stockouts`` are Series indexed by day, ``actions`` lists the days."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, height_ratios=(3, 2))
+    for k, (policy, series) in enumerate(pic.items()):
+        color = f"C{k}"
+        days = pd.to_datetime(series.index)
+        top.plot(days, series.to_numpy(), color=color, lw=1.2, label=policy)
+        acted = [pd.Timestamp(d) for d in actions.get(policy, [])]
+        top.scatter(acted, series.reindex(actions.get(policy, [])).to_numpy(), color=color, marker="v", s=40,
+                    zorder=3)
+        bottom.plot(pd.to_datetime(stockouts[policy].index), stockouts[policy].cumsum().to_numpy(), color=color,
+                    lw=1.5, label=policy)
+    top.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.0%}")
+    for ax in (top, bottom):
+        if change_day is not None:
+            ax.axvline(pd.Timestamp(change_day), color="tab:purple", ls="-.", lw=1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("daily PIC (v = retrain/update)")
+    top.set_title(title + ("" if change_day is None else f" (change planted {change_day})"))
+    top.legend(loc="lower left", fontsize=8, ncol=3)
+    bottom.set_ylabel("emergency replenishments\n(cumulative)")
+    fig.autofmt_xdate()
+    return _save(fig, path)
+
+
 def service_inventory_plot(curves: dict[str, pd.DataFrame], points: dict[str, tuple[float, float]],
                            target: float, path: Path, title: str = "Service level vs inventory") -> Path:
     """Achieved cycle service level against average stock for each ordering rule.

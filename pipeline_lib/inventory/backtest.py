@@ -43,6 +43,7 @@ class SimulationResult:
     units_short: float
     average_inventory: float  # mean end-of-day units on hand per series
     on_hand: np.ndarray  # (T, N) end-of-day stock
+    short: np.ndarray  # (T, N) unmet demand (lost sales)
 
     def as_row(self, policy: str) -> dict:
         return {"policy": policy, "cycle_service_level": self.cycle_service_level, "fill_rate": self.fill_rate,
@@ -82,6 +83,7 @@ def simulate(levels: np.ndarray, demand: np.ndarray, lead_time: int, review_peri
         units_short=float(short.sum()),
         average_inventory=float(end_stock.mean()),
         on_hand=end_stock,
+        short=short,
     )
 
 

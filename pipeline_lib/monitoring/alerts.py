@@ -56,10 +56,11 @@ class Alert:
         return {**asdict(self), "day": str(self.day), "title": self.title}
 
 
-def breach_message(day: dt.date, picp: float, level: float, threshold: float, streak: int,
+def breach_message(day: dt.date, picp: float, level: float, rule: str, streak: int,
                    consecutive_days: int, model_version: str, report: str | None) -> str:
-    return (f"{day}: prediction-interval coverage {picp:.1%} of the {level:.0%} interval is below "
-            f"the {threshold:.0%} threshold (breach day {streak} of {consecutive_days} before a retrain); "
+    """``rule``: what made the day a breach (``BreachRule.describe()``)."""
+    return (f"{day}: prediction-interval coverage {picp:.1%} of the {level:.0%} interval is {rule} "
+            f"(breach day {streak} of {consecutive_days} before a retrain); "
             f"model version {model_version}; report: {report or 'n/a'}")
 
 

@@ -8,14 +8,68 @@ scopes split the headline forecasts by their mean (slow / medium / fast movers).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+from scipy import stats
 
+from pipeline_lib.config import PipelineConfig
 from pipeline_lib.contract import interval_columns
-from pipeline_lib.evaluation.metrics import prediction_interval_coverage
+from pipeline_lib.evaluation.metrics import inside_interval
 
 OVERALL = "overall"
 OK, PARTIAL, PENDING = "ok", "partial", "pending"
+THRESHOLD, BINOMIAL = "threshold", "binomial"
+
+
+@dataclass(frozen=True)
+class BreachRule:
+    """When a day's PIC counts as a breach (``monitoring.breach_rule``).
+
+    ``threshold`` (the source's rule, the default): PIC below ``threshold``.
+    ``binomial``: the covered count is significantly low for a calibrated ``level``
+    interval: ``P(X <= covered) < alpha`` for ``X ~ Binomial(n, level)``. It scales with the
+    number of series (with 50 series a PIC of 0.88 is common chance, 0.84 is not; with 5,000
+    series 0.94 already is not) but assumes independent series; holidays that move every
+    series together make breaches likelier than it says (see :func:`breach_probability`).
+    """
+
+    level: float
+    threshold: float
+    rule: str = THRESHOLD
+    alpha: float = 0.01
+
+    @classmethod
+    def of(cls, config: PipelineConfig) -> BreachRule:
+        mon = config.monitoring
+        return cls(config.evaluation.nominal_level, mon.pic_threshold, mon.breach_rule, mon.breach_alpha)
+
+    def describe(self) -> str:
+        """How a breach day's PIC is described in alerts."""
+        if self.rule == BINOMIAL:
+            return f"significantly low (one-sided binomial test at {self.alpha:g})"
+        return f"below the {self.threshold:.0%} threshold"
+
+    def __call__(self, covered: int, n: int) -> bool:
+        if n <= 0:
+            raise ValueError("a breach needs at least one observed series")
+        if self.rule == BINOMIAL:
+            return bool(stats.binom.cdf(covered, n, self.level) < self.alpha)
+        return covered / n < self.threshold
+
+
+def breach_probability(rule: BreachRule, n: int, correlation: float = 0.0) -> float:
+    """Probability that a calibrated model's day is a breach under ``rule`` with ``n``
+    series whose coverage indicators have intra-day correlation ``correlation`` (0 =
+    independent; the covered count is then beta-binomial with that intra-class correlation)."""
+    covered = np.arange(n + 1)
+    if correlation <= 0:
+        pmf = stats.binom.pmf(covered, n, rule.level)
+    else:
+        concentration = 1.0 / correlation - 1.0
+        pmf = stats.betabinom.pmf(covered, n, rule.level * concentration, (1 - rule.level) * concentration)
+    return float(sum(p for c, p in zip(covered, pmf, strict=True) if rule(int(c), n)))
 
 
 def segment_names(edges: tuple[float, ...]) -> list[str]:
@@ -31,7 +85,7 @@ def segment_of(mean: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
     return names[np.searchsorted(np.asarray(edges, dtype=float), np.asarray(mean, dtype=float), side="right")]
 
 
-def daily_coverage(forecasts: pd.DataFrame, actuals: pd.DataFrame, level: float, threshold: float,
+def daily_coverage(forecasts: pd.DataFrame, actuals: pd.DataFrame, breach: BreachRule,
                    segment_edges: tuple[float, ...]) -> list[dict]:
     """Coverage rows of one day.
 
@@ -44,31 +98,32 @@ def daily_coverage(forecasts: pd.DataFrame, actuals: pd.DataFrame, level: float,
     """
     if forecasts.empty:
         return []
-    lower, upper = interval_columns(level)
+    lower, upper = interval_columns(breach.level)
     joined = forecasts.merge(actuals[["series_id", "actual"]], on="series_id", how="left")
     latest = joined.sort_values(["series_id", "horizon"]).drop_duplicates("series_id", keep="first")
-    rows = [_scope_row(OVERALL, latest, lower, upper, level, threshold)]
+    rows = [_scope_row(OVERALL, latest, lower, upper, breach)]
     for horizon, group in joined.groupby("horizon", sort=True):
-        rows.append(_scope_row(f"h{int(horizon):02d}", group, lower, upper, level, threshold))
+        rows.append(_scope_row(f"h{int(horizon):02d}", group, lower, upper, breach))
     segments = segment_of(latest["mean"].to_numpy(), segment_edges)
     for name in segment_names(segment_edges):
         group = latest[segments == name]
         if len(group):
-            rows.append(_scope_row(f"segment:{name}", group, lower, upper, level, threshold))
+            rows.append(_scope_row(f"segment:{name}", group, lower, upper, breach))
     return rows
 
 
-def _scope_row(scope: str, group: pd.DataFrame, lower: str, upper: str, level: float, threshold: float) -> dict:
+def _scope_row(scope: str, group: pd.DataFrame, lower: str, upper: str, breach_rule: BreachRule) -> dict:
     observed = group[group["actual"].notna()]
     n, expected = len(observed), len(group)
     status = PENDING if n == 0 else (PARTIAL if n < expected else OK)
     versions = ",".join(sorted(set(group["model_version"].astype(str))))
     picp = mpiw = breach = None
     if n:
-        picp = prediction_interval_coverage(observed["actual"], observed[lower], observed[upper])
+        covered = inside_interval(observed["actual"], observed[lower], observed[upper])
+        picp = float(np.mean(covered))
         mpiw = float((observed[upper] - observed[lower]).mean())
         # A partial day is judged once its actuals are complete (a rerun re-evaluates it):
         # an alert raised on a third of the series could not be taken back.
-        breach = bool(picp < threshold) if status == OK else None
-    return {"scope": scope, "level": float(level), "model_version": versions, "status": status,
+        breach = breach_rule(int(covered.sum()), n) if status == OK else None
+    return {"scope": scope, "level": float(breach_rule.level), "model_version": versions, "status": status,
             "picp": picp, "mpiw": mpiw, "n": n, "expected": expected, "breach": breach}

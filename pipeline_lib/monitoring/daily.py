@@ -19,7 +19,7 @@ from pipeline_lib.config import PipelineConfig
 from pipeline_lib.contract import as_day, interval_columns
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.monitoring.alerts import Alert, breach_message
-from pipeline_lib.monitoring.coverage import OVERALL, PENDING, daily_coverage
+from pipeline_lib.monitoring.coverage import OVERALL, PENDING, BreachRule, daily_coverage
 from pipeline_lib.monitoring.drift import CURRENT_WINDOW_DAYS, DriftSummary, drift_report, drift_windows
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, PolicyDecision, retrain_decision
 from pipeline_lib.store import ForecastStore, RetrainRetry
@@ -102,8 +102,7 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
     evaluated = days_to_evaluate(store, day, mon.lookback_days, changed)
     coverage = {}
     for d in evaluated:
-        rows = daily_coverage(store.forecasts_for(d), store.actuals_on(d), level, mon.pic_threshold,
-                              mon.segment_edges)
+        rows = daily_coverage(store.forecasts_for(d), store.actuals_on(d), BreachRule.of(config), mon.segment_edges)
         store.replace_coverage(d, rows)
         for row in rows:
             if row["scope"] == OVERALL:
@@ -130,7 +129,7 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
         if decision.breach and d not in already_alerted:
             row = rows_by_day[d]
             report = _report_for(config, store, panel, d, day, drift, reference_end, report_dir)
-            message = breach_message(d, row["picp"], level, mon.pic_threshold, decision.streak_length,
+            message = breach_message(d, row["picp"], level, BreachRule.of(config).describe(), decision.streak_length,
                                      mon.consecutive_days, row["model_version"], report)
             details = {"picp": row["picp"], "threshold": mon.pic_threshold, "streak": decision.streak_length}
             if store.add_alert(d, "breach", row["model_version"], message, report, details):

@@ -28,6 +28,7 @@ from pipeline_lib.stages.training import (
     record_failure,
     refit,
     train,
+    warm_refit,
 )
 
 __all__ = [
@@ -35,5 +36,5 @@ __all__ = [
     "backtest_model", "backtest_summary", "data_fingerprint", "evaluate", "fit_recalibration",
     "fit_served", "horizon_coverage", "ingest", "log_inventory_run", "online_update_champion", "promotion_gate",
     "recent_days", "record_failure", "refit", "register", "rolling_origin_backtest", "sample_test_chunk",
-    "seasonal_scales", "train", "validate", "write_plots",
+    "seasonal_scales", "train", "validate", "warm_refit", "write_plots",
 ]

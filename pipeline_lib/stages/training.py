@@ -88,25 +88,50 @@ def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: 
     predictions of the holdout (validation and test days): no refitted model has unseen days
     left to calibrate on. The holdout metrics of ``fitted`` describe this model's procedure.
     """
+    # The evaluation fit's model config: its resolved head.
+    model, result = _fit_on_every_day(config, panel, fitted.model, fitted.training.best_epoch, progress,
+                                      warm_start=False)
+    if config.evaluation.recalibrate:
+        model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout")
+    return TrainedModel(model=model, training=result, evaluation_fit=fitted.training)
+
+
+def warm_refit(config: PipelineConfig, panel: Panel, start_from: ForecastModel, epochs: int,
+               progress: bool = False) -> ForecastModel:
+    """A retrain on a fixed budget: scalers refitted on every day of ``panel`` (so a level
+    shift is absorbed where the model expects it), then ``epochs`` epochs on every day
+    starting from ``start_from``'s weights. Its recalibration is carried over (no unseen
+    days are left to fit one on). What the closed-loop simulation gives every policy's
+    retrain (:mod:`pipeline_lib.monitoring.simulation`); nothing is logged or registered."""
+    model, _ = _fit_on_every_day(config, panel, start_from, epochs, progress, warm_start=True)
+    model.calibration = start_from.calibration
+    return model
+
+
+def _fit_on_every_day(config: PipelineConfig, panel: Panel, base: ForecastModel, epochs: int, progress: bool,
+                      warm_start: bool) -> tuple[ForecastModel, TrainingResult]:
+    """``base``'s model config trained on every day of ``panel`` for ``epochs`` epochs (from
+    ``base``'s weights if ``warm_start``); a divergence of a cold refit is recorded in MLflow."""
     scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
                                 config.model.level_days, part="all",
                                 weekday_profile=config.model.weekday_profile)
     windows = build_windows(panel, scalers, spec, config.window, "all")
-    log.info("refitting on all %d windows for %d epochs", len(windows), fitted.training.best_epoch)
+    log.info("refitting on all %d windows for %d epochs%s", len(windows), epochs,
+             " from the current weights" if warm_start else "")
     strategy = make_strategy(config.train.distribute, config.train.devices)
     tf_keras.utils.set_random_seed(config.train.seed)
-    with strategy.scope():  # the evaluation fit's model config: its resolved head
-        model = ForecastModel.create(spec, scalers, fitted.model.model_config)
+    with strategy.scope():
+        model = ForecastModel.create(spec, scalers, base.model_config)
+    if warm_start:
+        model.network.set_weights(base.network.get_weights())
     try:
         result = train_model(model.network, windows, None, config.train, progress=progress, strategy=strategy,
-                             epochs=fitted.training.best_epoch)
+                             epochs=epochs)
     except TrainingDivergedError as exc:
-        record_failure(config, "refit", exc)
+        if not warm_start:
+            record_failure(config, "refit", exc)
         raise
-    model = _as_served(config, model)
-    if config.evaluation.recalibrate:
-        model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout")
-    return TrainedModel(model=model, training=result, evaluation_fit=fitted.training)
+    return _as_served(config, model), result
 
 
 def fit_served(config: PipelineConfig, panel: Panel, progress: bool = True) -> TrainedModel:

@@ -1,0 +1,147 @@
+"""The closed-loop simulation where the answers are known: Poisson demand at fixed levels,
+a model that knows them (calibrated), and a "retrain" that re-estimates them from the last
+week. No TensorFlow: this checks the loop, the policies and the bookkeeping; the Bayesian
+LSTM's numbers are in benchmarks/simulation_bundled.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from pipeline_lib.data.validate import Panel, Series
+from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probability
+from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN
+from pipeline_lib.monitoring.simulation import (
+    SCENARIOS,
+    SimulationSettings,
+    Upkeep,
+    run_policy,
+    saved_against_never,
+)
+
+START = dt.date(2024, 4, 1)
+N_SERIES, HISTORY, DAYS = 50, 60, 60
+
+
+class LevelModel:
+    """Poisson paths at known per-series levels."""
+
+    def __init__(self, levels: np.ndarray):
+        self.levels = np.asarray(levels, dtype=float)
+
+    def forecast(self, panel, horizon, num_samples, seed=0):
+        paths = np.random.default_rng(seed).poisson(self.levels[None, :, None], (num_samples, len(self.levels),
+                                                                                  horizon))
+        return SimpleNamespace(samples=paths.reshape(num_samples, -1))
+
+
+def _refit_on_last_week(model, seen: Panel) -> LevelModel:
+    return LevelModel([s.target[-7:].mean() for s in seen.series])
+
+
+def _panel(seed: int = 0) -> tuple[Panel, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    levels = rng.uniform(5, 60, N_SERIES)
+    dates = pd.date_range(START - dt.timedelta(days=HISTORY), periods=HISTORY + DAYS, freq="D")
+    series = tuple(Series(f"S{k}", dates, rng.poisson(levels[k], len(dates)).astype(float), np.zeros((len(dates), 0)))
+                   for k in range(N_SERIES))
+    return Panel(series, (), "synthetic"), levels
+
+
+def _settings(change_day=None, rule: str = "threshold") -> SimulationSettings:
+    return SimulationSettings(days=DAYS, change_day=change_day, breach=BreachRule(0.95, 0.9, rule, 0.01),
+                              num_samples=200)
+
+
+UPKEEP = Upkeep(retrain=_refit_on_last_week,
+                update=lambda model, seen: LevelModel(0.5 * model.levels + 0.5 * _refit_on_last_week(model,
+                                                                                                    seen).levels))
+
+
+def test_a_calibrated_model_without_change_is_never_retrained():
+    """60 days, 50 series, the true levels: the rule stays quiet. A breach day has
+    probability breach_probability(...) = 3.8% (binomial, 50 series), three in a row about
+    5e-5 a day; the breach days seen stay within the binomial's 99.9% bound."""
+    panel, levels = _panel()
+    run = run_policy("rule", LevelModel(levels), panel, START, _settings(), UPKEEP)
+    summary = run.summary(_settings(), np.zeros(N_SERIES, dtype=bool))
+    assert summary["retrains"] == 0 and summary["false_alarm_actions"] == 0
+    assert summary["pic_before_change"] > 0.94
+    p_breach = breach_probability(BreachRule(0.95, 0.9), N_SERIES)
+    assert p_breach == pytest.approx(0.038, abs=0.001)
+    assert summary["breach_days"] <= stats.binom.ppf(0.999, DAYS, p_breach)
+
+
+def test_a_planted_shift_is_retrained_on_its_third_breach_day_and_saves_stockouts():
+    panel, levels = _panel()
+    change = START + dt.timedelta(days=10)
+    planted, changed = SCENARIOS["shift"].plant(panel, change)
+    assert changed.all()
+    rows = {}
+    for policy in ("never", "rule", "online_first", "weekly", "rule_rearmed"):
+        run = run_policy(policy, LevelModel(levels), planted, START, _settings(change), UPKEEP)
+        rows[policy] = run.summary(_settings(change), changed) | {"actions": run.actions}
+    rule = rows["rule"]
+    # Every day from the change is a breach for the stale model: the third one retrains.
+    assert rule["detection_delay_breach"] == 0
+    assert rule["detection_delay_action"] == 2 and rule["actions"] == {change + dt.timedelta(days=2): RETRAIN}
+    assert rule["false_alarm_actions"] == 0
+    assert rows["online_first"]["actions"][change + dt.timedelta(days=2)] == ONLINE_UPDATE
+    assert rows["never"]["retrains"] == 0 and rows["weekly"]["retrains"] == DAYS // 7
+    # The retrained model learned from a week with 3 shifted days: better, still short, and
+    # the streak it is part of never ends, so the rule does not act again.
+    never = rows["never"]["emergency_replenishments"]
+    assert rule["emergency_replenishments"] < never
+    assert rule["pic_after_change"] > rows["never"]["pic_after_change"] + 0.1
+    assert rows["weekly"]["emergency_replenishments"] < rule["emergency_replenishments"]
+    # Re-armed, the rule retrains the still-breaching model again three days later.
+    rearmed = sorted(rows["rule_rearmed"]["actions"])
+    assert rearmed[:2] == [change + dt.timedelta(days=2), change + dt.timedelta(days=5)]
+    assert rows["rule_rearmed"]["emergency_replenishments"] < rule["emergency_replenishments"]
+    saved = saved_against_never([{"policy": p, **r} for p, r in rows.items()])
+    assert saved == pytest.approx((never - rule["emergency_replenishments"]) / never)
+
+
+def test_a_shift_in_a_fifth_of_the_series_is_planted_only_there():
+    panel, _ = _panel()
+    change = START + dt.timedelta(days=5)
+    planted, changed = SCENARIOS["shift_20pct"].plant(panel, change, seed=3)
+    assert changed.sum() == N_SERIES // 5
+    day = HISTORY + 5
+    for k, (before, after) in enumerate(zip(panel.series, planted.series, strict=True)):
+        factor = 1.8 if changed[k] else 1.0
+        np.testing.assert_array_equal(after.target[day:], np.round(before.target[day:] * factor))
+        np.testing.assert_array_equal(after.target[:day], before.target[:day])
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.05])
+def test_breach_probability_matches_simulated_days(correlation):
+    """The expected breach rate of a calibrated model against 200,000 simulated days of 50
+    series (beta-binomial when the series' coverage is correlated within a day)."""
+    rng = np.random.default_rng(0)
+    n, level = 50, 0.95
+    if correlation:
+        concentration = 1 / correlation - 1
+        p = rng.beta(level * concentration, (1 - level) * concentration, 200_000)
+    else:
+        p = np.full(200_000, level)
+    covered = rng.binomial(n, p)
+    for rule in (BreachRule(level, 0.9), BreachRule(level, 0.9, BINOMIAL, 0.01)):
+        simulated = np.mean([rule(int(c), n) for c in covered[:20_000]])
+        expected = breach_probability(rule, n, correlation)
+        assert expected == pytest.approx(simulated, abs=4 * np.sqrt(expected * (1 - expected) / 20_000) + 1e-4)
+
+
+def test_the_binomial_rule_scales_with_the_number_of_series():
+    """PIC 0.88: chance with 50 series (the threshold rule breaches, the binomial does not);
+    PIC 0.93 with 5,000 series: no breach by threshold, a significant one by the test."""
+    threshold, binomial = BreachRule(0.95, 0.9), BreachRule(0.95, 0.9, BINOMIAL, 0.01)
+    assert threshold(44, 50) and not binomial(44, 50)
+    assert stats.binom.cdf(44, 50, 0.95) > 0.01
+    assert binomial(40, 50)
+    assert not threshold(4650, 5000) and binomial(4650, 5000)
