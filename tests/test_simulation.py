@@ -6,6 +6,7 @@ LSTM's numbers are in benchmarks/simulation_bundled.md."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,10 +19,13 @@ from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probab
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN
 from pipeline_lib.monitoring.simulation import (
     SCENARIOS,
+    ScenarioResult,
     SimulationSettings,
     Upkeep,
+    coverage_correlation,
     run_policy,
     saved_against_never,
+    write_report,
 )
 
 START = dt.date(2024, 4, 1)
@@ -75,6 +79,15 @@ def test_a_calibrated_model_without_change_is_never_retrained():
     p_breach = breach_probability(BreachRule(0.95, 0.9), N_SERIES)
     assert p_breach == pytest.approx(0.038, abs=0.001)
     assert summary["breach_days"] <= stats.binom.ppf(0.999, DAYS, p_breach)
+    assert abs(summary["coverage_correlation"]) < 0.02  # independent series
+
+
+def test_coverage_correlation_recovers_a_planted_correlation():
+    rng = np.random.default_rng(1)
+    p = rng.beta(0.95 * 19, 0.05 * 19, 4000)  # intra-class correlation 1 / (19 + 1) = 0.05
+    covered = rng.random((4000, 50)) < p[:, None]
+    assert coverage_correlation(covered) == pytest.approx(0.05, abs=0.01)
+    assert coverage_correlation(rng.random((4000, 50)) < 0.95) == pytest.approx(0.0, abs=0.005)
 
 
 def test_a_planted_shift_is_retrained_on_its_third_breach_day_and_saves_stockouts():
@@ -145,3 +158,14 @@ def test_the_binomial_rule_scales_with_the_number_of_series():
     assert stats.binom.cdf(44, 50, 0.95) > 0.01
     assert binomial(40, 50)
     assert not threshold(4650, 5000) and binomial(4650, 5000)
+
+
+def test_the_report_states_the_expected_and_measured_false_alarms(tmp_path):
+    panel, levels = _panel()
+    run = run_policy("never", LevelModel(levels), panel, START, _settings(), UPKEEP)
+    row = {"scenario": "none", **run.summary(_settings(), np.zeros(N_SERIES, dtype=bool))}
+    result = ScenarioResult(SCENARIOS["none"], None, [row], tmp_path / "simulation-none.png")
+    text = write_report([result], tmp_path, START, DAYS, 3, N_SERIES, _settings()).read_text()
+    assert "| never | " in text and "would on 3.8% of days with independent series" in text
+    assert f"breached on {row['breach_days']} of {DAYS} days" in text
+    assert json.loads((tmp_path / "simulation.json").read_text())[0]["rows"][0]["policy"] == "never"
