@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import Panel, Series
+from pipeline_lib.forecasting.batch import forecast_frame
+from pipeline_lib.model.forecast import SampledForecast
 from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probability
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN
 from pipeline_lib.monitoring.simulation import (
     SCENARIOS,
+    ModelOps,
     ScenarioResult,
     SimulationSettings,
-    Upkeep,
     coverage_correlation,
     run_policy,
     saved_against_never,
@@ -33,15 +35,24 @@ N_SERIES, HISTORY, DAYS = 50, 60, 60
 
 
 class LevelModel:
-    """Poisson paths at known per-series levels."""
+    """Poisson sample paths at known per-series levels, in ForecastModel.forecast's layout,
+    so the product's daily forecast table (quantiles, order levels) is built from them."""
 
     def __init__(self, levels: np.ndarray):
         self.levels = np.asarray(levels, dtype=float)
 
-    def forecast(self, panel, horizon, num_samples, seed=0):
+    def forecast(self, panel, horizon, num_samples, seed=0, calibrated=True) -> SampledForecast:
         paths = np.random.default_rng(seed).poisson(self.levels[None, :, None], (num_samples, len(self.levels),
                                                                                   horizon))
-        return SimpleNamespace(samples=paths.reshape(num_samples, -1))
+        dates = [s.dates[-1] + pd.Timedelta(days=h + 1) for s in panel.series for h in range(horizon)]
+        ids = [s.series_id for s in panel.series for _ in range(horizon)]
+        return SampledForecast(paths.reshape(num_samples, -1).astype(float), np.array(ids), np.array(dates),
+                               np.full(len(ids), np.nan))
+
+
+# The daily forecast flow's table: 200 paths (the seed changes by day, as the flow's does not:
+# a fixed seed would repeat the same Poisson draws for a model that never changes).
+CONFIG = PipelineConfig(serving={"num_samples": 200, "horizon": 3})
 
 
 def _refit_on_last_week(model, seen: Panel) -> LevelModel:
@@ -58,13 +69,17 @@ def _panel(seed: int = 0) -> tuple[Panel, np.ndarray]:
 
 
 def _settings(change_day=None, rule: str = "threshold") -> SimulationSettings:
-    return SimulationSettings(days=DAYS, change_day=change_day, breach=BreachRule(0.95, 0.9, rule, 0.01),
-                              num_samples=200)
+    return SimulationSettings(days=DAYS, change_day=change_day, breach=BreachRule(0.95, 0.9, rule, 0.01))
 
 
-UPKEEP = Upkeep(retrain=_refit_on_last_week,
-                update=lambda model, seen: LevelModel(0.5 * model.levels + 0.5 * _refit_on_last_week(model,
-                                                                                                    seen).levels))
+def _forecast(model, known: Panel) -> pd.DataFrame:
+    day = (max(s.dates[-1] for s in known.series) - pd.Timestamp(START)).days
+    return forecast_frame(CONFIG, model, known, CONFIG.serving.horizon, seed=HISTORY + day, model_version="1")
+
+
+OPS = ModelOps(forecast=_forecast, retrain=_refit_on_last_week,
+               update=lambda model, seen: LevelModel(0.5 * model.levels + 0.5 * _refit_on_last_week(model,
+                                                                                                  seen).levels))
 
 
 def test_a_calibrated_model_without_change_is_never_retrained():
@@ -72,7 +87,7 @@ def test_a_calibrated_model_without_change_is_never_retrained():
     probability breach_probability(...) = 3.8% (binomial, 50 series), three in a row about
     5e-5 a day; the breach days seen stay within the binomial's 99.9% bound."""
     panel, levels = _panel()
-    run = run_policy("rule", LevelModel(levels), panel, START, _settings(), UPKEEP)
+    run = run_policy("rule", LevelModel(levels), panel, START, _settings(), OPS)
     summary = run.summary(_settings(), np.zeros(N_SERIES, dtype=bool))
     assert summary["retrains"] == 0 and summary["false_alarm_actions"] == 0
     assert summary["pic_before_change"] > 0.94
@@ -97,7 +112,7 @@ def test_a_planted_shift_is_retrained_on_its_third_breach_day_and_saves_stockout
     assert changed.all()
     rows = {}
     for policy in ("never", "rule", "online_first", "weekly", "rule_rearmed"):
-        run = run_policy(policy, LevelModel(levels), planted, START, _settings(change), UPKEEP)
+        run = run_policy(policy, LevelModel(levels), planted, START, _settings(change), OPS)
         rows[policy] = run.summary(_settings(change), changed) | {"actions": run.actions}
     rule = rows["rule"]
     # Every day from the change is a breach for the stale model: the third one retrains.
@@ -162,7 +177,7 @@ def test_the_binomial_rule_scales_with_the_number_of_series():
 
 def test_the_report_states_the_expected_and_measured_false_alarms(tmp_path):
     panel, levels = _panel()
-    run = run_policy("never", LevelModel(levels), panel, START, _settings(), UPKEEP)
+    run = run_policy("never", LevelModel(levels), panel, START, _settings(), OPS)
     row = {"scenario": "none", **run.summary(_settings(), np.zeros(N_SERIES, dtype=bool))}
     result = ScenarioResult(SCENARIOS["none"], None, [row], tmp_path / "simulation-none.png")
     text = write_report([result], tmp_path, START, DAYS, 3, N_SERIES, _settings()).read_text()

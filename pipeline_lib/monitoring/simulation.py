@@ -2,14 +2,14 @@
 
 Every simulated day ``t`` (all series share one calendar):
 
-1. the current model forecasts joint sample paths for ``t .. t + L + R - 1`` from the
-   actuals up to ``t - 1`` (as the daily forecast flow does);
-2. an order-up-to policy sets each series' level to the ``inventory.service_level``
-   quantile of the paths' demand over the protection period (as ``order_up_to`` in the
-   forecast table); stock moves by :func:`pipeline_lib.inventory.backtest.simulate`
-   (orders arrive after ``L`` days, unmet demand is lost);
+1. the current model makes the daily forecast flow's table from the actuals up to ``t - 1``
+   (the same function, chunks and seeds: :func:`daily_forecast_table`);
+2. each series' order-up-to level is the table's ``order_up_to`` for day ``t`` (the
+   ``inventory.service_level`` quantile of the sample paths' demand over lead time + review
+   period); stock moves by :func:`pipeline_lib.inventory.backtest.simulate` (orders arrive
+   after ``L`` days, unmet demand is lost);
 3. the day's actuals arrive; its PIC is the share of series whose actual lies in the
-   day-``t`` marginal's central ``evaluation.nominal_level`` interval, and
+   table's central ``evaluation.nominal_level`` interval for day ``t``, and
    :class:`~pipeline_lib.monitoring.coverage.BreachRule` says whether it is a breach;
 4. the maintenance policy acts; a new model forecasts from day ``t + 1``.
 
@@ -45,11 +45,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline_lib.config import PipelineConfig
+from pipeline_lib.contract import interval_columns
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import ConfigError
-from pipeline_lib.evaluation.metrics import inside_interval, interval_from_samples
+from pipeline_lib.evaluation.metrics import inside_interval
 from pipeline_lib.inventory.backtest import SimulationResult, simulate
-from pipeline_lib.inventory.policy import cycle_service_level, protection_demand
 from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probability
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, retrain_decision
 
@@ -104,13 +104,29 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 @dataclass(frozen=True)
-class Upkeep:
-    """How a policy changes the model: ``retrain(model, known) -> model`` and ``update(model,
-    known) -> model`` (the online update), ``known`` being the panel up to the day just
-    monitored. Both may take seconds to minutes; their time is recorded."""
+class ModelOps:
+    """What the loop does with a model. ``forecast(model, known) -> frame``: the daily
+    forecast table (contract columns plus ``order_up_to``) from the actuals in ``known``;
+    ``retrain(model, known) -> model`` and ``update(model, known) -> model`` (the online
+    update), ``known`` being the panel up to the day just monitored; their time is recorded."""
 
+    forecast: Callable
     retrain: Callable
     update: Callable
+
+
+def daily_forecast_table(config: PipelineConfig) -> Callable:
+    """The daily forecast flow's table, chunk by chunk with the same seeds
+    (``forecasting.daily.forecast_chunk``), so the simulated orders and intervals are the
+    ones the flows would store for the same model and data."""
+    from pipeline_lib.forecasting.daily import forecast_chunk
+
+    def forecast(model, known: Panel) -> pd.DataFrame:
+        chunks = known.chunks(config.runtime.chunk_series)
+        return pd.concat([forecast_chunk(config, model, chunk, k) for k, chunk in enumerate(chunks)],
+                         ignore_index=True)
+
+    return forecast
 
 
 @dataclass(frozen=True)
@@ -122,9 +138,7 @@ class SimulationSettings:
     every_days: int = 7  # the weekly policy's period
     lead_time: int = 2
     review_period: int = 1
-    service_level: float = 0.95
-    num_samples: int = 100
-    seed: int = 11
+    service_level: float = 0.95  # what the forecast's order_up_to was computed for (the report states it)
 
 
 @dataclass
@@ -199,12 +213,10 @@ def _delay(days: np.ndarray, change: dt.date | None) -> float:
     return float((min(days) - change).days)
 
 
-def run_policy(policy: str, model, panel: Panel, start: dt.date, settings: SimulationSettings, upkeep: Upkeep,
+def run_policy(policy: str, model, panel: Panel, start: dt.date, settings: SimulationSettings, ops: ModelOps,
                progress: Callable[[str], None] | None = None) -> PolicyRun:
     """Simulate ``settings.days`` days from ``start`` with ``policy``, starting from ``model``.
 
-    ``model`` needs ``forecast(panel, horizon, num_samples, seed) -> SampledForecast``
-    (series-major joint paths, as :class:`~pipeline_lib.model.forecast.ForecastModel`).
     ``panel``: the demand with any planted change; every series must have data from before
     ``start`` through ``start + days - 1`` (series are on contiguous daily calendars).
     ``progress`` gets a line on every action and every 20th day.
@@ -215,34 +227,33 @@ def run_policy(policy: str, model, panel: Panel, start: dt.date, settings: Simul
     if min(origins) < 1 or any(len(s) < o + settings.days for s, o in zip(panel.series, origins, strict=True)):
         raise ValueError(f"the simulated days {start} + {settings.days} must lie inside every series, after "
                          "some history")
-    protect = settings.lead_time + settings.review_period
-    breach_rule = settings.breach
-    if policy == BINOMIAL:
-        breach_rule = replace(breach_rule, rule=BINOMIAL)
+    breach_rule = replace(settings.breach, rule=BINOMIAL) if policy == BINOMIAL else settings.breach
+    lower, upper = interval_columns(breach_rule.level)
     run = PolicyRun(policy)
     breaches: dict[dt.date, bool] = {}
     claimed: set[dt.date] = set()
     for t in range(settings.days):
         day = start + dt.timedelta(days=t)
         known = panel.truncate([o + t for o in origins])
-        sampled = model.forecast(known, protect, settings.num_samples, seed=settings.seed + t)
-        paths = sampled.samples.reshape(settings.num_samples, len(panel.series), protect)
+        frame = ops.forecast(model, known)
+        today = frame[frame["date"] == pd.Timestamp(day)].set_index("series_id").reindex(panel.series_ids)
+        if today["order_up_to"].isna().any():
+            raise ValueError(f"no order level for {day}: serving.horizon must cover lead time + review period")
         actual = np.array([s.target[o + t] for s, o in zip(panel.series, origins, strict=True)], dtype=float)
-        lower, upper = interval_from_samples(paths[:, :, 0], breach_rule.level)
-        covered = inside_interval(actual, lower, upper)
+        covered = inside_interval(actual, today[lower].to_numpy(), today[upper].to_numpy())
         breaches[day] = breach_rule(int(covered.sum()), len(covered))
         run.dates.append(day)
         run.pic.append(float(covered.mean()))
         run.breach.append(breaches[day])
         run.covered.append(covered)
-        run.levels.append(cycle_service_level(protection_demand(paths, protect), settings.service_level).level)
+        run.levels.append(today["order_up_to"].to_numpy(dtype=float))
         run.demand.append(actual)
 
         action = _action(policy, t, day, breaches, claimed, settings, max(run.actions, default=None))
         if action is not None:
             seen = panel.truncate([o + t + 1 for o in origins])
             started = time.perf_counter()
-            model = upkeep.update(model, seen) if action == ONLINE_UPDATE else upkeep.retrain(model, seen)
+            model = ops.update(model, seen) if action == ONLINE_UPDATE else ops.retrain(model, seen)
             run.upkeep_seconds += time.perf_counter() - started
             run.actions[day] = action
         if progress and (action or (t + 1) % 20 == 0):
@@ -332,7 +343,7 @@ def run_matrix(config: PipelineConfig, panel: Panel, start: dt.date, days: int, 
     settings = SimulationSettings(
         days=days, change_day=None, breach=BreachRule.of(config), consecutive_days=mon.consecutive_days,
         lead_time=config.inventory.lead_time_days, review_period=config.inventory.review_period_days,
-        service_level=config.inventory.service_level, num_samples=config.serving.num_samples, seed=config.serving.seed)
+        service_level=config.inventory.service_level)
     say(f"training the starting model on the days before {start}")
     started = time.perf_counter()
     initial = stages.fit_served(config, panel.until(start - dt.timedelta(days=1)), progress=False).model
@@ -346,20 +357,20 @@ def run_matrix(config: PipelineConfig, panel: Panel, start: dt.date, days: int, 
         windows = update_windows(model, seen, stages.recent_days(seen, last, mon.online_update_days))
         return online_update(model, windows, seed=mon.seed)
 
-    upkeep = Upkeep(retrain, update)
+    ops = ModelOps(daily_forecast_table(config), retrain, update)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for name in scenarios:
         scenario = SCENARIOS[name]
         change_day = None if scenario.share == 0 else start + dt.timedelta(days=change_after)
-        planted, changed = (scenario.plant(panel, change_day, seed=settings.seed) if change_day
+        planted, changed = (scenario.plant(panel, change_day, seed=config.monitoring.seed) if change_day
                             else (panel, np.zeros(len(panel.series), dtype=bool)))
         scenario_settings = replace(settings, change_day=change_day)
         rows, runs = [], {}
         for policy in policies:
             clock = time.perf_counter()
-            run = run_policy(policy, initial, planted, start, scenario_settings, upkeep, progress=say)
+            run = run_policy(policy, initial, planted, start, scenario_settings, ops, progress=say)
             runs[policy] = run
             rows.append({"scenario": name, **run.summary(scenario_settings, changed),
                          "seconds": time.perf_counter() - clock})
