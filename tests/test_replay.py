@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 import pytest
 from support import SHIFT_DAY, START, level_following_demand, replay_config, webhook_receiver
@@ -39,6 +40,43 @@ def shifted_replay(prefect_harness, webhook, tmp_path_factory):
         patch.setenv(WEBHOOKS_ENV, url)
         result = replay_flow(config, ReplaySpec(START, 18, SHIFT_DAY, 1.8), progress=lambda _: None)
     return config, result, received
+
+
+def test_the_simulation_gives_the_numbers_of_the_real_flows(shifted_replay):
+    """The closed-loop simulation's library path against the replay through the flows, day
+    by day: the same orders, PIC, breaches and retrain day when it starts from the same
+    champion (v1) and its retrain yields the version the flows' retrain registered (v2)."""
+    from pipeline_lib.data.validate import load_panel
+    from pipeline_lib.monitoring.coverage import BreachRule
+    from pipeline_lib.monitoring.simulation import (
+        SCENARIOS,
+        ModelOps,
+        SimulationSettings,
+        daily_forecast_table,
+        run_from_store,
+        run_policy,
+    )
+
+    config, result, _ = shifted_replay
+    days = len(result.timeline)
+    registry.configure(config.tracking_uri)
+    name = config.registry.model_name
+    first, retrained = registry.resolve(f"models:/{name}/1").load(), registry.resolve(f"models:/{name}/2").load()
+    panel, changed = SCENARIOS["shift"].plant(load_panel(config.data, config.window), SHIFT_DAY)
+    settings = SimulationSettings(days=days, change_day=SHIFT_DAY, breach=BreachRule.of(config))
+    ops = ModelOps(daily_forecast_table(config), retrain=lambda model, seen: retrained, update=None)
+    library = run_policy("rule", first, panel, START, settings, ops)
+    store = ForecastStore(config.store_url)
+    flows = run_from_store(store, panel, START, days, "rule", BreachRule.of(config))
+    store.dispose()
+
+    assert library.dates == flows.dates and library.actions == flows.actions and len(flows.actions) == 1
+    assert library.breach == flows.breach
+    np.testing.assert_allclose(library.pic, flows.pic, atol=1e-12)
+    np.testing.assert_allclose(np.stack(library.levels), np.stack(flows.levels), rtol=1e-6)
+    ours, theirs = library.summary(settings, changed), flows.summary(settings, changed)
+    assert {k: v for k, v in ours.items() if k != "upkeep_seconds"} == pytest.approx(
+        {k: v for k, v in theirs.items() if k != "upkeep_seconds"}, nan_ok=True)
 
 
 def test_shift_breaches_retrains_once_and_recovers(shifted_replay):

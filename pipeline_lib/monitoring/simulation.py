@@ -262,6 +262,34 @@ def run_policy(policy: str, model, panel: Panel, start: dt.date, settings: Simul
     return run
 
 
+def run_from_store(store, panel: Panel, start: dt.date, days: int, policy: str,
+                   breach: BreachRule) -> PolicyRun:
+    """The same record, read from what the real flows stored (a ``bayes-pipeline replay`` of
+    ``panel``'s days): each day's order levels from the one-day-ahead forecasts, the
+    monitoring's PIC and breach flag, and its retrains. ``upkeep_seconds`` stays 0: the
+    flows' retrains ran in the training flow."""
+    coverage = store.coverage().set_index("day")
+    events = store.table("retrain_events")
+    lower, upper = interval_columns(breach.level)
+    run = PolicyRun(policy)
+    for t in range(days):
+        day = start + dt.timedelta(days=t)
+        rows = store.forecasts_for(day)
+        today = rows[rows["horizon"] == 1].set_index("series_id").reindex(panel.series_ids)
+        position = {s.series_id: int((day - pd.Timestamp(s.dates[0]).date()).days) for s in panel.series}
+        actual = np.array([s.target[position[s.series_id]] for s in panel.series], dtype=float)
+        run.dates.append(day)
+        run.pic.append(float(coverage.loc[day, "picp"]))
+        run.breach.append(bool(coverage.loc[day, "breach"]))
+        run.covered.append(inside_interval(actual, today[lower].to_numpy(), today[upper].to_numpy()))
+        run.levels.append(today["order_up_to"].to_numpy(dtype=float))
+        run.demand.append(actual)
+    for _, event in events.iterrows():
+        if start <= event["triggered_on"] < start + dt.timedelta(days=days):
+            run.actions[event["triggered_on"]] = ONLINE_UPDATE if event["mode"] == ONLINE_UPDATE else RETRAIN
+    return run
+
+
 def _action(policy: str, t: int, day: dt.date, breaches: dict, claimed: set, settings: SimulationSettings,
             last_action: dt.date | None):
     if policy == NEVER:
