@@ -131,3 +131,16 @@ def test_quantized_model_saves_in_8_bits_and_forecasts_within_the_contract(small
                          steps=2).quantized
     median_gap = np.abs(frames["reloaded"][quantile_column(0.5)] - frames["float"][quantile_column(0.5)])
     assert (median_gap <= 0.05 * frames["float"]["std"] + 0.5).all()
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    from pipeline_lib.model import training
+
+    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind: [])
+    monkeypatch.setattr(training, "_cpu_has_bfloat16", lambda: True)
+    assert training.training_dtype("auto") == tf.bfloat16
+    monkeypatch.setattr(training, "_cpu_has_bfloat16", lambda: False)
+    assert training.training_dtype("auto") == tf.float32
+    monkeypatch.setattr(training.tf.config, "list_physical_devices", lambda kind: ["GPU:0"] if kind == "GPU" else [])
+    assert training.training_dtype("auto") == tf.float16
+    assert training.training_dtype("off") == tf.float32 and training.training_dtype("bfloat16") == tf.bfloat16
