@@ -103,7 +103,10 @@ def warm_refit(config: PipelineConfig, panel: Panel, start_from: ForecastModel, 
     starting from ``start_from``'s weights. Its recalibration is carried over (no unseen
     days are left to fit one on). What the closed-loop simulation gives every policy's
     retrain (:mod:`pipeline_lib.monitoring.simulation`); nothing is logged or registered."""
-    model, _ = _fit_on_every_day(config, panel, start_from, epochs, progress, warm_start=True)
+    # The posterior it starts from was trained at the full KL weight: a ramp from a tenth of
+    # it would let the first epochs shrink the weight uncertainty unchecked.
+    steady = config.updated(train={"kl_annealing": "none"})
+    model, _ = _fit_on_every_day(steady, panel, start_from, epochs, progress, warm_start=True)
     model.calibration = start_from.calibration
     return model
 
