@@ -134,6 +134,28 @@ def test_served_model_is_refitted_on_every_day_for_the_epochs_early_stopping_cho
     assert stages.fit_served(config.updated(train={"refit": False}), panel, progress=False).evaluation_fit is None
 
 
+def test_a_warm_refit_starts_from_the_model_and_keeps_the_full_kl_weight(tmp_path, monkeypatch):
+    """The simulation's retrain budget: scalers on every day, the start model's weights and
+    calibration, and no KL ramp (the start posterior was trained at full weight)."""
+    config = _small_default(tmp_path, epochs=3, patience=1)
+    _, panel = _synthetic("retail", n_series=4, n_days=150, seed=3)
+    start = stages.train(config, panel, progress=False).model
+    seen = []
+    original = stages.training.train_model
+
+    def recording(network, windows, validation, train_config, **kwargs):
+        seen.append((train_config.kl_annealing, [w.copy() for w in network.get_weights()], kwargs["epochs"]))
+        return original(network, windows, validation, train_config, **kwargs)
+
+    monkeypatch.setattr(stages.training, "train_model", recording)
+    warm = stages.warm_refit(config, panel, start, epochs=1)
+    kl_annealing, initial, epochs = seen[0]
+    assert kl_annealing == "none" and epochs == 1
+    assert all(np.array_equal(a, b) for a, b in zip(initial, start.network.get_weights(), strict=True))
+    assert warm.calibration is start.calibration
+    assert warm.scalers[panel.series[0].series_id].peak == panel.series[0].target.max()
+
+
 def test_auto_head_is_count_for_intermittent_whole_numbers_and_normal_otherwise():
     config = PipelineConfig()
     assert config.model.head == "auto"
