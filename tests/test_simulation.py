@@ -1,7 +1,9 @@
 """The closed-loop simulation where the answers are known: Poisson demand at fixed levels,
 a model that knows them (calibrated), and a "retrain" that re-estimates them from the last
-week. No TensorFlow: this checks the loop, the policies and the bookkeeping; the Bayesian
-LSTM's numbers are in benchmarks/simulation_bundled.md."""
+week. No network is trained: this checks the loop, the policies and the bookkeeping through
+the product's forecast table; the Bayesian LSTM's numbers are in
+benchmarks/simulation_bundled/simulation.md, and tests/test_replay.py checks the loop
+against the real flows."""
 
 from __future__ import annotations
 
