@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prefect import flow
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows.forecasting import daily_forecast_flow
 from flows.monitoring import daily_monitoring_flow
@@ -26,7 +27,12 @@ from pipeline_lib.monitoring.replay import ReplayResult, ReplaySpec, run_replay
 def replay_flow(config: PipelineConfig, spec: ReplaySpec,
                 progress: Callable[[str], None] | None = None) -> ReplayResult:
     """Replay ``spec`` (see the module docstring); ``progress`` receives one line per day."""
-    return run_replay(config, spec, stages.ingest(config), train=training_pipeline,
-                      forecast_day=lambda cfg, day: daily_forecast_flow(cfg, run_date=day),
-                      monitor_day=lambda cfg, day: daily_monitoring_flow(cfg, day=day),
-                      progress=progress or print)
+    # The daily flows run as subflows here, two a day: Prefect's per-flow-run heartbeat thread
+    # sleeps in 1 s steps and is joined when each ends, up to a second of waiting per flow
+    # (a quarter of a replayed day at 50 series: benchmarks/RESULTS.md). This flow's own
+    # heartbeat keeps reporting that the process is alive.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return run_replay(config, spec, stages.ingest(config), train=training_pipeline,
+                          forecast_day=lambda cfg, day: daily_forecast_flow(cfg, run_date=day),
+                          monitor_day=lambda cfg, day: daily_monitoring_flow(cfg, day=day),
+                          progress=progress or print)
