@@ -139,3 +139,19 @@ def test_rerunning_a_monitored_day_changes_nothing(shifted_replay):
             expected = before[name]
         pd.testing.assert_frame_equal(after, expected, obj=name)
     store.dispose()
+
+
+def test_replay_runs_its_daily_subflows_without_heartbeat_threads(monkeypatch):
+    """Each subflow's heartbeat thread was joined at its end (up to 1 s, two flows a day):
+    the replay turns them off for its days, and only for them."""
+    from prefect.settings import get_current_settings
+
+    import flows.replay as replay
+    from pipeline_lib.config import PipelineConfig
+
+    seen = []
+    monkeypatch.setattr(replay, "run_replay",
+                        lambda *args, **kwargs: seen.append(get_current_settings().flows.heartbeat_frequency))
+    monkeypatch.setattr(replay.stages, "ingest", lambda config: None)
+    replay.replay_flow.fn(PipelineConfig(), ReplaySpec(START, 1))
+    assert seen == [None] and get_current_settings().flows.heartbeat_frequency == 180
