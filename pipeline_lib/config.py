@@ -30,7 +30,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline_lib.errors import ConfigError
+from pipeline_lib.errors import ConfigError, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,6 @@ def _url_password(url: str) -> str | None:
         return make_url(url).password
     except ArgumentError:
         return None
-
-
-def _redacted(url: str) -> str:
-    """The URL's host and database only (no user, no password, no query)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return "<an unparseable URL>"
-    host = f"{parsed.host}:{parsed.port}" if parsed.port else (parsed.host or "")
-    return f"{parsed.get_backend_name()}://{host}/{parsed.database or ''}"
 
 
 class _Strict(BaseModel):
@@ -134,7 +121,7 @@ class DataConfig(_Strict):
         """Where the data come from, for messages and MLflow: never a password."""
         if self.uses_sql:
             try:
-                where = _redacted(self.resolved_sql_url())
+                where = redacted_url(self.resolved_sql_url())
             except ConfigError:
                 where = f"${SQL_URL_ENV} (unset)"
             return f"SQL query on {where}"

@@ -1,8 +1,23 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and how a URL appears in their messages.
 
 Anything deriving from :class:`PipelineError` is reported by the CLI as one line
 (no traceback) and a non-zero exit code; everything else is a bug and keeps its traceback.
 """
+
+from urllib.parse import urlsplit, urlunsplit
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as messages, logs and MLflow may show it: scheme, host, port and path, never a
+    user, a password or a query (which can carry one too). The one place that does this for
+    the store's SQL URL, the data source and the MLflow tracking URI."""
+    try:
+        parts = urlsplit(str(url))
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "<an unparseable URL>"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class PipelineError(Exception):

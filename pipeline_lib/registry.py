@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_lib.errors import ModelLoadError, RegistryUnavailableError
+from pipeline_lib.errors import ModelLoadError, RegistryUnavailableError, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def check_reachable(tracking_uri: str) -> None:
         client().search_experiments(max_results=1)
     except connection_errors() as exc:
         raise RegistryUnavailableError(
-            f"MLflow tracking at {_redact(tracking_uri)} is unreachable ({describe_error(exc)}); "
+            f"MLflow tracking at {redacted_url(tracking_uri)} is unreachable ({describe_error(exc)}); "
             "nothing was trained or registered") from None
 
 
@@ -114,17 +114,6 @@ def record_failed_run(experiment_name: str, artifact_root: Path, run_name: str, 
 def describe_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{exc.__class__.__name__}: {text[0] if text else ''}"
-
-
-def _redact(uri: str) -> str:
-    """A tracking URI without user:password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 def ensure_experiment(name: str, artifact_root: Path) -> str:

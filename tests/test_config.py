@@ -77,7 +77,24 @@ def test_a_sql_password_never_enters_a_config(tmp_path, monkeypatch):
     assert url not in json.dumps(config.model_dump(mode="json"))  # what MLflow and Prefect would see
 
     monkeypatch.setenv(SQL_URL_ENV, url_with_password("postgresql+psycopg2", "127.0.0.1:1"))  # nothing listens
-    assert config.data.source_name() == "SQL query on postgresql://127.0.0.1:1/sales"
+    assert config.data.source_name() == "SQL query on postgresql+psycopg2://127.0.0.1:1/sales"  # no user "shop"
     with pytest.raises(DataValidationError) as failed:
         read_table(config.data)
     assert marker not in str(failed.value) and "127.0.0.1:1/sales" in str(failed.value)
+
+
+@pytest.mark.parametrize("scheme, host, port, path", [
+    ("postgresql+psycopg", "db.internal", 5432, "/sales"),
+    ("https", "mlflow.example.com", None, "/tracking"),
+    ("mysql", "10.0.0.7", 3306, "/shop"),
+])
+def test_the_one_url_redaction_keeps_where_and_drops_who(scheme, host, port, path):
+    """Store, data source and MLflow URLs all pass through errors.redacted_url."""
+    from pipeline_lib.errors import redacted_url
+
+    marker = "s3cr3t-MARKER"
+    netloc = f"{host}:{port}" if port else host
+    url = f"{scheme}://user-{marker}:{marker}" + "@" + f"{netloc}{path}?password={marker}&sslmode=require"
+    shown = redacted_url(url)
+    assert marker not in shown and shown == f"{scheme}://{netloc}{path}"
+    assert redacted_url("http://[::1") == "<an unparseable URL>"

@@ -16,7 +16,7 @@ import tenacity
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pipeline_lib.contract import FORECAST_COLUMNS, as_day
-from pipeline_lib.errors import PipelineError, StoreUnavailableError
+from pipeline_lib.errors import PipelineError, StoreUnavailableError, redacted_url
 from pipeline_lib.store.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -82,7 +82,7 @@ def _retried(method):
             return retrying(method, self, *args, **kwargs)
         except OperationalError as exc:
             raise StoreUnavailableError(
-                f"forecast store {_redact(self.url)}: {method.__name__} failed after {self.attempts} "
+                f"forecast store {redacted_url(self.url)}: {method.__name__} failed after {self.attempts} "
                 f"attempts ({str(exc.orig).strip()}); nothing of it was written") from None
 
     return wrapper
@@ -101,7 +101,7 @@ class ForecastStore:
         try:
             self.engine = sa.create_engine(url, connect_args=connect_args)
         except (sa.exc.ArgumentError, ImportError) as exc:
-            raise PipelineError(f"forecast store URL {_redact(url)} is not usable: {exc}") from None
+            raise PipelineError(f"forecast store URL {redacted_url(url)} is not usable: {exc}") from None
 
     @_retried
     def create(self) -> ForecastStore:
@@ -117,7 +117,7 @@ class ForecastStore:
                     found = SCHEMA_VERSION
                     conn.execute(schema_info.insert().values(version=found))
                 if found > SCHEMA_VERSION:
-                    raise PipelineError(f"forecast store {_redact(self.url)} has schema version {found}; "
+                    raise PipelineError(f"forecast store {redacted_url(self.url)} has schema version {found}; "
                                         f"this code knows up to {SCHEMA_VERSION}: upgrade bayes-pipeline")
                 for version in range(found + 1, SCHEMA_VERSION + 1):
                     for table, column, sql_type in MIGRATIONS[version]:
@@ -370,9 +370,3 @@ class ForecastStore:
         self.engine.dispose()
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparseable URL>"
