@@ -186,3 +186,36 @@ def test_the_report_states_the_expected_and_measured_false_alarms(tmp_path):
     assert "| never | " in text and "would on 3.8% of days with independent series" in text
     assert f"breached on {row['breach_days']} of {DAYS} days" in text
     assert json.loads((tmp_path / "simulation.json").read_text())[0]["rows"][0]["policy"] == "never"
+
+
+def test_the_replay_and_the_simulation_plant_a_shift_alike():
+    """One definition of a planted change: the replay's shift on the raw table and the
+    simulation's scenario on the validated panel give the same demand."""
+    from pipeline_lib.data.validate import validate_table
+    from pipeline_lib.monitoring.replay import plant_shift
+
+    panel, _ = _panel()
+    raw = panel.to_frame().rename(columns={"target": "units"})
+    raw["date"] = raw["date"].dt.strftime("%Y-%m-%d")
+    change = START + dt.timedelta(days=4)
+    data = PipelineConfig().data
+    from_raw = validate_table(plant_shift(raw, data, change, 1.8), data, min_days=1)
+    from_panel, _ = SCENARIOS["shift"].plant(panel, change)
+    by_id = {s.series_id: s.target for s in from_raw.series}
+    assert len(by_id) == N_SERIES
+    for s in from_panel.series:
+        np.testing.assert_array_equal(by_id[s.series_id], s.target)
+    assert from_panel.series[0].target[HISTORY + 4] == np.round(panel.series[0].target[HISTORY + 4] * 1.8)
+
+
+
+def test_a_planted_change_starts_on_its_day_and_keeps_whole_numbers_whole():
+    from pipeline_lib.monitoring.replay import planted
+
+    since = np.array([-2, -1, 0, 1, 2])
+    trend = SCENARIOS["trend"].factor
+    np.testing.assert_allclose(planted(np.full(5, 1.5), since, trend), 1.5 * np.r_[1, 1, 1.01, 1.01 ** 2, 1.01 ** 3])
+    np.testing.assert_array_equal(planted(np.array([10.0, 10, 10, np.nan, 10]), since, trend),
+                                  [10, 10, 10, np.nan, 10])  # 10.1, 10.2 and 10.3 round back
+    np.testing.assert_array_equal(planted(np.full(5, 10.0), since, SCENARIOS["promotion"].factor),
+                                  [10, 10, 25, 25, 25])

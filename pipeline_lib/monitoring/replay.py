@@ -69,17 +69,28 @@ def replay_spec(first_day: dt.date, last_day: dt.date, source: str, days: int, s
     return spec
 
 
+def planted(target: np.ndarray, days_since: np.ndarray, factor: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``target`` multiplied by ``factor(days_since)`` where ``days_since >= 0`` (the change's
+    days), unchanged before; integer targets stay integer (rounded). NaN stays NaN. The one
+    definition of a planted demand change: the replay's shift and the simulation's scenarios."""
+    original = np.asarray(target, dtype=float)
+    days_since = np.asarray(days_since)
+    after = days_since >= 0
+    values = original.copy()
+    values[after] = values[after] * factor(days_since[after])
+    observed = original[~np.isnan(original)]
+    return np.round(values) if np.allclose(observed, np.round(observed)) else values
+
+
 def plant_shift(raw: pd.DataFrame, data: DataConfig, shift_day: dt.date | None, factor: float) -> pd.DataFrame:
     """Multiply the target by ``factor`` from ``shift_day`` on (integer targets stay integer)."""
     if shift_day is None or factor == 1.0:
         return raw
     shifted = raw.copy()
-    dates = pd.to_datetime(shifted[data.time_col], utc=True, format="mixed").dt.date
-    target = shifted[data.target_col].astype(float)
-    after = dates >= shift_day
-    values = target.where(~after, target * factor)
-    integer = np.allclose(target.dropna(), np.round(target.dropna()))
-    shifted[data.target_col] = np.round(values) if integer else values
+    dates = pd.to_datetime(shifted[data.time_col], utc=True, format="mixed")
+    days_since = (dates.dt.tz_localize(None).dt.normalize() - pd.Timestamp(shift_day)).dt.days.to_numpy()
+    shifted[data.target_col] = planted(shifted[data.target_col].to_numpy(), days_since,
+                                       lambda d: np.full(d.shape, factor))
     return shifted
 
 

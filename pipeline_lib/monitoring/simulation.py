@@ -52,6 +52,7 @@ from pipeline_lib.evaluation.metrics import inside_interval
 from pipeline_lib.inventory.backtest import SimulationResult, simulate
 from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probability
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, retrain_decision
+from pipeline_lib.monitoring.replay import planted
 
 NEVER, RULE, ONLINE_FIRST, WEEKLY, REARMED = "never", "rule", "online_first", "weekly", "rule_rearmed"
 POLICIES = (NEVER, RULE, ONLINE_FIRST, WEEKLY, BINOMIAL, REARMED)
@@ -77,19 +78,11 @@ class Scenario:
         if self.share > 0:
             chosen = np.random.default_rng(seed).choice(n, size=max(1, round(self.share * n)), replace=False)
             changed[chosen] = True
-        series = []
-        for k, s in enumerate(panel.series):
-            since = (s.dates - pd.Timestamp(change_day)).days.to_numpy()
-            after = since >= 0
-            if not changed[k] or not after.any():
-                series.append(s)
-                continue
-            target = s.target.astype(float).copy()
-            target[after] = target[after] * self.factor(since[after])
-            if np.allclose(s.target, np.round(s.target)):
-                target = np.round(target)
-            series.append(replace(s, target=target))
-        return replace(panel, series=tuple(series)), changed
+        series = tuple(
+            replace(s, target=planted(s.target, (s.dates - pd.Timestamp(change_day)).days.to_numpy(), self.factor))
+            if changed[k] else s
+            for k, s in enumerate(panel.series))
+        return replace(panel, series=series), changed
 
 
 SCENARIOS: dict[str, Scenario] = {
