@@ -265,12 +265,12 @@ def run_from_store(store, panel: Panel, start: dt.date, days: int, policy: str,
     events = store.table("retrain_events")
     lower, upper = interval_columns(breach.level)
     run = PolicyRun(policy)
+    origins = [int((start - pd.Timestamp(s.dates[0]).date()).days) for s in panel.series]
     for t in range(days):
         day = start + dt.timedelta(days=t)
         rows = store.forecasts_for(day)
         today = rows[rows["horizon"] == 1].set_index("series_id").reindex(panel.series_ids)
-        position = {s.series_id: int((day - pd.Timestamp(s.dates[0]).date()).days) for s in panel.series}
-        actual = np.array([s.target[position[s.series_id]] for s in panel.series], dtype=float)
+        actual = np.array([s.target[o + t] for s, o in zip(panel.series, origins, strict=True)], dtype=float)
         run.dates.append(day)
         run.pic.append(float(coverage.loc[day, "picp"]))
         run.breach.append(bool(coverage.loc[day, "breach"]))
