@@ -188,6 +188,12 @@ class TrainConfig(_Strict):
     kl_annealing: Literal["none", "linear", "step"] = "linear"
     kl_ramp_epochs: int = Field(10, ge=1)
     validation_samples: int = Field(8, ge=1)
+    windows_per_epoch: int | None = Field(
+        65536, ge=1, description="training windows drawn (without replacement) per epoch, so an epoch costs "
+        "the same at 50 or 50,000 series; None or more than there are = every window, in a new order each epoch")
+    validation_windows: int | None = Field(
+        20000, ge=1, description="early stopping scores a fixed sample of this many validation windows "
+        "(drawn once per fit); None = every one")
     refit: bool = Field(True, description="serve a refit on every day (the evaluation fit's epoch count; "
                         "its holdout metrics are the version's) instead of the evaluation fit, whose "
                         "weights never see the last validation_days + test_days")

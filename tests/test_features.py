@@ -12,11 +12,15 @@ from pipeline_lib.data.features import (
     LAG_COLUMN,
     N_WEEKDAYS,
     OBSERVED_COLUMN,
+    LazyWindows,
+    center_windows,
     feature_rows,
     fit_scalers,
     forward_transform,
     inverse_transform,
+    target_offsets,
     target_transform,
+    windows_for_days,
 )
 from pipeline_lib.data.validate import validate_table
 
@@ -47,6 +51,40 @@ def test_the_feature_layout_names_every_column(panel):
     weekdays = series.dates[0].dayofweek + np.arange(-L, len(series) + 1)
     assert (rows[:, spec.weekday_columns].argmax(axis=1) == weekdays % 7).all()
     assert np.unique(rows[:, spec.magnitude_column]).size == 1
+
+
+@pytest.mark.parametrize("profile", [True, False])
+@pytest.mark.parametrize("part", ["train", "validation", "all"])
+def test_lazy_windows_are_the_serving_paths_windows(part, profile):
+    """A batch assembled from the compact per-series arrays equals the windows the serving
+    path cuts from each series' full feature rows (feature_rows -> windows_for_days ->
+    center_windows), in any order, for ragged series shorter than the context and with
+    covariates."""
+    frame = synthetic_demand(n_series=4, n_days=70)
+    frame = frame[~((frame.series_id == "S2") & (frame.index % 70 < 45))]  # S2: 25 days, L = 14
+    panel = validate_table(frame, DataConfig(), min_days=1)
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), level_days=7 if profile else 0,
+                                weekday_profile=profile)
+    lazy = LazyWindows(panel, scalers, spec, WINDOW, part)
+    index = np.random.default_rng(0).permutation(len(lazy))[:200]
+    got = lazy.batch(index)
+    series_index, days = lazy.locate(index)
+    inputs, targets, offsets = [], [], []
+    for k, d in zip(series_index, days, strict=True):
+        series = panel.series[k]
+        scaler = scalers[series.series_id]
+        inputs.append(windows_for_days(feature_rows(series, scaler, spec), np.array([d]), WINDOW.context_length))
+        targets.append(scaler.forward(series.target[[d]]))
+        offsets.append(target_offsets(scaler, spec, series, np.array([d])))
+    centred, levels = center_windows(np.concatenate(inputs), spec.level_days)
+    np.testing.assert_array_equal(got.inputs, centred)
+    np.testing.assert_array_equal(got.levels, levels + np.concatenate(offsets))
+    np.testing.assert_allclose(got.targets, np.concatenate(targets) - got.levels, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got.units, [panel.series[k].target[d] for k, d in zip(series_index, days,
+                                                                                          strict=True)])
+    # S2's 25 days: train days 1..3, validation 4..17, all 1..24; the others' 70: 1..48, 49..62, 1..69.
+    assert len(lazy) == {"train": 3 * 48 + 3, "validation": 4 * 14, "all": 3 * 69 + 24}[part]
+    assert (got.day_index == days).all() and (got.series_index == series_index).all()
 
 
 def test_transforms_round_trip_and_clip():

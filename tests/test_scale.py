@@ -181,3 +181,78 @@ def test_flows_started_without_a_config_read_the_deployed_one(tmp_path, monkeypa
     monkeypatch.setenv(CONFIG_ENV, str(path))
     config = deployed_config()
     assert str(config.data.path) == "/data/input/shop.csv" and config.serving.horizon == 14
+
+
+def _training_peak_bytes(config, n_series: int) -> int:
+    """Peak Python-heap bytes (NumPy's arrays included) of one training run on ``n_series``
+    series of 120 days, beyond the panel it is given."""
+    import tracemalloc
+
+    from pipeline_lib import stages
+    from pipeline_lib.data.validate import validate_table
+
+    panel = validate_table(level_following_demand(n_series=n_series, n_days=120), config.data, min_days=1)
+    tracemalloc.start()
+    try:
+        stages.train(config, panel, progress=False)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_training_memory_grows_with_the_data_not_with_its_windows(small_config):
+    """Ten times the series: the training run's extra memory grows by a few bytes per added
+    series-day (the compact arrays LazyWindows keeps), not by the L x F floats of a
+    materialised window each (14 x 10 x 4 = 560 bytes here), and an epoch draws a fixed
+    number of windows."""
+    config = small_config.updated(train={"epochs": 1, "windows_per_epoch": 512, "validation_windows": 256},
+                                  evaluation={"recalibrate": False})
+    _training_peak_bytes(config, 20)  # one-off allocations (graph tracing, caches) land here
+    small, large = _training_peak_bytes(config, 20), _training_peak_bytes(config, 200)
+    added_series_days = (200 - 20) * 120
+    assert (large - small) / added_series_days < 64, (small, large)
+
+
+class _CountingWindows:
+    """Windows that remember which indices each batch asked for."""
+
+    def __init__(self, windows):
+        self.windows, self.asked = windows, []
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def batch(self, index):
+        self.asked.append(np.asarray(index))
+        return self.windows.batch(index)
+
+
+@pytest.mark.model
+def test_an_epoch_draws_windows_per_epoch_distinct_windows_afresh():
+    """With windows_per_epoch below the number of windows, each epoch visits that many
+    distinct windows, a different set each epoch; without a limit, every window exactly once.
+    Validation scores the same fixed sample of validation_windows every epoch."""
+    from pipeline_lib.config import ModelConfig, TrainConfig
+    from pipeline_lib.data.features import WindowSet
+    from pipeline_lib.model.network import BayesianForecaster
+    from pipeline_lib.model.training import train_model
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    windows = WindowSet(rng.normal(size=(n, 6, 3)).astype("float32"), rng.normal(size=n).astype("float32"),
+                        np.zeros(n, int), np.arange(n), np.zeros(n, np.float32))
+    model = BayesianForecaster(3, ModelConfig(head="normal", lstm_units=(4, 3))).build_for(6)
+    for per_epoch, expected in ((300, 300), (None, n), (5000, n)):
+        train, validation = _CountingWindows(windows), _CountingWindows(windows)
+        config = TrainConfig(epochs=2, batch_size=64, kl_ramp_epochs=1, patience=5, windows_per_epoch=per_epoch,
+                             validation_windows=200)
+        train_model(model, train, validation, config, progress=False)
+        batches_per_epoch = -(-expected // 64)
+        epochs = [np.concatenate(train.asked[e * batches_per_epoch:(e + 1) * batches_per_epoch]) for e in range(2)]
+        assert len(train.asked) == 2 * batches_per_epoch
+        for visited in epochs:
+            assert len(visited) == len(np.unique(visited)) == expected
+        assert not np.array_equal(np.sort(epochs[0]), np.sort(epochs[1])) or expected == n
+        scored = [np.concatenate(validation.asked[:len(validation.asked) // 2]),
+                  np.concatenate(validation.asked[len(validation.asked) // 2:])]
+        assert len(scored[0]) == 200 and np.array_equal(scored[0], scored[1])

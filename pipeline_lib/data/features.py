@@ -1,7 +1,7 @@
 """Time-based split, per-series scaling and sliding windows.
 
 The feature layout, the scalers that fill it and the windows that read it change together
-(a new feature touches all three), so they share one module of about 400 lines.
+(a new feature touches all three), so they share one module of about 500 lines.
 
 Each model input is a window of ``context_length`` days ending on the target day ``d``.
 The feature row of day ``t`` holds what is known at the start of that day::
@@ -16,6 +16,10 @@ closures). Days before a series starts are zero rows with ``observed = 0``, so s
 still produce full-length windows.
 
 The model predicts ``z(d)``; :func:`inverse_transform` maps samples back to units.
+
+Training reads windows through :class:`LazyWindows`, which keeps a few bytes per series-day
+and assembles each batch on demand; :func:`build_windows` materialises every window (about
+``L * F * 4`` bytes per series-day), which only small panels afford.
 
 With ``level_days > 0`` (:func:`center_windows`) each window is also centred on its recent
 level: the mean of its last ``level_days`` observed lags is subtracted from the lags and
@@ -238,6 +242,36 @@ def magnitude_feature(scaler: SeriesScaler, spec: FeatureSpec) -> float:
     return float((scaler.loc - spec.magnitude_loc) / spec.magnitude_scale)
 
 
+def _write_features(out: np.ndarray, lag: np.ndarray, observed: np.ndarray, covariates: np.ndarray,
+                    weekdays: np.ndarray, magnitude, spec: FeatureSpec) -> None:
+    """Fill feature rows ``out (..., F)`` in the module's layout from their parts, each shaped
+    like ``out``'s leading axes (``covariates`` with a trailing ``C``): one definition for a
+    series' rows (:func:`feature_rows`) and a batch of windows (:class:`LazyWindows`)."""
+    out[..., LAG_COLUMN] = lag
+    out[..., OBSERVED_COLUMN] = observed
+    out[..., spec.covariate_columns] = covariates
+    out[..., spec.weekday_columns] = weekday_one_hot(weekdays)
+    out[..., spec.magnitude_column] = magnitude
+
+
+def _lag_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' changing parts for days ``-L .. n``: the lagged model-space target ``(L + n + 1,)``
+    and the lagged scaled covariates ``(L + n + 1, C)``, zero before the series starts."""
+    L = spec.context_length
+    y = series.target if target is None else target
+    n = len(y)
+    z = np.clip(scaler.forward(y), -_INPUT_CLIP, _INPUT_CLIP)
+    if spec.weekday_profile:  # each lag net of its own weekday's offset
+        z = z - scaler.profile_at(series.dates[0].dayofweek + np.arange(n))
+    lag = np.zeros(L + n + 1, dtype=np.float32)
+    covariates = np.zeros((L + n + 1, len(spec.covariate_names)), dtype=np.float32)
+    # Day t (row t + L) sees z(t-1): rows L+1 .. L+n hold days 1 .. n.
+    lag[L + 1:] = z
+    covariates[L + 1:] = scaler.scale_covariates(series.covariates)
+    return lag, covariates
+
+
 def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec,
                  target: np.ndarray | None = None) -> np.ndarray:
     """Feature rows for days ``-L .. n`` (row ``r`` is day ``r - L``): shape ``(L + n + 1, F)``.
@@ -245,20 +279,11 @@ def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec,
     ``target`` overrides ``series.target`` (same length), e.g. for planted shifts.
     """
     L = spec.context_length
-    y = series.target if target is None else target
-    n = len(y)
-    first_weekday = series.dates[0].dayofweek
-    z = np.clip(scaler.forward(y), -_INPUT_CLIP, _INPUT_CLIP)
-    if spec.weekday_profile:  # each lag net of its own weekday's offset
-        z = z - scaler.profile_at(first_weekday + np.arange(n))
-    covariates = scaler.scale_covariates(series.covariates)
-    rows = np.zeros((L + n + 1, spec.num_features), dtype=np.float32)
-    # Day t (row t + L) sees z(t-1): rows L+1 .. L+n hold days 1 .. n.
-    rows[L + 1 :, LAG_COLUMN] = z
-    rows[L + 1 :, OBSERVED_COLUMN] = 1.0
-    rows[L + 1 :, spec.covariate_columns] = covariates
-    rows[:, spec.weekday_columns] = weekday_one_hot(first_weekday + np.arange(-L, n + 1))
-    rows[:, spec.magnitude_column] = magnitude_feature(scaler, spec)
+    lag, covariates = _lag_rows(series, scaler, spec, target)
+    row = np.arange(len(lag))
+    rows = np.empty((len(lag), spec.num_features), dtype=np.float32)
+    _write_features(rows, lag, row >= L + 1, covariates, series.dates[0].dayofweek + row - L,
+                    magnitude_feature(scaler, spec), spec)
     return rows
 
 
@@ -343,6 +368,11 @@ class WindowSet:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def batch(self, index: np.ndarray) -> WindowSet:
+        """The windows at ``index`` (ints into ``0 .. len - 1``), as :meth:`LazyWindows.batch`."""
+        return WindowSet(*(None if part is None else part[index] for part in (
+            self.inputs, self.targets, self.series_index, self.day_index, self.levels, self.units, self.context)))
+
     def head_targets(self, space: str) -> np.ndarray:
         """What a head of ``space`` (``model`` or ``units``) is trained on."""
         if space == "model":
@@ -381,32 +411,98 @@ def build_windows(
     window: WindowConfig,
     part: str,
 ) -> WindowSet:
-    """One-day-ahead windows for ``part`` (see :func:`part_days`). Training targets start
-    at day 1, because day 0 has no observed lag.
+    """Every one-day-ahead window of ``part`` (see :func:`part_days`) at once. Training
+    targets start at day 1, because day 0 has no observed lag. For a large panel, train
+    from :class:`LazyWindows` instead: this holds ``L * F`` floats per series-day."""
+    return LazyWindows(panel, scalers, spec, window, part).materialise()
+
+
+class LazyWindows:
+    """The windows of :func:`build_windows` for ``part``, assembled a batch at a time.
+
+    :func:`build_windows` materialises ``(N, L, F)`` floats, ``L * F`` (about 300) times the
+    data, which does not fit in memory at a retailer's catalogue size. This keeps only each
+    series' lagged model-space target and covariates, its model-space and unit targets
+    (together ``12 + 4 C`` bytes per series-day, less than the panel itself) and builds any
+    batch of windows from them on demand: :meth:`batch` returns exactly the rows
+    ``build_windows(...).batch(index)`` would. Windows are numbered as there: series by
+    series, days in order.
     """
-    inputs, targets, offsets, units, series_index, day_index, locs, scales = [], [], [], [], [], [], [], []
-    for k, days in part_days(panel, window, part).items():
-        s = panel.series[k]
-        if len(days) == 0:
-            continue
-        scaler = scalers[s.series_id]
-        rows = feature_rows(s, scaler, spec)
-        inputs.append(windows_for_days(rows, days, spec.context_length))
-        targets.append(scaler.forward(s.target[days]).astype(np.float32))
-        offsets.append(target_offsets(scaler, spec, s, days))
-        units.append(s.target[days].astype(np.float32))
-        series_index.append(np.full(len(days), k))
-        day_index.append(days)
-        locs.append(np.full(len(days), scaler.loc))
-        scales.append(np.full(len(days), scaler.scale))
-    centred, levels = center_windows(np.concatenate(inputs).astype(np.float32), spec.level_days)
-    offsets = np.concatenate(offsets).astype(np.float32)
-    return WindowSet(
-        inputs=centred,
-        targets=np.concatenate(targets) - (levels + offsets),
-        series_index=np.concatenate(series_index),
-        day_index=np.concatenate(day_index),
-        levels=levels + offsets,  # where each model-space target is centred
-        units=np.concatenate(units),
-        context=window_context(np.concatenate(locs), np.concatenate(scales), levels, offsets),
-    )
+
+    def __init__(self, panel: Panel, scalers: dict[str, SeriesScaler], spec: FeatureSpec, window: WindowConfig,
+                 part: str):
+        self.spec = spec
+        L = spec.context_length
+        lags, covariates, targets, units = [], [], [], []
+        first_day, counts, row_starts, day_starts = [], [], [], []
+        rows = days_total = 0
+        for k, days in part_days(panel, window, part).items():
+            s = panel.series[k]
+            scaler = scalers[s.series_id]
+            lag, cov = _lag_rows(s, scaler, spec)
+            lags.append(lag)
+            covariates.append(cov)
+            targets.append(scaler.forward(s.target).astype(np.float32))
+            units.append(s.target.astype(np.float32))
+            first_day.append(days[0] if len(days) else 0)
+            counts.append(len(days))
+            row_starts.append(rows)
+            day_starts.append(days_total)
+            rows += len(lag)
+            days_total += len(s)
+        self._lag = np.concatenate(lags)
+        self._covariates = np.concatenate(covariates)
+        self._targets = np.concatenate(targets)
+        self._units = np.concatenate(units)
+        self._first_day = np.asarray(first_day, dtype=np.int64)
+        self._window_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._row_starts = np.asarray(row_starts, dtype=np.int64)
+        self._day_starts = np.asarray(day_starts, dtype=np.int64)
+        ordered = [panel.series[k] for k in range(len(panel.series))]
+        self._first_weekday = np.array([s.dates[0].dayofweek for s in ordered], dtype=np.int64)
+        fitted = [scalers[s.series_id] for s in ordered]
+        self._magnitude = np.array([magnitude_feature(sc, spec) for sc in fitted], dtype=np.float32)
+        self._loc = np.array([sc.loc for sc in fitted])
+        self._scale = np.array([sc.scale for sc in fitted])
+        self._profile = np.stack([sc.profile_at(np.arange(N_WEEKDAYS)) for sc in fitted]) if fitted else None
+        self._window_days = np.arange(1, L + 1)  # a window ending on day d holds rows d+1 .. d+L
+
+    def __len__(self) -> int:
+        return int(self._window_starts[-1])
+
+    def locate(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Series position and day of the windows at ``index``, each ``(B,)`` ints."""
+        index = np.asarray(index, dtype=np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"window index out of range 0 .. {len(self) - 1}")
+        k = np.searchsorted(self._window_starts, index, side="right") - 1
+        return k, self._first_day[k] + (index - self._window_starts[k])
+
+    def batch(self, index: np.ndarray) -> WindowSet:
+        """The windows at ``index``: ``(B, L, F)`` inputs and their targets, as :class:`WindowSet`."""
+        spec, L = self.spec, self.spec.context_length
+        k, d = self.locate(index)
+        local = d[:, None] + self._window_days  # (B, L) row of each step within its series
+        flat = self._row_starts[k][:, None] + local
+        inputs = np.empty((len(k), L, spec.num_features), dtype=np.float32)
+        _write_features(inputs, self._lag[flat], local >= L + 1, self._covariates[flat],
+                        self._first_weekday[k][:, None] + local - L, self._magnitude[k][:, None], spec)
+        centred, levels = center_windows(inputs, spec.level_days)
+        if spec.weekday_profile:
+            offsets = self._profile[k, (self._first_weekday[k] + d) % N_WEEKDAYS]
+        else:
+            offsets = np.zeros(len(k), dtype=np.float32)
+        day = self._day_starts[k] + d
+        return WindowSet(
+            inputs=centred,
+            targets=self._targets[day] - (levels + offsets),
+            series_index=k,
+            day_index=d,
+            levels=levels + offsets,
+            units=self._units[day],
+            context=window_context(self._loc[k], self._scale[k], levels, offsets),
+        )
+
+    def materialise(self) -> WindowSet:
+        """Every window at once (what :func:`build_windows` returns)."""
+        return self.batch(np.arange(len(self)))

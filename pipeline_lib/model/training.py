@@ -20,11 +20,14 @@ import tf_keras
 from tqdm.auto import tqdm
 
 from pipeline_lib.config import TrainConfig
-from pipeline_lib.data.features import WindowSet, neutral_context
+from pipeline_lib.data.features import LazyWindows, WindowSet, neutral_context
 from pipeline_lib.errors import TrainingDivergedError
 from pipeline_lib.model.distribute import split_batch
 from pipeline_lib.model.layers import TILED
 from pipeline_lib.model.network import BayesianForecaster
+
+# Anything with len() and batch(index) -> WindowSet: all windows in memory, or assembled per batch.
+Windows = WindowSet | LazyWindows
 
 
 def kl_beta(epoch: int, config: TrainConfig) -> float:
@@ -67,16 +70,27 @@ def make_mixture_log_prob(model: BayesianForecaster, num_samples: int):
     return log_prob
 
 
-def mixture_nll(log_prob, windows: WindowSet, space: str, seed: int = 0, batch_size: int = 1024) -> float:
+def mixture_nll(log_prob, windows: Windows, space: str, seed: int = 0, batch_size: int = 1024,
+                index: np.ndarray | None = None) -> float:
     """Mean negative log-likelihood of the windows' targets (in the head's ``space``) under
-    the predictive mixture."""
-    inputs, targets, context = windows.inputs, windows.head_targets(space), windows.head_context()
-    values = [
-        log_prob(inputs[start:start + batch_size], targets[start:start + batch_size],
-                 context[start:start + batch_size], tf.constant([seed, start], tf.int32)).numpy()
-        for start in range(0, len(targets), batch_size)
-    ]
+    the predictive mixture; ``index``: only these windows (default: all)."""
+    index = np.arange(len(windows)) if index is None else index
+    values = []
+    for start in range(0, len(index), batch_size):
+        batch = windows.batch(index[start:start + batch_size])
+        values.append(log_prob(batch.inputs, batch.head_targets(space), batch.head_context(),
+                               tf.constant([seed, start], tf.int32)).numpy())
     return float(-np.mean(np.concatenate(values)))
+
+
+def epoch_sample(rng: np.random.Generator, n_windows: int, per_epoch: int | None) -> np.ndarray:
+    """Which windows an epoch visits, in order: every one in a new order when ``per_epoch``
+    is None or not smaller than ``n_windows``, else ``per_epoch`` distinct ones drawn afresh
+    (Floyd's algorithm inside NumPy for a small share: memory ``O(per_epoch)``, not
+    ``O(n_windows)``)."""
+    if per_epoch is None or per_epoch >= n_windows:
+        return rng.permutation(n_windows)
+    return rng.choice(n_windows, per_epoch, replace=False)
 
 
 def _cpu_has_bfloat16() -> bool:
@@ -150,8 +164,8 @@ def make_train_step(model: BayesianForecaster, optimizer, n_train: int, beta: tf
 
 def train_model(
     model: BayesianForecaster,
-    train: WindowSet,
-    validation: WindowSet | None,
+    train: Windows,
+    validation: Windows | None,
     config: TrainConfig,
     progress: bool = True,
     strategy: tf.distribute.Strategy | None = None,
@@ -163,6 +177,12 @@ def train_model(
     exactly ``epochs`` epochs (the count the evaluation fit's early stopping chose), the
     last weights are kept. ``strategy``: the ``tf.distribute`` strategy whose scope created
     ``model``'s variables (default: none); the optimizer is created in the same scope.
+
+    An epoch visits ``config.windows_per_epoch`` windows of ``train`` (all, if it has fewer),
+    drawn afresh each epoch; the KL term is still divided by ``len(train)``, the size of the
+    data the posterior is fitted to. Early stopping scores a fixed sample of
+    ``config.validation_windows`` windows. ``train`` and ``validation`` may be
+    :class:`LazyWindows`: memory then grows with the batch, not with the catalogue.
 
     ``config.mixed_precision``: the LSTM layers' training pass runs in the dtype
     :func:`training_dtype` picks; validation and the returned model predict in float32.
@@ -190,7 +210,8 @@ def _train_model(model, train, validation, config, progress, strategy, epochs, d
     if validation is None and epochs is None:
         raise ValueError("training without validation days needs a fixed number of epochs")
     validation_log_prob = make_mixture_log_prob(model, config.validation_samples) if validation is not None else None
-    targets, context = train.head_targets(model.head.space), train.head_context()
+    validation_index = None if validation is None else np.sort(
+        epoch_sample(np.random.default_rng(config.seed + 1), len(validation), config.validation_windows))
     result = TrainingResult()
     best_weights = model.get_weights()
     started = time.perf_counter()
@@ -198,12 +219,12 @@ def _train_model(model, train, validation, config, progress, strategy, epochs, d
                   unit="epoch", file=sys.stderr, disable=not progress, leave=True)
     for epoch in epochs:
         beta.assign(kl_beta(epoch, config))
-        order = rng.permutation(n_train)
+        order = epoch_sample(rng, n_train, config.windows_per_epoch)
         totals = np.zeros(3)
         batches = 0
-        for start in range(0, n_train, config.batch_size):
-            index = order[start:start + config.batch_size]
-            loss, nll, kl = train_step(train.inputs[index], targets[index], context[index])
+        for start in range(0, len(order), config.batch_size):
+            batch = train.batch(order[start:start + config.batch_size])
+            loss, nll, kl = train_step(batch.inputs, batch.head_targets(model.head.space), batch.head_context())
             loss = float(loss)
             if not math.isfinite(loss):
                 raise TrainingDivergedError(
@@ -219,7 +240,8 @@ def _train_model(model, train, validation, config, progress, strategy, epochs, d
             result.best_epoch, best_weights = epoch + 1, None
             epochs.set_postfix(loss=f"{record['loss']:.3f}")
             continue
-        val_nll = mixture_nll(validation_log_prob, validation, model.head.space, seed=config.seed)
+        val_nll = mixture_nll(validation_log_prob, validation, model.head.space, seed=config.seed,
+                              index=validation_index)
         record["val_nll"] = val_nll
         result.history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.3f}", val_nll=f"{val_nll:.3f}")

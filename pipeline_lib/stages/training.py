@@ -12,7 +12,7 @@ import tf_keras
 
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
-from pipeline_lib.data.features import actuals_for, build_windows, fit_scalers, part_days, target_transform
+from pipeline_lib.data.features import LazyWindows, actuals_for, fit_scalers, part_days, target_transform
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import DataValidationError, TrainingDivergedError
 from pipeline_lib.evaluation import metrics as m
@@ -52,9 +52,11 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
                                 config.model.level_days,
                                 weekday_profile=config.model.weekday_profile)
-    train_windows = build_windows(panel, scalers, spec, config.window, "train")
-    validation_windows = build_windows(panel, scalers, spec, config.window, "validation")
-    log.info("training on %d windows, validating on %d", len(train_windows), len(validation_windows))
+    train_windows = LazyWindows(panel, scalers, spec, config.window, "train")
+    validation_windows = LazyWindows(panel, scalers, spec, config.window, "validation")
+    log.info("training on %d windows (%s per epoch), validating on %s of %d", len(train_windows),
+             _at_most(config.train.windows_per_epoch, len(train_windows)),
+             _at_most(config.train.validation_windows, len(validation_windows)), len(validation_windows))
     strategy = make_strategy(config.train.distribute, config.train.devices)
     # Python's, NumPy's and TensorFlow's generators: tf_keras draws the seeds of unseeded
     # initializers from Python's `random`, so TensorFlow's seed alone leaves the initial
@@ -72,6 +74,10 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     if config.evaluation.recalibrate:
         model.calibration = fit_recalibration(config, model, panel)
     return TrainedModel(model=model, training=result)
+
+
+def _at_most(limit: int | None, available: int) -> str:
+    return "all" if limit is None or limit >= available else str(limit)
 
 
 def _as_served(config: PipelineConfig, model: ForecastModel) -> ForecastModel:
@@ -118,8 +124,9 @@ def _fit_on_every_day(config: PipelineConfig, panel: Panel, base: ForecastModel,
     scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
                                 config.model.level_days, part="all",
                                 weekday_profile=config.model.weekday_profile)
-    windows = build_windows(panel, scalers, spec, config.window, "all")
-    log.info("refitting on all %d windows for %d epochs%s", len(windows), epochs,
+    windows = LazyWindows(panel, scalers, spec, config.window, "all")
+    log.info("refitting on all %d windows (%s per epoch) for %d epochs%s", len(windows),
+             _at_most(config.train.windows_per_epoch, len(windows)), epochs,
              " from the current weights" if warm_start else "")
     strategy = make_strategy(config.train.distribute, config.train.devices)
     tf_keras.utils.set_random_seed(config.train.seed)
