@@ -132,19 +132,20 @@ def training_pipeline(config: PipelineConfig | None = None, progress: bool = Tru
     raw = ingest(config)
     panel = validate(config, raw)
     trained = train(config, panel, progress)
+    scored = stages.scored_panel(config, panel)  # every series, or a fixed sample of a large catalogue
     with tempfile.TemporaryDirectory() as tmp:
-        chunks = panel.chunks(config.runtime.chunk_series)
+        chunks = scored.chunks(config.runtime.chunk_series)
         raw = mc_sample_chunks.with_options(task_runner=task_runner(config))(
             config, ModelFiles.of(trained.model), chunks)
-        evaluation, plots = mc_evaluate(config, trained, panel, raw, Path(tmp))
+        evaluation, plots = mc_evaluate(config, trained, scored, raw, Path(tmp))
         if config.evaluation.backtest_folds > 1:
             evaluation.metrics.update(rolling_origin_backtest(config, panel))
         if config.inventory.in_training_run:
-            report = inventory_backtest(config, trained, panel, Path(tmp) / "inventory")
+            report = inventory_backtest(config, trained, scored, Path(tmp) / "inventory")
             if report is not None:
                 evaluation.metrics.update(report.metrics())
                 plots = [*plots, report.chart]
-        gate = promotion_gate(config, panel, evaluation, champion_failing)
+        gate = promotion_gate(config, scored, evaluation, champion_failing)
         served = refit(config, panel, trained, progress) if config.train.refit else trained
         outcome = register(config, panel, served, evaluation, plots, gate)
     _publish(outcome)

@@ -220,6 +220,11 @@ class EvaluationConfig(_Strict):
                                 "test_days each (one model per fold; 1 = the test split only)")
     recalibrate: bool = Field(True, description="fit a PIT recalibration on the validation days "
                               "and serve calibrated quantiles (raw metrics are logged too)")
+    max_series: int | None = Field(
+        500, ge=1, description="series scored by a training run's Monte Carlo evaluation, recalibration, "
+        "promotion gate and inventory backtest: a larger catalogue is scored on a fixed sample of this many "
+        "(Panel.sample_series), so those stages cost the same at any size; training uses every series. "
+        "None = every series")
     seed: int = 7
 
     @field_validator("coverage_levels")

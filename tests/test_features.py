@@ -85,6 +85,27 @@ def test_lazy_windows_are_the_serving_paths_windows(part, profile):
     # S2's 25 days: train days 1..3, validation 4..17, all 1..24; the others' 70: 1..48, 49..62, 1..69.
     assert len(lazy) == {"train": 3 * 48 + 3, "validation": 4 * 14, "all": 3 * 69 + 24}[part]
     assert (got.day_index == days).all() and (got.series_index == series_index).all()
+    shared = LazyWindows(panel, scalers, spec, WINDOW, "test").for_part(panel, WINDOW, part)
+    assert len(shared) == len(lazy)
+    np.testing.assert_array_equal(shared.batch(index).inputs, got.inputs)
+    np.testing.assert_array_equal(shared.batch(index).targets, got.targets)
+
+
+def test_a_series_sample_is_fixed_whatever_the_order_and_size(panel):
+    """Panel.sample_series picks the same series in any order of the data, keeps panel
+    order, returns the panel itself when it is small enough, and a chosen series stays
+    chosen when the catalogue grows by series that hash above it."""
+    from dataclasses import replace
+
+    big = validate_table(synthetic_demand(n_series=40, n_days=30), DataConfig(), min_days=1)
+    chosen = big.sample_series(10).series_ids
+    assert len(chosen) == 10 == len(set(chosen))
+    assert chosen == [sid for sid in big.series_ids if sid in chosen]  # panel order
+    shuffled = replace(big, series=tuple(big.series[k] for k in np.random.default_rng(1).permutation(40)))
+    assert set(shuffled.sample_series(10).series_ids) == set(chosen)
+    assert big.sample_series(40) is big and big.sample_series(100) is big
+    assert set(big.sample_series(9).series_ids) < set(chosen)  # the lowest hashes, nested
+    assert set(chosen) != set(big.series_ids[:10])
 
 
 def test_transforms_round_trip_and_clip():

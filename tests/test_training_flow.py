@@ -64,8 +64,13 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
 
     # The second version meets the promotion gate: champion moves only if it passed, and the
     # verdict is recorded on the version either way.
-    second = training_pipeline(config, progress=False)
+    # Scored on a fixed sample of 3 of the 4 series (a large catalogue's evaluation), the
+    # champion too: both are judged on the same series.
+    second = training_pipeline(config.updated(evaluation={"max_series": 3}), progress=False)
     assert second.version == "2" and "challenger" in second.aliases
+    assert run.data.metrics["scored_series"] == 4
+    second_metrics = mlflow_client.get_run(second.run_id).data.metrics
+    assert second_metrics["scored_series"] == second_metrics["champion_scored_series"] == 3
     promoted = second.gate.startswith("promoted")
     assert ("champion" in second.aliases) == promoted
     assert registry.alias_version(config.registry.model_name, "champion") == ("2" if promoted else "1")

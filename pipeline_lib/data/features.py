@@ -30,6 +30,7 @@ the forecasts within days instead of waiting for a retrain to refit the scalers.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -433,32 +434,26 @@ class LazyWindows:
                  part: str):
         self.spec = spec
         L = spec.context_length
-        lags, covariates, targets, units = [], [], [], []
-        first_day, counts, row_starts, day_starts = [], [], [], []
-        rows = days_total = 0
-        for k, days in part_days(panel, window, part).items():
-            s = panel.series[k]
+        ordered = panel.series
+        n_rows = sum(L + len(s) + 1 for s in ordered)
+        n_days = sum(len(s) for s in ordered)
+        # Filled in place, series by series: no second copy of the data while building.
+        self._lag = np.empty(n_rows, dtype=np.float32)
+        self._covariates = np.empty((n_rows, len(spec.covariate_names)), dtype=np.float32)
+        self._targets = np.empty(n_days, dtype=np.float32)
+        self._units = np.empty(n_days, dtype=np.float32)
+        self._row_starts = np.zeros(len(ordered), dtype=np.int64)
+        self._day_starts = np.zeros(len(ordered), dtype=np.int64)
+        rows = days = 0
+        for k, s in enumerate(ordered):
             scaler = scalers[s.series_id]
             lag, cov = _lag_rows(s, scaler, spec)
-            lags.append(lag)
-            covariates.append(cov)
-            targets.append(scaler.forward(s.target).astype(np.float32))
-            units.append(s.target.astype(np.float32))
-            first_day.append(days[0] if len(days) else 0)
-            counts.append(len(days))
-            row_starts.append(rows)
-            day_starts.append(days_total)
-            rows += len(lag)
-            days_total += len(s)
-        self._lag = np.concatenate(lags)
-        self._covariates = np.concatenate(covariates)
-        self._targets = np.concatenate(targets)
-        self._units = np.concatenate(units)
-        self._first_day = np.asarray(first_day, dtype=np.int64)
-        self._window_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._row_starts = np.asarray(row_starts, dtype=np.int64)
-        self._day_starts = np.asarray(day_starts, dtype=np.int64)
-        ordered = [panel.series[k] for k in range(len(panel.series))]
+            self._lag[rows:rows + len(lag)] = lag
+            self._covariates[rows:rows + len(lag)] = cov
+            self._targets[days:days + len(s)] = scaler.forward(s.target)
+            self._units[days:days + len(s)] = s.target
+            self._row_starts[k], self._day_starts[k] = rows, days
+            rows, days = rows + len(lag), days + len(s)
         self._first_weekday = np.array([s.dates[0].dayofweek for s in ordered], dtype=np.int64)
         fitted = [scalers[s.series_id] for s in ordered]
         self._magnitude = np.array([magnitude_feature(sc, spec) for sc in fitted], dtype=np.float32)
@@ -466,6 +461,20 @@ class LazyWindows:
         self._scale = np.array([sc.scale for sc in fitted])
         self._profile = np.stack([sc.profile_at(np.arange(N_WEEKDAYS)) for sc in fitted]) if fitted else None
         self._window_days = np.arange(1, L + 1)  # a window ending on day d holds rows d+1 .. d+L
+        self._select(panel, window, part)
+
+    def _select(self, panel: Panel, window: WindowConfig, part: str) -> None:
+        days = part_days(panel, window, part)
+        counts = [len(d) for d in days.values()]
+        self._first_day = np.array([d[0] if len(d) else 0 for d in days.values()], dtype=np.int64)
+        self._window_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def for_part(self, panel: Panel, window: WindowConfig, part: str) -> LazyWindows:
+        """The windows of another ``part`` of the same panel, sharing this one's arrays (the
+        validation windows of a training run cost no second copy of the data)."""
+        other = copy.copy(self)
+        other._select(panel, window, part)
+        return other
 
     def __len__(self) -> int:
         return int(self._window_starts[-1])

@@ -20,6 +20,7 @@ target value is an error, because inventing demand silently would bias every int
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -78,6 +79,18 @@ class Panel:
         end = pd.Timestamp(last_day).to_datetime64()
         cut = (s.head(int(np.searchsorted(s.dates.values, end, side="right"))) for s in self.series)
         return replace(self, series=tuple(s for s in cut if len(s)))
+
+    def sample_series(self, n: int) -> Panel:
+        """A fixed subset of at most ``n`` series, in panel order: those whose ids hash lowest
+        (BLAKE2b), so the same series are chosen in every run and process, whatever the
+        order of the data, and a series stays chosen while the catalogue grows unless a
+        newcomer hashes below it."""
+        if len(self.series) <= n:
+            return self
+        keys = [int.from_bytes(hashlib.blake2b(s.series_id.encode(), digest_size=8).digest(), "big")
+                for s in self.series]
+        chosen = np.sort(np.argsort(keys, kind="stable")[:n])
+        return replace(self, series=tuple(self.series[k] for k in chosen))
 
     def chunks(self, size: int) -> list[Panel]:
         """Consecutive groups of ``size`` series (chunk ``k`` is the ``k``-th): the units that

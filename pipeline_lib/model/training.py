@@ -218,6 +218,7 @@ def _train_model(model, train, validation, config, progress, strategy, epochs, d
     epochs = tqdm(range(epochs or config.epochs), desc="training" if validation is not None else "refit on all days",
                   unit="epoch", file=sys.stderr, disable=not progress, leave=True)
     for epoch in epochs:
+        epoch_started = time.perf_counter()
         beta.assign(kl_beta(epoch, config))
         order = epoch_sample(rng, n_train, config.windows_per_epoch)
         totals = np.zeros(3)
@@ -234,15 +235,16 @@ def _train_model(model, train, validation, config, progress, strategy, epochs, d
             totals += (loss, float(nll), float(kl))
             batches += 1
         record = {"epoch": epoch + 1, "loss": totals[0] / batches, "nll": totals[1] / batches,
-                  "kl": totals[2] / batches, "beta": float(beta.numpy())}
+                  "kl": totals[2] / batches, "beta": float(beta.numpy()), "windows": len(order)}
         if validation is None:
+            record["seconds"] = time.perf_counter() - epoch_started
             result.history.append(record)
             result.best_epoch, best_weights = epoch + 1, None
             epochs.set_postfix(loss=f"{record['loss']:.3f}")
             continue
         val_nll = mixture_nll(validation_log_prob, validation, model.head.space, seed=config.seed,
                               index=validation_index)
-        record["val_nll"] = val_nll
+        record.update(val_nll=val_nll, seconds=time.perf_counter() - epoch_started)
         result.history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.3f}", val_nll=f"{val_nll:.3f}")
         if not math.isfinite(val_nll):

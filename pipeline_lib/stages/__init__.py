@@ -13,6 +13,7 @@ from pipeline_lib.stages.evaluation import (
     evaluate,
     horizon_coverage,
     sample_test_chunk,
+    scored_panel,
     seasonal_scales,
     write_plots,
 )
@@ -36,5 +37,5 @@ __all__ = [
     "backtest_model", "backtest_summary", "data_fingerprint", "evaluate", "fit_recalibration",
     "fit_served", "horizon_coverage", "ingest", "log_inventory_run", "online_update_champion", "promotion_gate",
     "recent_days", "record_failure", "refit", "register", "rolling_origin_backtest", "sample_test_chunk",
-    "seasonal_scales", "train", "validate", "warm_refit", "write_plots",
+    "scored_panel", "seasonal_scales", "train", "validate", "warm_refit", "write_plots",
 ]

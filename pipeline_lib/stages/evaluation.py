@@ -3,6 +3,7 @@ actuals and the seasonal-naive peer, coverage by days ahead, and the pictures.""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from pipeline_lib.evaluation.report import evaluate_samples, level_key
 from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster, SampledForecast
 
 CANDIDATE_VERSION = "candidate"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +41,20 @@ class Evaluation:
     raw_samples: np.ndarray | None = None  # (K, N) before recalibration, when there is one
     peer_samples: dict[str, np.ndarray] = field(default_factory=dict)  # (K', N) per peer model
     coverage_by_horizon: dict[int, float] = field(default_factory=dict)  # days ahead -> PICP
+
+
+def scored_panel(config: PipelineConfig, panel: Panel) -> Panel:
+    """The series a training run scores (``evaluation.max_series``; all when there are no
+    more): the Monte Carlo evaluation, the recalibration, the gate and the in-training
+    inventory backtest all use these, so the challenger and the champion meet on the same
+    series."""
+    if config.evaluation.max_series is None:
+        return panel
+    scored = panel.sample_series(config.evaluation.max_series)
+    if scored is not panel:
+        log.info("scoring a fixed sample of %d of %d series (evaluation.max_series)", len(scored.series),
+                 len(panel.series))
+    return scored
 
 
 def seasonal_scales(panel: Panel, config: PipelineConfig) -> np.ndarray:
@@ -80,7 +96,7 @@ def evaluate(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
         return evaluate_samples(actuals, samples, series_index, scales, config.evaluation.coverage_levels)
 
     served = raw
-    metrics = {"epistemic_share": float(np.mean(raw.epistemic_share))}
+    metrics = {"epistemic_share": float(np.mean(raw.epistemic_share)), "scored_series": float(len(panel.series))}
     if model.calibration is not None:
         served = replace(raw, samples=model.calibration.apply(raw.samples))
         metrics.update({f"uncalibrated_{k}": v for k, v in score(raw.samples).items()})

@@ -91,7 +91,7 @@ def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedMode
     model_uri = registry.log_forecaster(trained.model, _input_example(panel), config.serving.model_dump())
     if gate.champion_metrics is not None:
         registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
-                              if k in ("picp_95", "picp_90", "crps_scaled", "mase")})
+                              if k in ("picp_95", "picp_90", "crps_scaled", "mase", "scored_series")})
     name = config.registry.model_name
     version = run.register(model_uri, name,
                            description=f"{_describe(evaluation.metrics)}. Gate: {gate.decision.summary()}").version

@@ -21,6 +21,7 @@ from pipeline_lib.model.distribute import make_strategy
 from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster
 from pipeline_lib.model.heads import HEADS
 from pipeline_lib.model.training import TrainingResult, train_model
+from pipeline_lib.stages.evaluation import scored_panel
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
                                 config.model.level_days,
                                 weekday_profile=config.model.weekday_profile)
     train_windows = LazyWindows(panel, scalers, spec, config.window, "train")
-    validation_windows = LazyWindows(panel, scalers, spec, config.window, "validation")
+    validation_windows = train_windows.for_part(panel, config.window, "validation")
     log.info("training on %d windows (%s per epoch), validating on %s of %d", len(train_windows),
              _at_most(config.train.windows_per_epoch, len(train_windows)),
              _at_most(config.train.validation_windows, len(validation_windows)), len(validation_windows))
@@ -174,7 +175,9 @@ def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: P
                       part: str = "validation") -> PitRecalibration:
     """PIT recalibration from ``model``'s one-day-ahead forecasts of days it never trained
     on: the ``validation`` days (an evaluation fit, which keeps the test days for scoring),
-    or the ``holdout`` (validation + test days, for the refit served in its place)."""
+    or the ``holdout`` (validation + test days, for the refit served in its place), of the
+    series a training run scores (:func:`scored_panel`)."""
+    panel = scored_panel(config, panel)
     days = part_days(panel, config.window, part)
     sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
                              calibrated=False)
