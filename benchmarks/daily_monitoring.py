@@ -65,8 +65,12 @@ def main() -> None:
         start = time.perf_counter()
         panel = validate_table(synthetic(args.series, 120), config.data, min_days=1)
         seconds_validate = time.perf_counter() - start
-        scalers, spec = fit_scalers(panel, config.window, "log1p", config.model.level_days)
-        model = ForecastModel.create(spec, scalers, config.model)
+        scalers, spec = fit_scalers(panel, config.window, "log1p", config.model.level_days,
+                                    weekday_profile=config.model.weekday_profile)
+        # The head `auto` picks for this data (Poisson counts, few zeros), as a training run would.
+        zero_share = float(np.mean([np.mean(s.target == 0) for s in panel.series]))
+        model = ForecastModel.create(spec, scalers, config.resolved_model(targets_are_counts=True,
+                                                                          zero_share=zero_share))
         store = ForecastStore(config.store_url).create()
         day = panel.series[0].dates[-1].date()
         known = panel.until(day - pd.Timedelta(days=1).to_pytimedelta())
@@ -91,7 +95,7 @@ def main() -> None:
         "seconds_validate": round(seconds_validate, 1), "seconds_forecast": round(seconds_forecast, 1),
         "seconds_monitor": round(seconds_monitor, 1),
         "seconds_total": round(seconds_forecast + seconds_monitor, 1), "peak_extra_mb": round(peak),
-        "pic": monitoring.headline["picp"],
+        "pic": monitoring.headline["picp"], "head": model.model_config.head,
     }
     if args.json:
         print(json.dumps(result))
