@@ -202,16 +202,32 @@ def log_dict(payload: dict, file_name: str) -> None:
     _mlflow().log_dict(payload, file_name)
 
 
-def log_dataset(frame: pd.DataFrame, name: str, source: str, context: str) -> None:
+def log_dataset(sample: pd.DataFrame, num_rows: int, digest: str, name: str, source: str, context: str) -> None:
     """Record a dataset the active run used (MLflow dataset tracking: name, digest, schema,
-    profile and ``source``, shown on the run's page); ``context``: training or evaluation."""
+    profile and ``source``, shown on the run's page); ``context``: training or evaluation.
+
+    Only a summary is logged: the schema is inferred from ``sample`` (a few rows with the
+    data's columns and dtypes), the profile is ``num_rows`` and the digest is the caller's
+    (:func:`pipeline_lib.stages.data_fingerprint`'s sha256 of every value). MLflow's own
+    ``from_pandas`` inspects every value of every text column in Python to infer a schema
+    (minutes at a retailer's catalogue size) and digests only the first 10,000 rows.
+    """
     import warnings
 
     mlflow = _mlflow()
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class SummaryDataset(MetaDataset):
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps({"num_rows": num_rows,
+                                                                "num_elements": num_rows * sample.shape[1]})}
+
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a location
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="target")
-    mlflow.log_input(dataset, context=context)
+        resolved = resolve_dataset_source(source)
+        schema = mlflow.data.from_pandas(sample, source=resolved, targets="target").schema
+    mlflow.log_input(SummaryDataset(resolved, name=name, digest=digest[:8], schema=schema), context=context)
 
 
 def run_url(run) -> str:

@@ -130,3 +130,24 @@ def test_panel_truncate_until_and_chunks(panel):
     assert [len(c.series) for c in chunks] == [2, 1]
     assert [s.series_id for c in chunks for s in c.series] == panel.series_ids
     assert all(c.source == panel.source and c.covariate_names == panel.covariate_names for c in chunks)
+
+
+def test_the_data_fingerprint_sees_every_value_and_only_the_values():
+    """Same data in any row order: the same sha256; one changed target, covariate, date or
+    id anywhere: a different one. Rows, series and dates are counted from the panel."""
+    from pipeline_lib.stages import data_fingerprint
+
+    frame = synthetic_demand(n_series=3, n_days=40)
+    base = data_fingerprint(validate_table(frame, DataConfig(), min_days=1))
+    assert base["rows"] == 120 and base["series"] == 3
+    assert (base["first_date"], base["last_date"]) == ("2023-01-02", "2023-02-10")
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    assert data_fingerprint(validate_table(shuffled, DataConfig(), min_days=1))["sha256"] == base["sha256"]
+    last = frame.index[-1]
+    for column, value in (("units", frame.at[last, "units"] + 1), ("price", frame.at[last, "price"] + 0.01),
+                          ("series_id", "S9")):
+        changed = frame.copy()
+        changed.at[last, column] = value
+        assert data_fingerprint(validate_table(changed, DataConfig(), min_days=1))["sha256"] != base["sha256"], column
+    later = frame.assign(date=pd.to_datetime(frame["date"]) + pd.Timedelta(days=1))
+    assert data_fingerprint(validate_table(later, DataConfig(), min_days=1))["sha256"] != base["sha256"]

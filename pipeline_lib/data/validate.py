@@ -52,6 +52,11 @@ class Series:
         """The first ``n_days`` days."""
         return Series(self.series_id, self.dates[:n_days], self.target[:n_days], self.covariates[:n_days])
 
+    def tail(self, n_days: int) -> Series:
+        """The last ``n_days`` days (all of them if the series is shorter)."""
+        start = max(len(self) - n_days, 0)
+        return Series(self.series_id, self.dates[start:], self.target[start:], self.covariates[start:])
+
 
 @dataclass(frozen=True)
 class Panel:
@@ -72,6 +77,10 @@ class Panel:
         """Each series ``k`` cut to its first ``keep[k]`` days (what was known at a forecast
         origin)."""
         return replace(self, series=tuple(s.head(keep[k]) for k, s in enumerate(self.series)))
+
+    def tail(self, n_days: int) -> Panel:
+        """Each series' last ``n_days`` days (e.g. the test split)."""
+        return replace(self, series=tuple(s.tail(n_days) for s in self.series))
 
     def until(self, last_day) -> Panel:
         """Each series cut to its days up to and including ``last_day``; series with no day

@@ -4,7 +4,7 @@ with ``challenger`` (and ``champion`` when the gate says so), or nothing at all.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,11 +84,13 @@ def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedMode
     fingerprint = data_fingerprint(panel)
     registry.log_dict(fingerprint, "data_fingerprint.json")
     # What the served model learned from, and the days it was judged on.
-    history = panel.to_frame()
-    test_days = history.groupby("series_id").cumcount(ascending=False) < config.window.test_days
-    registry.log_dataset(history, f"{config.registry.model_name}-training", panel.source, "training")
-    registry.log_dataset(history[test_days], f"{config.registry.model_name}-test", panel.source, "evaluation")
-    model_uri = registry.log_forecaster(trained.model, _input_example(panel), config.serving.model_dump())
+    sample = _input_example(panel)
+    test = data_fingerprint(panel.tail(config.window.test_days))
+    registry.log_dataset(sample, fingerprint["rows"], fingerprint["sha256"], f"{config.registry.model_name}-training",
+                         panel.source, "training")
+    registry.log_dataset(sample, test["rows"], test["sha256"], f"{config.registry.model_name}-test", panel.source,
+                         "evaluation")
+    model_uri = registry.log_forecaster(trained.model, sample, config.serving.model_dump())
     if gate.champion_metrics is not None:
         registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
                               if k in ("picp_95", "picp_90", "crps_scaled", "mase", "scored_series")})
@@ -127,10 +129,8 @@ def _describe(metrics: dict) -> str:
 
 
 def _input_example(panel: Panel, days: int = 35) -> pd.DataFrame:
-    frame = panel.to_frame()
-    first = frame["series_id"].drop_duplicates().head(2)
-    frame = frame[frame["series_id"].isin(first)]
-    return frame.groupby("series_id", group_keys=False).tail(days).reset_index(drop=True)
+    """The last ``days`` days of the first two series, in the long format the model takes."""
+    return replace(panel, series=panel.series[:2]).tail(days).to_frame()
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
