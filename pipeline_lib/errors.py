@@ -17,6 +17,10 @@ def redacted_url(url: str) -> str:
         netloc = f"{host}:{parts.port}" if parts.port else host
     except ValueError:
         return "<an unparseable URL>"
+    if parts.scheme and str(url).startswith(f"{parts.scheme}://"):
+        # Written out, not by urlunsplit, which drops the empty authority of a file URL
+        # (sqlite:////abs/path would read as host "abs").
+        return f"{parts.scheme}://{netloc}{parts.path}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 

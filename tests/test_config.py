@@ -98,3 +98,6 @@ def test_the_one_url_redaction_keeps_where_and_drops_who(scheme, host, port, pat
     shown = redacted_url(url)
     assert marker not in shown and shown == f"{scheme}://{netloc}{path}"
     assert redacted_url("http://[::1") == "<an unparseable URL>"
+    # SQLite file URLs keep their empty host: absolute and relative paths stay what they were.
+    assert redacted_url("sqlite:////var/lib/store.db") == "sqlite:////var/lib/store.db"
+    assert redacted_url("sqlite:///store.db") == "sqlite:///store.db"

@@ -190,6 +190,26 @@ def test_pending_day_backfill_and_late_actuals(store, tmp_path):
     assert [a.day for a in run.alerts] == [day(1)] and run.alerts[0].kind == "breach"
 
 
+def test_monitoring_deletes_forecasts_past_their_retention_and_nothing_else(store, tmp_path):
+    """With forecast_retention_days R, monitoring day D deletes exactly the forecasts issued
+    before D - R; actuals and the coverage it computes are unchanged; a retention shorter
+    than what the monitoring re-reads is refused."""
+    from pipeline_lib.config import parse_config
+    from pipeline_lib.errors import ConfigError
+
+    for k in range(-30, 1):
+        store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B"], 2))
+    config = PipelineConfig(workdir=tmp_path, monitoring={"forecast_retention_days": 20})
+    kept = store.table("forecasts").query("run_date >= @day(-20)")
+    run = monitor_day(config, store, constant_panel(actual_days=1, series=("A", "B")), day(0), "1", tmp_path / "r")
+    assert run.pruned_forecasts == 10 * 2 * 2
+    pd.testing.assert_frame_equal(store.table("forecasts"), kept.reset_index(drop=True))
+    assert run.headline["n"] == 2 and len(store.table("actuals")) > 0
+    assert store.prune_forecasts(day(-20)) == 0  # idempotent
+    with pytest.raises(ConfigError, match="forecast_retention_days 10 would delete"):
+        parse_config({"monitoring": {"forecast_retention_days": 10}})
+
+
 def test_monitoring_a_day_twice_leaves_identical_tables(store, tmp_path):
     config = PipelineConfig(workdir=tmp_path, monitoring={"consecutive_days": 2})
     for k in range(3):

@@ -274,3 +274,45 @@ def test_the_uis_show_the_champion_and_the_schedules(stack):
     if os.environ.get("BAYES_PIPELINE_UPDATE_SCREENSHOTS") == "1":
         for shot in shots.glob("*.png"):
             shutil.copy(shot, ROOT / "docs" / "screenshots" / shot.name)
+
+
+def _stored_forecasts(url: str, frame, run_date: dt.date):
+    """``frame`` written twice (a rerun replaces) into the store at ``url``: its rows of
+    ``run_date`` and how many order levels are NULL there."""
+    import sqlalchemy as sa
+
+    from pipeline_lib.store import ForecastStore
+    from pipeline_lib.store.schema import forecasts
+
+    store = ForecastStore(url).create()
+    try:
+        store.replace_forecasts(run_date, frame.assign(mean=-1.0))
+        assert store.replace_forecasts(run_date, frame) == len(frame)
+        with store.engine.connect() as conn:
+            nulls = conn.execute(sa.select(sa.func.count()).select_from(forecasts).where(
+                forecasts.c.run_date == run_date, forecasts.c.order_up_to.is_(None))).scalar_one()
+        rows = store.table("forecasts")
+    finally:
+        store.dispose()
+    rows = rows[rows["run_date"] == run_date].sort_values(["series_id", "date"], ignore_index=True)
+    return rows, nulls
+
+
+def test_forecasts_copied_into_postgres_equal_those_inserted_into_sqlite(stack, tmp_path):
+    """The store's bulk path on the stack's PostgreSQL (COPY) stores exactly what the
+    executemany path stores in SQLite: every value, quoted ids, and NULL (not NaN) where an
+    order level is missing."""
+    import numpy as np
+    from support import forecast_rows
+
+    run_date = dt.date(1990, 1, 1)  # a day no deployment of the stack writes
+    frame = forecast_rows(run_date, ["A", 'B, "quoted"'], 3, center=12.345678901234567)
+    frame["order_up_to"] = [31.5, 30.25, np.nan, 28.0, np.nan, np.nan]
+    frame["safety_stock"] = frame["order_up_to"] / 3
+    postgres, postgres_nulls = _stored_forecasts(stack["env"]["BAYES_PIPELINE_STORE_URL"], frame, run_date)
+    sqlite, sqlite_nulls = _stored_forecasts(f"sqlite:///{tmp_path / 'store.db'}", frame, run_date)
+    assert postgres_nulls == sqlite_nulls == 3
+    assert len(postgres) == 6 and (postgres["mean"] == 12.345678901234567).all()
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(postgres, sqlite, check_dtype=False)

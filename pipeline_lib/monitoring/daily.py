@@ -46,6 +46,7 @@ class MonitoringRun:
     alerts: list[Alert] = field(default_factory=list)  # new alerts (not sent before)
     retrain: RetrainRequest | None = None
     drift: DriftSummary | None = None
+    pruned_forecasts: int = 0  # rows past monitoring.forecast_retention_days, deleted by this run
 
     @property
     def headline(self) -> dict | None:
@@ -93,7 +94,8 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
     gets its own claim back instead of finding it taken.
     Writes coverage rows, alert rows and at most one claimed retrain event; a failed retrain
     of an earlier run is claimed again when ``monitoring.retrain_max_attempts`` and its
-    back-off allow.
+    back-off allow. Last, deletes the forecasts issued more than
+    ``monitoring.forecast_retention_days`` before ``day``.
     """
     day = as_day(day)
     mon = config.monitoring
@@ -142,6 +144,8 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
             if store.claim_retrain(decision.claim_key, trigger_day, mode, champion_version, stale_after,
                                    retry=retry, claimer=claimer):
                 run.retrain = RetrainRequest(decision.claim_key, trigger_day, champion_version, decision.response)
+    if mon.forecast_retention_days is not None:
+        run.pruned_forecasts = store.prune_forecasts(day - dt.timedelta(days=mon.forecast_retention_days))
     return run
 
 

@@ -16,6 +16,14 @@ instead of duplicating them:
   runs of the same day at once cannot both retrain. A claim left ``started`` by a
   process that died while retraining goes stale after ``monitoring.retrain_claim_timeout_hours``
   and the next monitoring run retrains again.
+
+At a catalogue's size (issue [5/6]; ``benchmarks/store_year.py``) the forecasts dominate:
+30,490 series x 7 days is 213,430 rows a day. They are written in bulk (PostgreSQL ``COPY``
+with psycopg2, else one batched ``executemany``), read through two indexes that serve every
+query (the key ``(run_date, series_id, date)``: a rerun's replace and the retention's
+delete by run date; ``ix_forecasts_date``: the monitoring's read of one target day), and
+deleted by the daily monitoring once issued more than ``monitoring.forecast_retention_days``
+(400) days ago.
 """
 
 from pipeline_lib.store.repository import ForecastStore, RetrainRetry

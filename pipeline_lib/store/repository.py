@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -59,6 +60,24 @@ def _to_retry(status: str, claimed_at: dt.datetime | None, attempts: int | None,
     if status == "started":
         return stale_after is not None and claimed_at is not None and claimed_at < now - stale_after
     return status == "failed" and retry is not None and retry.due(attempts or 1, claimed_at, now)
+
+
+def _bulk_insert(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
+    """Insert ``frame``'s rows (columns named as ``table``'s; NaN stored as NULL) inside
+    ``conn``'s transaction: PostgreSQL's ``COPY`` with psycopg2 (one round trip, about 10x
+    the rows per second of batched INSERTs), else one ``executemany`` that SQLAlchemy
+    batches into multi-row INSERTs."""
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False, header=False, na_rep="")  # CSV COPY: an empty field is NULL
+        buffer.seek(0)
+        quote = conn.dialect.identifier_preparer.quote
+        columns = ", ".join(quote(c) for c in frame.columns)
+        with conn.connection.dbapi_connection.cursor() as cursor:
+            cursor.copy_expert(f"COPY {quote(table.name)} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
+        return
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    conn.execute(table.insert(), records)
 
 
 def _retried(method):
@@ -143,16 +162,19 @@ class ForecastStore:
         if (rows["horizon"] < 1).any():
             raise ValueError(f"forecasts for {run_day} include days before it")
         rows["run_date"] = run_day
-        records = rows.to_dict("records")
-        for record in records:  # NaN (no order level for the last days) -> NULL
-            for key in ("order_up_to", "safety_stock"):
-                if key in record and record[key] != record[key]:
-                    record[key] = None
         with self.engine.begin() as conn:
             conn.execute(forecasts.delete().where(forecasts.c.run_date == run_day))
-            if records:
-                conn.execute(forecasts.insert(), records)
-        return len(records)
+            if len(rows):
+                _bulk_insert(conn, forecasts, rows)
+        return len(rows)
+
+    @_retried
+    def prune_forecasts(self, issued_before) -> int:
+        """Delete the forecasts issued before ``issued_before`` (``run_date`` earlier than it,
+        the key's first column, so the delete reads the primary-key index); returns how many
+        rows went. Actuals, coverage, alerts and retrain events are kept."""
+        with self.engine.begin() as conn:
+            return conn.execute(forecasts.delete().where(forecasts.c.run_date < as_day(issued_before))).rowcount
 
     def forecasts_for(self, day) -> pd.DataFrame:
         """Every stored forecast whose target date is ``day`` (one per issuing run)."""
