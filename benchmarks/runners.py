@@ -1,6 +1,14 @@
 """Forecast flow on 10,000 series: the default thread runner vs a 2-worker Dask LocalCluster.
 
     python benchmarks/runners.py [--series 10000] [--json]
+    python benchmarks/runners.py --scaling [--series 4000] [--json]
+
+``--scaling``: TensorFlow limited to one thread in every process (``TF_NUM_INTRAOP_THREADS``,
+``TF_NUM_INTEROP_THREADS`` and ``OMP_NUM_THREADS`` = 1, inherited by Dask's worker
+processes); the same forecast as the library does it in one process (no Prefect), then the
+flow on a Dask LocalCluster of 1 and of 2 single-threaded worker processes. Reports the
+Dask overhead (one process / 1 worker) and the scaling efficiency from 1 to 2 workers
+(``t1 / (2 t2)``; 1.0 is perfect).
 
 Registers an untrained default-architecture model (the time of a forward pass does not
 depend on the weights) in a temporary MLflow, then runs ``daily_forecast_flow`` once per
@@ -25,8 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=10_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--scaling", action="store_true", help="one thread per process: 1 vs 2 Dask workers")
     args = parser.parse_args()
+    if args.scaling:  # before TensorFlow is imported, here and (inherited) in the workers
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ[name] = "1"
 
+    import numpy as np
     import pandas as pd
     from daily_monitoring import synthetic
     from prefect.testing.utilities import prefect_test_harness
@@ -47,14 +60,20 @@ def main() -> None:
         synthetic(args.series, 120).to_parquet(data)
         config = PipelineConfig(workdir=tmp / "work", data={"path": data}, inventory={"in_training_run": False})
         panel = validate_table(pd.read_parquet(data), config.data, min_days=1)
-        scalers, spec = fit_scalers(panel, config.window, "log1p", config.model.level_days)
-        untrained = stages.TrainedModel(ForecastModel.create(spec, scalers, config.model),
+        scalers, spec = fit_scalers(panel, config.window, "log1p", config.model.level_days,
+                                    weekday_profile=config.model.weekday_profile)
+        zero_share = float(np.mean([np.mean(s.target == 0) for s in panel.series]))
+        model_config = config.resolved_model(targets_are_counts=True, zero_share=zero_share)  # as training would
+        untrained = stages.TrainedModel(ForecastModel.create(spec, scalers, model_config),
                                           TrainingResult(best_validation_nll=float("nan")))
         small = validate_table(pd.read_parquet(data).head(120 * 8), config.data, min_days=1)
         evaluation = stages.evaluate(config, untrained.model, small)
         stages.register(config, small, untrained, evaluation, [],
                           stages.GateOutcome(GateDecision(True, ("benchmark",)), None, None))
         registry.configure(config.tracking_uri)
+        if args.scaling:
+            print(json.dumps(scaling(config, panel, tmp)))
+            return
         seconds, tables = {}, {}
         with prefect_test_harness(server_startup_timeout=120):
             for runner in ("thread", "dask"):
@@ -72,6 +91,47 @@ def main() -> None:
               "seconds_dask_2_workers": round(seconds["dask"], 1),
               "dask_over_thread": round(seconds["dask"] / seconds["thread"], 2), "identical": identical}
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+def scaling(config, panel, tmp: Path) -> dict:
+    """The same day's forecast in one process (the library) and on 1 and 2 Dask workers."""
+    import datetime as dt
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.forecasting import daily_forecast_flow
+    from pipeline_lib import registry
+    from pipeline_lib.forecasting.daily import daily_forecast
+    from pipeline_lib.store import ForecastStore
+
+    run_date = max(s.dates[-1] for s in panel.series).date() + dt.timedelta(days=1)
+    champion = registry.require_champion(config.registry.model_name)
+    model = champion.load()
+    daily_forecast(config, ForecastStore(f"sqlite:///{tmp / 'warm.db'}").create(), panel.chunks(8)[0], run_date,
+                   model, champion.version)  # graph tracing is a one-off per process
+    seconds, tables = {}, {}
+    store = ForecastStore(f"sqlite:///{tmp / 'one.db'}").create()
+    start = time.perf_counter()
+    daily_forecast(config, store, panel, run_date, model, champion.version)
+    seconds["one_process"] = time.perf_counter() - start
+    tables["one_process"] = store.table("forecasts")
+    store.dispose()
+    with prefect_test_harness(server_startup_timeout=120):
+        for workers in (1, 2):
+            key = f"dask_{workers}"
+            os.environ["BAYES_PIPELINE_STORE_URL"] = f"sqlite:///{tmp / key}.db"
+            start = time.perf_counter()
+            daily_forecast_flow(config.updated(runtime={"task_runner": "dask", "dask_workers": workers}))
+            seconds[key] = time.perf_counter() - start
+            store = ForecastStore(os.environ["BAYES_PIPELINE_STORE_URL"])
+            tables[key] = store.table("forecasts")
+            store.dispose()
+    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores", "series": len(panel.series),
+            "threads_per_process": 1, **{f"seconds_{k}": round(v, 1) for k, v in seconds.items()},
+            "dask_overhead": round(seconds["dask_1"] / seconds["one_process"], 2),
+            "speedup_1_to_2_workers": round(seconds["dask_1"] / seconds["dask_2"], 2),
+            "scaling_efficiency": round(seconds["dask_1"] / (2 * seconds["dask_2"]), 2),
+            "identical": all(t.equals(tables["one_process"]) for t in tables.values())}
 
 
 if __name__ == "__main__":
