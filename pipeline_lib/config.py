@@ -198,9 +198,10 @@ class TrainConfig(_Strict):
                         "its holdout metrics are the version's) instead of the evaluation fit, whose "
                         "weights never see the last validation_days + test_days")
     seed: int = 42
-    distribute: Literal["none", "mirrored"] = Field(
+    distribute: Literal["none", "mirrored", "multi_worker"] = Field(
         "none", description="tf.distribute strategy: none = one device; mirrored = MirroredStrategy "
-        "(synchronous data parallelism over the GPUs of one host)")
+        "(synchronous data parallelism over the GPUs of one host); multi_worker = "
+        "MultiWorkerMirroredStrategy across hosts (TF_CONFIG names the workers; docs/deployment.md)")
     devices: tuple[str, ...] | None = Field(None, description="mirrored: devices to use, e.g. "
                                             "['/gpu:0', '/gpu:1']; None = every GPU (else the CPU)")
     mixed_precision: Literal["off", "auto", "bfloat16", "float16"] = Field(

@@ -76,3 +76,72 @@ def test_mirrored_step_equals_the_single_device_step():
     assert abs(out["nll"][0] - out["nll"][1]) < 1e-4 * abs(out["nll"][0]), out
     assert [r["epoch"] for r in out["history"]] == [1, 2]
     assert all(math.isfinite(r[k]) for r in out["history"] for k in ("loss", "nll", "kl", "val_nll"))
+
+
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import numpy as np
+    from pipeline_lib.model.distribute import make_strategy
+    strategy = make_strategy(sys.argv[1])  # before any other TensorFlow work
+    import tensorflow as tf
+    import tf_keras
+    from pipeline_lib.config import ModelConfig
+    from pipeline_lib.model.network import BayesianForecaster
+    from pipeline_lib.model.training import make_train_step
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 6, 3)).astype("float32")  # every worker reads the same batch
+    y = rng.normal(size=10).astype("float32")
+    with strategy.scope():
+        model = BayesianForecaster(3, ModelConfig(head="normal", lstm_units=(5, 4))).build_for(6)
+        for v in model.trainable_variables:  # near-zero posterior std: every replica samples the means
+            v.assign(tf.fill(v.shape, -40.0) if "rho" in v.name else
+                     tf.constant(np.random.default_rng(1).normal(scale=0.3, size=v.shape), tf.float32))
+        optimizer = tf_keras.optimizers.SGD(learning_rate=0.1)
+        beta = tf.Variable(1.0, trainable=False)
+    step = make_train_step(model, optimizer, n_train=40, beta=beta, clip_norm=1e6, strategy=strategy)
+    loss, _, _ = step(x, y)
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": float(loss),
+                      "weights": [w.ravel().tolist() for w in model.get_weights()]}))
+""")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.model
+def test_two_workers_of_a_multi_worker_strategy_take_the_single_device_step():
+    """MultiWorkerMirroredStrategy with two worker processes on this host (TF_CONFIG): each
+    takes half of the batch, the gradients are all-reduced between the processes, and both
+    end with the weights of one single-device step on the whole batch."""
+    import numpy as np
+
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, "multi_worker"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**base, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                                      "task": {"type": "worker", "index": k}})})
+               for k in range(2)]
+    single = subprocess.run([sys.executable, "-c", WORKER, "none"], capture_output=True, text=True, env=base,
+                            check=False, timeout=300)
+    outputs = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr[-3000:]
+        outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = json.loads(single.stdout.strip().splitlines()[-1])
+    assert [o["replicas"] for o in outputs] == [2, 2] and reference["replicas"] == 1
+    for out in outputs:
+        assert abs(out["loss"] - reference["loss"]) < 1e-4 * abs(reference["loss"]), (out["loss"], reference["loss"])
+        diff = max(float(np.abs(np.array(a) - np.array(b)).max())
+                   for a, b in zip(out["weights"], reference["weights"], strict=True))
+        assert diff < 1e-5, diff

@@ -6,6 +6,13 @@
   takes an equal slice of every mini-batch; gradients are summed over replicas before the
   global-norm clipping, so one step equals the single-device step on the whole batch.
 
+- ``multi_worker``: :class:`tf.distribute.MultiWorkerMirroredStrategy`, the same across
+  hosts: every worker runs the same training (same config, data and seed, so the same
+  batches in the same order), reads ``TF_CONFIG`` (the cluster's workers and its own
+  index), takes its replicas' slices of each batch and all-reduces the gradients with the
+  others. Without ``TF_CONFIG`` it is one local worker. Create it before any other
+  TensorFlow work in the process (TensorFlow's rule).
+
 The variables of the network and of the optimizer must be created inside
 ``strategy.scope()``; :func:`pipeline_lib.stages.train` does that.
 """
@@ -21,6 +28,8 @@ def make_strategy(kind: str, devices: tuple[str, ...] | None = None) -> tf.distr
         return tf.distribute.get_strategy()
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown distribution strategy {kind!r}")
 
 
