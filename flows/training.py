@@ -133,6 +133,10 @@ def training_pipeline(config: PipelineConfig | None = None, progress: bool = Tru
     panel = validate(config, raw)
     trained = train(config, panel, progress)
     scored = stages.scored_panel(config, panel)  # every series, or a fixed sample of a large catalogue
+    if len(scored.series) < len(panel.series):
+        get_run_logger().info("evaluation, recalibration, gate and inventory backtest score a fixed sample of %d of "
+                              "%d series (evaluation.max_series); training used all", len(scored.series),
+                              len(panel.series))
     with tempfile.TemporaryDirectory() as tmp:
         chunks = scored.chunks(config.runtime.chunk_series)
         raw = mc_sample_chunks.with_options(task_runner=task_runner(config))(
