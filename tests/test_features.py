@@ -151,3 +151,18 @@ def test_the_data_fingerprint_sees_every_value_and_only_the_values():
         assert data_fingerprint(validate_table(changed, DataConfig(), min_days=1))["sha256"] != base["sha256"], column
     later = frame.assign(date=pd.to_datetime(frame["date"]) + pd.Timedelta(days=1))
     assert data_fingerprint(validate_table(later, DataConfig(), min_days=1))["sha256"] != base["sha256"]
+
+
+def test_a_panel_back_in_long_format_is_the_table_it_came_from():
+    """Panel.to_frame gives back the validated table, row for row: ids, dates, targets and
+    covariates in series and date order, with the canonical column names; empty stays empty."""
+    from dataclasses import replace
+
+    frame = synthetic_demand(n_series=3, n_days=20)
+    frame = frame[(frame.series_id != "S0") | (frame.index >= 12)].sample(frac=1.0, random_state=1)  # S0: 8 days
+    panel = validate_table(frame, DataConfig(), min_days=1)
+    back = panel.to_frame()
+    expected = (frame.assign(date=pd.to_datetime(frame["date"]), units=frame["units"].astype(float))
+                .rename(columns={"units": "target"}).sort_values(["series_id", "date"], ignore_index=True))
+    pd.testing.assert_frame_equal(back, expected[["series_id", "date", "target", "price"]], check_dtype=False)
+    assert list(replace(panel, series=()).to_frame().columns) == ["series_id", "date", "target", "price"]

@@ -107,14 +107,21 @@ class Panel:
         return [replace(self, series=self.series[start:start + size]) for start in range(0, len(self.series), size)]
 
     def to_frame(self) -> pd.DataFrame:
-        """Long format with canonical names ``series_id, date, target, <covariates>``."""
-        parts = []
-        for s in self.series:
-            part = pd.DataFrame({"series_id": s.series_id, "date": s.dates, "target": s.target})
-            for j, name in enumerate(self.covariate_names):
-                part[name] = s.covariates[:, j]
-            parts.append(part)
-        return pd.concat(parts, ignore_index=True)
+        """Long format with canonical names ``series_id, date, target, <covariates>``, built
+        from concatenated arrays in one go (a frame per series and a concat cost 0.7 ms a
+        series: 21 s a day at 30,490 series)."""
+        lengths = [len(s) for s in self.series]
+        columns = {
+            "series_id": np.repeat(np.array([s.series_id for s in self.series], dtype=object), lengths),
+            "date": pd.DatetimeIndex(np.concatenate([s.dates.values for s in self.series]) if self.series
+                                     else np.array([], dtype="datetime64[ns]")),
+            "target": np.concatenate([s.target for s in self.series]) if self.series else np.array([], float),
+        }
+        covariates = (np.concatenate([s.covariates for s in self.series]) if self.series
+                      else np.zeros((0, len(self.covariate_names))))
+        for j, name in enumerate(self.covariate_names):
+            columns[name] = covariates[:, j]
+        return pd.DataFrame(columns)
 
 
 def _rows(mask: np.ndarray | pd.Series) -> str:
