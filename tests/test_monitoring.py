@@ -190,6 +190,25 @@ def test_pending_day_backfill_and_late_actuals(store, tmp_path):
     assert [a.day for a in run.alerts] == [day(1)] and run.alerts[0].kind == "breach"
 
 
+def test_the_drift_reads_each_days_interval_from_the_latest_run_that_forecast_it(store):
+    """shortest_horizon_intervals: for each series and target day in the window, the
+    interval of the run issued closest to it (as a pandas groupby over the whole table
+    picks it), one row each; has_forecasts_for sees a day with forecasts and one without."""
+    from pipeline_lib.contract import interval_columns
+
+    lower, upper = interval_columns(0.95)
+    for k, center in ((0, 10.0), (1, 20.0), (2, 30.0)):
+        store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B"], 3, center=center))
+    got = store.shortest_horizon_intervals(day(1), day(3), lower, upper)
+    table = store.table("forecasts")
+    table = table[(table["date"] >= day(1)) & (table["date"] <= day(3))]
+    expected = (table.sort_values("horizon").drop_duplicates(["series_id", "date"])
+                .sort_values(["date", "series_id"], ignore_index=True)[["series_id", "date", "horizon", lower, upper]])
+    pd.testing.assert_frame_equal(got, expected)
+    assert len(got) == 6 and list(got["horizon"]) == [1, 1, 1, 1, 2, 2]  # day 3 only from the run of day 2
+    assert store.has_forecasts_for(day(4)) and not store.has_forecasts_for(day(5))
+
+
 def test_monitoring_deletes_forecasts_past_their_retention_and_nothing_else(store, tmp_path):
     """With forecast_retention_days R, monitoring day D deletes exactly the forecasts issued
     before D - R; actuals and the coverage it computes are unchanged; a retention shorter

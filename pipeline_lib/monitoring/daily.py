@@ -80,7 +80,7 @@ def days_to_evaluate(store: ForecastStore, day: dt.date, lookback_days: int, cha
         ok = coverage[coverage["status"] == "ok"]
         final = {as_day(d) for d in ok["day"]}
     window = [first + dt.timedelta(days=k) for k in range(lookback_days)]
-    with_forecasts = [d for d in window if d not in final and not store.forecasts_for(d).empty]
+    with_forecasts = [d for d in window if d not in final and store.has_forecasts_for(d)]
     return sorted({day, *with_forecasts, *(d for d in changed if first <= d <= day)})
 
 
@@ -167,7 +167,7 @@ def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.d
     the day's coverage verdict; also a snapshot in the Evidently workspace."""
     lower, upper = interval_columns(config.evaluation.nominal_level)
     first = day - dt.timedelta(days=CURRENT_WINDOW_DAYS - 1)
-    intervals = [store.forecasts_for(first + dt.timedelta(days=k)) for k in range(CURRENT_WINDOW_DAYS)]
+    intervals = store.shortest_horizon_intervals(first, day, lower, upper)
     reference, current = drift_windows(panel.to_frame(), intervals, lower, upper, day, CURRENT_WINDOW_DAYS,
                                        reference_end, config.monitoring.drift_reference_days)
     if current.empty or reference.empty:

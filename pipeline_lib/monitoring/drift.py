@@ -49,16 +49,17 @@ class DriftSummary:
                 f"{self.drifted_columns}/{self.columns} columns drifted, window coverage {coverage}")
 
 
-def drift_windows(history: pd.DataFrame, forecasts: list[pd.DataFrame], lower: str, upper: str, day: dt.date,
+def drift_windows(history: pd.DataFrame, intervals: pd.DataFrame, lower: str, upper: str, day: dt.date,
                   current_days: int, reference_end: dt.date | None, reference_days: int,
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``reference`` and ``current`` frames of :func:`drift_report` for ``day``.
 
     ``history``: the source in long format (``series_id, date, target, <covariates>``);
-    ``forecasts``: the stored forecasts that targeted each day of the current window
-    (output contract, with ``horizon``). The current window is the ``current_days`` days up
-    to ``day``, each actual marked ``covered`` by the shortest-horizon interval issued for
-    it (NaN without one); the reference is the ``reference_days`` days up to
+    ``intervals``: ``series_id, date, <lower>, <upper>`` of the shortest-horizon forecast
+    issued for each series and day of the current window
+    (:meth:`~pipeline_lib.store.ForecastStore.shortest_horizon_intervals`). The current
+    window is the ``current_days`` days up to ``day``, each actual marked ``covered`` by its
+    interval (NaN without one); the reference is the ``reference_days`` days up to
     ``reference_end`` (the champion's last training day), never overlapping the window.
     """
     first = day - dt.timedelta(days=current_days - 1)
@@ -67,10 +68,8 @@ def drift_windows(history: pd.DataFrame, forecasts: list[pd.DataFrame], lower: s
     dates = history["date"].dt.date
     current = history[(dates >= first) & (dates <= day)].rename(columns={"target": TARGET})
     reference = history[(dates >= start) & (dates <= end)]
-    issued = [f.sort_values("horizon").drop_duplicates("series_id")[["series_id", "date", lower, upper]]
-              for f in forecasts if not f.empty]
-    if issued:
-        bounds = pd.concat(issued, ignore_index=True).assign(date=lambda f: pd.to_datetime(f["date"]))
+    if not intervals.empty:
+        bounds = intervals[["series_id", "date", lower, upper]].assign(date=lambda f: pd.to_datetime(f["date"]))
         current = current.merge(bounds, on=["series_id", "date"], how="left")
         covered = inside_interval(current[TARGET], current[lower], current[upper]).astype(float)
         current[COVERED] = np.where(current[lower].isna(), np.nan, covered)

@@ -187,6 +187,27 @@ class ForecastStore:
         """Every stored forecast whose target date is ``day`` (one per issuing run)."""
         return self._frame(sa.select(forecasts).where(forecasts.c.date == as_day(day)))
 
+    def has_forecasts_for(self, day) -> bool:
+        """Whether any stored forecast targets ``day`` (one indexed row read, not the day's
+        213,430 rows at a catalogue of 30,490 series)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(forecasts.c.series_id).where(forecasts.c.date == as_day(day)).limit(1)
+                                ).first() is not None
+
+    def shortest_horizon_intervals(self, first_day, last_day, lower: str, upper: str) -> pd.DataFrame:
+        """``series_id, date, horizon, <lower>, <upper>`` of the forecast issued closest to
+        each target day from ``first_day`` to ``last_day`` (inclusive): one row per series
+        and day, the two interval columns only, chosen in SQL."""
+        in_window = forecasts.c.date.between(as_day(first_day), as_day(last_day))
+        shortest = (sa.select(forecasts.c.series_id, forecasts.c.date, sa.func.min(forecasts.c.horizon).label("h"))
+                    .where(in_window).group_by(forecasts.c.series_id, forecasts.c.date).subquery())
+        query = (sa.select(forecasts.c.series_id, forecasts.c.date, forecasts.c.horizon, forecasts.c[lower],
+                           forecasts.c[upper])
+                 .join(shortest, sa.and_(forecasts.c.series_id == shortest.c.series_id,
+                                         forecasts.c.date == shortest.c.date, forecasts.c.horizon == shortest.c.h))
+                 .where(in_window).order_by(forecasts.c.date, forecasts.c.series_id))
+        return self._frame(query)
+
     # --- actuals -----------------------------------------------------------------------
     @_retried
     def upsert_actuals(self, frame: pd.DataFrame) -> list[dt.date]:
