@@ -9,7 +9,9 @@ plain functions the daily flows call, on a SQLite store in a temporary directory
 1. ``daily_forecast``: S sample paths over the 7-day horizon for every series, quantiles,
    and one transaction of N x 7 rows into ``forecasts``;
 2. ``monitor_day``: the day's N actuals into ``actuals``, PIC overall / by horizon / by
-   segment into ``coverage_daily``, the retrain policy, and the Evidently report.
+   segment into ``coverage_daily``, the retrain policy, and the Evidently report, with the
+   store in steady state (``--history 6``: the six earlier runs' forecasts of the day are
+   stored too, as after a week of daily runs, so the day has 7 x N forecasts).
 
 Prints seconds per stage and the peak resident memory above the state before stage 1.
 """
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--chunk", type=int, default=512, help="series per sampling chunk")
+    parser.add_argument("--history", type=int, default=6,
+                        help="earlier daily runs stored before monitoring (6 = steady state: 7 runs forecast each day)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -82,6 +86,12 @@ def main() -> None:
         start = time.perf_counter()
         run = daily_forecast(config, store, known, day, model, "1")
         seconds_forecast = time.perf_counter() - start
+        if args.history:  # steady state: the six earlier runs that also forecast `day`
+            issued = store.table("forecasts").query("run_date == @day")
+            for k in range(1, min(args.history, config.serving.horizon - 1) + 1):
+                earlier = day - pd.Timedelta(days=k).to_pytimedelta()
+                store.replace_forecasts(earlier, issued.assign(date=pd.to_datetime(issued["date"])
+                                                               - pd.Timedelta(days=k)))
         start = time.perf_counter()
         monitoring = monitor_day(config, store, panel, day, "1", Path(tmp) / "reports")
         seconds_monitor = time.perf_counter() - start
@@ -91,7 +101,7 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "series": args.series, "samples": args.samples, "horizon": config.serving.horizon,
-        "rows_written": run.rows, "chunk_series": args.chunk,
+        "rows_written": run.rows, "chunk_series": args.chunk, "history_runs": args.history,
         "seconds_validate": round(seconds_validate, 1), "seconds_forecast": round(seconds_forecast, 1),
         "seconds_monitor": round(seconds_monitor, 1),
         "seconds_total": round(seconds_forecast + seconds_monitor, 1), "peak_extra_mb": round(peak),
