@@ -198,14 +198,15 @@ class ForecastStore:
         """``series_id, date, horizon, <lower>, <upper>`` of the forecast issued closest to
         each target day from ``first_day`` to ``last_day`` (inclusive): one row per series
         and day, the two interval columns only, chosen in SQL."""
-        in_window = forecasts.c.date.between(as_day(first_day), as_day(last_day))
-        shortest = (sa.select(forecasts.c.series_id, forecasts.c.date, sa.func.min(forecasts.c.horizon).label("h"))
-                    .where(in_window).group_by(forecasts.c.series_id, forecasts.c.date).subquery())
-        query = (sa.select(forecasts.c.series_id, forecasts.c.date, forecasts.c.horizon, forecasts.c[lower],
-                           forecasts.c[upper])
-                 .join(shortest, sa.and_(forecasts.c.series_id == shortest.c.series_id,
-                                         forecasts.c.date == shortest.c.date, forecasts.c.horizon == shortest.c.h))
-                 .where(in_window).order_by(forecasts.c.date, forecasts.c.series_id))
+        # A window function, not a join back to the table: SQLite would look each of the
+        # group's rows up through the date index alone, quadratic in the series per day.
+        rank = sa.func.row_number().over(partition_by=(forecasts.c.series_id, forecasts.c.date),
+                                         order_by=forecasts.c.horizon)
+        ranked = (sa.select(forecasts.c.series_id, forecasts.c.date, forecasts.c.horizon, forecasts.c[lower],
+                            forecasts.c[upper], rank.label("closest"))
+                  .where(forecasts.c.date.between(as_day(first_day), as_day(last_day))).subquery())
+        query = (sa.select(ranked.c.series_id, ranked.c.date, ranked.c.horizon, ranked.c[lower], ranked.c[upper])
+                 .where(ranked.c.closest == 1).order_by(ranked.c.date, ranked.c.series_id))
         return self._frame(query)
 
     # --- actuals -----------------------------------------------------------------------
