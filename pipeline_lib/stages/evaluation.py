@@ -3,7 +3,6 @@ actuals and the seasonal-naive peer, coverage by days ahead, and the pictures.""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from pipeline_lib.evaluation.report import evaluate_samples, level_key
 from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster, SampledForecast
 
 CANDIDATE_VERSION = "candidate"
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,14 +45,11 @@ def scored_panel(config: PipelineConfig, panel: Panel) -> Panel:
     """The series a training run scores (``evaluation.max_series``; all when there are no
     more): the Monte Carlo evaluation, the recalibration, the gate and the in-training
     inventory backtest all use these, so the challenger and the champion meet on the same
-    series."""
+    series. The training flow says in its log when this is a sample; the run's metric
+    ``scored_series`` records how many."""
     if config.evaluation.max_series is None:
         return panel
-    scored = panel.sample_series(config.evaluation.max_series)
-    if scored is not panel:
-        log.info("scoring a fixed sample of %d of %d series (evaluation.max_series)", len(scored.series),
-                 len(panel.series))
-    return scored
+    return panel.sample_series(config.evaluation.max_series)
 
 
 def seasonal_scales(panel: Panel, config: PipelineConfig) -> np.ndarray:
