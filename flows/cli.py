@@ -25,8 +25,7 @@ from typing import NamedTuple
 import typer
 
 from pipeline_lib.config import WORKDIR_ENV, PipelineConfig, default_workdir, load_config
-from pipeline_lib.data.ingest import read_table
-from pipeline_lib.data.validate import load_panel, validate_table
+from pipeline_lib.data.validate import load_panel, read_panel
 from pipeline_lib.errors import PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -95,7 +94,8 @@ def _option(name: str, annotation, flag: str, help: str) -> inspect.Parameter:
 
 
 SOURCE_PARAMETERS = (
-    _option("data", Path | None, "--data", "CSV, CSV.gz or Parquet file in long format (default: bundled data)"),
+    _option("data", Path | None, "--data", "CSV, CSV.gz or Parquet file, or a directory of Parquet files, in "
+            "long format (default: bundled data)"),
     _option("id_col", str | None, "--id-col", "series id column (default: series_id)"),
     _option("time_col", str | None, "--time-col", "date column (default: date)"),
     _option("target_col", str | None, "--target-col", "target column (default: units)"),
@@ -214,7 +214,7 @@ def forecast(
     over lead time + review period; ``safety_stock`` is its excess over the mean demand.
     Days too close to the horizon's end to cover that period get empty cells."""
     cfg = _build_config(source)
-    panel = validate_table(read_table(cfg.data), cfg.data, min_days=1)
+    panel = read_panel(cfg.data)
     from pipeline_lib.forecasting.batch import forecast_registered
 
     frame = forecast_registered(cfg, panel, horizon, model, num_samples, orders, say=_say)

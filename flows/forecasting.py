@@ -20,7 +20,6 @@ from flows.common import NO_CACHE_TASK, ingest
 from flows.runners import task_runner
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig, deployed_config
-from pipeline_lib.data.validate import validate_table
 from pipeline_lib.errors import ModelLoadError
 from pipeline_lib.forecasting import daily
 from pipeline_lib.monitoring.alerts import check_destinations
@@ -75,8 +74,7 @@ def daily_forecast_flow(config: PipelineConfig | None = None,
     (the scheduled deployment) reads ``$BAYES_PIPELINE_CONFIG``."""
     config = config or deployed_config()
     check_destinations()
-    raw = ingest(config)
-    panel = validate_table(raw, config.data, min_days=1)
+    panel = ingest(config)
     if run_date is None:
         run_date = max(s.dates[-1] for s in panel.series).date() + dt.timedelta(days=1)
     try:

@@ -22,7 +22,6 @@ from flows.common import NO_CACHE_TASK, ingest
 from flows.training import training_pipeline
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig, deployed_config
-from pipeline_lib.data.validate import validate_table
 from pipeline_lib.monitoring import daily
 from pipeline_lib.monitoring.alerts import Alert, check_destinations
 from pipeline_lib.monitoring.retrain import respond_and_record, settle_dispatched
@@ -147,7 +146,7 @@ def daily_monitoring_flow(config: PipelineConfig | None = None, day: dt.date | N
     logger = get_run_logger()
     check_destinations()
     day = day or dt.date.today() - dt.timedelta(days=1)
-    panel = validate_table(ingest(config), config.data, min_days=1)
+    panel = ingest(config)
     version, reference_end = champion_version(config)
     settle_dispatched_retrains(config)
     run = evaluate_coverage(config, panel, day, version, reference_end)

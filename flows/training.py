@@ -1,4 +1,4 @@
-"""Training flow: ingest -> validate -> train -> mc_sample_chunks -> mc_evaluate ->
+"""Training flow: ingest (read + validate, chunk by chunk) -> train -> mc_sample_chunks -> mc_evaluate ->
 [rolling_origin_backtest] -> [inventory_backtest] -> promotion_gate -> [refit] -> register.
 
 ``train`` is the evaluation fit (the test days unseen): the evaluation, the backtests and
@@ -35,14 +35,6 @@ def check_registry(config: PipelineConfig) -> None:
     from pipeline_lib import registry
 
     registry.check_reachable(config.tracking_uri)
-
-
-@task(name="validate", **NO_CACHE_TASK)
-def validate(config: PipelineConfig, raw):
-    panel = stages.validate(config, raw)
-    get_run_logger().info("validated %d series from %s%s", len(panel.series), panel.source,
-                          "".join(f"; {note}" for note in panel.notes))
-    return panel
 
 
 @task(name="train", **NO_CACHE_TASK)
@@ -129,8 +121,7 @@ def training_pipeline(config: PipelineConfig | None = None, progress: bool = Tru
     """
     config = config or deployed_config()
     check_registry(config)
-    raw = ingest(config)
-    panel = validate(config, raw)
+    panel = ingest(config, for_training=True)
     trained = train(config, panel, progress)
     scored = stages.scored_panel(config, panel)  # every series, or a fixed sample of a large catalogue
     if len(scored.series) < len(panel.series):

@@ -67,7 +67,8 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the long-format daily data comes from and what its columns mean."""
 
-    path: Path | None = Field(None, description="CSV, CSV.gz or Parquet file; None = bundled data")
+    path: Path | None = Field(None, description="CSV, CSV.gz or Parquet file, or a directory of Parquet files "
+                              "(e.g. partitioned by series); None = bundled data")
     sql_url: str | None = Field(None, description="SQLAlchemy URL to read from instead of a file, without a "
                                 "password (a URL with one goes in $BAYES_PIPELINE_SQL_URL)")
     sql_query: str | None = Field(None, description="query returning the long-format table (from sql_url, "
@@ -83,6 +84,10 @@ class DataConfig(_Strict):
         "zero",
         description="missing calendar days: 'zero' = no sales recorded (target 0), "
         "'ffill' = carry the last value, 'reject' = error",
+    )
+    read_chunk_rows: int = Field(
+        1_000_000, ge=1, description="rows read and validated at a time (whole series each): bounds the memory "
+        "of reading a large catalogue; a source not grouped by series is read whole"
     )
 
     @model_validator(mode="after")

@@ -85,9 +85,21 @@ class Panel:
     def until(self, last_day) -> Panel:
         """Each series cut to its days up to and including ``last_day``; series with no day
         by then are dropped."""
+        return self.between(None, last_day)
+
+    def between(self, first_day, last_day) -> Panel:
+        """Each series cut to its days from ``first_day`` (None: its first) to ``last_day``,
+        both included; series with no day in between are dropped. Views, not copies: the
+        daily monitoring reads a week of a catalogue's history without copying the rest."""
         end = pd.Timestamp(last_day).to_datetime64()
-        cut = (s.head(int(np.searchsorted(s.dates.values, end, side="right"))) for s in self.series)
-        return replace(self, series=tuple(s for s in cut if len(s)))
+        start = None if first_day is None else pd.Timestamp(first_day).to_datetime64()
+        cut = []
+        for s in self.series:
+            stop = int(np.searchsorted(s.dates.values, end, side="right"))
+            begin = 0 if start is None else int(np.searchsorted(s.dates.values, start, side="left"))
+            if stop > begin:
+                cut.append(Series(s.series_id, s.dates[begin:stop], s.target[begin:stop], s.covariates[begin:stop]))
+        return replace(self, series=tuple(cut))
 
     def sample_series(self, n: int) -> Panel:
         """A fixed subset of at most ``n`` series, in panel order: those whose ids hash lowest
@@ -124,8 +136,10 @@ class Panel:
         return pd.DataFrame(columns)
 
 
-def _rows(mask: np.ndarray | pd.Series) -> str:
-    idx = np.flatnonzero(np.asarray(mask)) + 1
+def _rows(mask: np.ndarray | pd.Series, first_row: int) -> str:
+    """The data rows where ``mask`` holds, numbered from ``first_row`` (the number of the
+    mask's first row in the whole source: 1 unless this is a later chunk of a stream)."""
+    idx = np.flatnonzero(np.asarray(mask)) + first_row
     listed = ", ".join(str(i) for i in idx[:_MAX_LISTED])
     more = f" and {len(idx) - _MAX_LISTED} more" if len(idx) > _MAX_LISTED else ""
     return f"row{'s' if len(idx) > 1 else ''} {listed}{more}"
@@ -141,10 +155,12 @@ def minimum_series_days(window: WindowConfig) -> int:
     return window.min_train_days + window.validation_days + window.test_days
 
 
-def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, source: str | None = None) -> Panel:
+def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, source: str | None = None,
+                   first_row: int = 1) -> Panel:
     """Check ``raw`` against the contract and return a :class:`Panel`.
 
-    ``min_days``: shortest allowed series (see :func:`minimum_series_days`).
+    ``min_days``: shortest allowed series (see :func:`minimum_series_days`). ``first_row``:
+    the number errors give ``raw``'s first row (a chunk of a longer stream starts later).
 
     Raises:
         DataValidationError: on the first violation found, with its location.
@@ -164,12 +180,13 @@ def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, sourc
 
     ids = raw[data.id_col]
     if ids.isna().any():
-        raise DataValidationError(f"{source}: column {data.id_col!r} is empty at {_rows(ids.isna())}")
+        raise DataValidationError(
+            f"{source}: column {data.id_col!r} is empty at {_rows(ids.isna(), first_row)}")
     ids = ids.astype(str)
 
-    dates = _parse_dates(raw[data.time_col], source, data.time_col)
-    target = _parse_target(raw[data.target_col], source, data, ids)
-    covariate_names, covariates = _select_covariates(raw, data, source)
+    dates = _parse_dates(raw[data.time_col], source, data.time_col, first_row)
+    target = _parse_target(raw[data.target_col], source, data, ids, first_row)
+    covariate_names, covariates = _select_covariates(raw, data, source, first_row)
 
     frame = pd.DataFrame({"series_id": ids.to_numpy(), "date": dates.to_numpy(), "target": target})
     for name in covariate_names:
@@ -179,7 +196,7 @@ def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, sourc
     if duplicated.any():
         first = frame.loc[duplicated].iloc[0]
         raise DataValidationError(
-            f"{source}: duplicate ({data.id_col}, {data.time_col}) rows at {_rows(duplicated)}, "
+            f"{source}: duplicate ({data.id_col}, {data.time_col}) rows at {_rows(duplicated, first_row)}, "
             f"e.g. series {first.series_id!r} on {first.date.date()}"
         )
 
@@ -203,7 +220,7 @@ def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, sourc
     )
 
 
-def _parse_dates(column: pd.Series, source: str, name: str) -> pd.Series:
+def _parse_dates(column: pd.Series, source: str, name: str, first_row: int) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(column):
         parsed = column
     else:
@@ -213,17 +230,18 @@ def _parse_dates(column: pd.Series, source: str, name: str) -> pd.Series:
         if bad.any():
             example = text[bad].iloc[0]
             raise DataValidationError(
-                f"{source}: unparseable date in column {name!r} at {_rows(bad)} (e.g. {example!r})"
+                f"{source}: unparseable date in column {name!r} at {_rows(bad, first_row)} (e.g. {example!r})"
             )
     if getattr(parsed.dt, "tz", None) is not None:
         # Days are calendar days in UTC once time zones are mixed; say so in the docs.
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     if parsed.isna().any():
-        raise DataValidationError(f"{source}: missing date in column {name!r} at {_rows(parsed.isna())}")
+        raise DataValidationError(
+            f"{source}: missing date in column {name!r} at {_rows(parsed.isna(), first_row)}")
     return parsed.dt.normalize()
 
 
-def _parse_target(column: pd.Series, source: str, data: DataConfig, ids: pd.Series) -> np.ndarray:
+def _parse_target(column: pd.Series, source: str, data: DataConfig, ids: pd.Series, first_row: int) -> np.ndarray:
     name = data.target_col
     if pd.api.types.is_bool_dtype(column):
         raise DataValidationError(f"{source}: target column {name!r} is boolean, expected numbers")
@@ -232,24 +250,28 @@ def _parse_target(column: pd.Series, source: str, data: DataConfig, ids: pd.Seri
     if non_numeric.any():
         example = column[non_numeric].iloc[0]
         raise DataValidationError(
-            f"{source}: non-numeric value in target column {name!r} at {_rows(non_numeric)} (e.g. {example!r})"
+            f"{source}: non-numeric value in target column {name!r} at {_rows(non_numeric, first_row)} "
+            f"(e.g. {example!r})"
         )
     values = numeric.to_numpy(dtype=float)
     if np.isnan(values).any():
-        raise DataValidationError(f"{source}: missing value in target column {name!r} at {_rows(np.isnan(values))}")
+        raise DataValidationError(
+            f"{source}: missing value in target column {name!r} at {_rows(np.isnan(values), first_row)}")
     if np.isinf(values).any():
-        raise DataValidationError(f"{source}: infinite value in target column {name!r} at {_rows(np.isinf(values))}")
+        raise DataValidationError(
+            f"{source}: infinite value in target column {name!r} at {_rows(np.isinf(values), first_row)}")
     if data.non_negative and (values < 0).any():
         negative = values < 0
         series = sorted(set(ids[negative]))
         raise DataValidationError(
-            f"{source}: negative demand in target column {name!r} at {_rows(negative)} "
+            f"{source}: negative demand in target column {name!r} at {_rows(negative, first_row)} "
             f"(series {_listing([repr(s) for s in series])}); set data.non_negative: false if intended"
         )
     return values
 
 
-def _select_covariates(raw: pd.DataFrame, data: DataConfig, source: str) -> tuple[list[str], pd.DataFrame]:
+def _select_covariates(raw: pd.DataFrame, data: DataConfig, source: str,
+                       first_row: int) -> tuple[list[str], pd.DataFrame]:
     reserved = {data.id_col, data.time_col, data.target_col}
     if data.covariate_cols is None:
         names = [
@@ -266,11 +288,13 @@ def _select_covariates(raw: pd.DataFrame, data: DataConfig, source: str) -> tupl
         values = pd.to_numeric(raw[name], errors="coerce")
         bad = (values.isna() & raw[name].notna()).to_numpy()
         if bad.any():
-            raise DataValidationError(f"{source}: non-numeric value in covariate column {name!r} at {_rows(bad)}")
+            raise DataValidationError(
+                f"{source}: non-numeric value in covariate column {name!r} at {_rows(bad, first_row)}")
         values = values.astype(float)
         if np.isinf(values.to_numpy()).any():
             raise DataValidationError(
-                f"{source}: infinite value in covariate column {name!r} at {_rows(np.isinf(values.to_numpy()))}"
+                f"{source}: infinite value in covariate column {name!r} "
+                f"at {_rows(np.isinf(values.to_numpy()), first_row)}"
             )
         covariates[str(name)] = values
     return [str(n) for n in names], covariates
@@ -321,10 +345,49 @@ def _reindex(
 
 
 def load_panel(data: DataConfig, window: WindowConfig) -> Panel:
-    """Read and validate in one call (what the CLI and the flows use)."""
-    from pipeline_lib.data.ingest import read_table
+    """Read and validate in one call, every series long enough to train on."""
+    return read_panel(data, minimum_series_days(window))
 
-    return validate_table(read_table(data), data, minimum_series_days(window))
+
+def read_panel(data: DataConfig, min_days: int = 1) -> Panel:
+    """Read and validate the source chunk by chunk (``data.read_chunk_rows`` rows, whole
+    series each): the raw table is never in memory at once, only one chunk and the
+    validated series (a float per day and covariate). The covariates are chosen from the
+    first chunk and required in every later one; the series come out sorted by id, so the
+    panel is the same however the source orders or partitions them.
+
+    A source whose rows are not grouped by series (a shuffled or date-ordered file) cannot
+    be streamed: it is read whole, with a note saying so and how to stream it.
+
+    Raises:
+        DataValidationError: as :func:`validate_table`, rows numbered in the whole source.
+    """
+    from pipeline_lib.data.ingest import NotGroupedBySeries, read_blocks, read_table, whole_series
+
+    rows = data.read_chunk_rows
+    series: list[Series] = []
+    covariate_names: tuple[str, ...] | None = None
+    filled = 0
+    chunk_config = data
+    try:
+        for chunk in whole_series(read_blocks(data, rows), data.id_col, rows):
+            first_row = int(chunk.index[0]) + 1 if len(chunk) else 1
+            part = validate_table(chunk.reset_index(drop=True), chunk_config, min_days, first_row=first_row)
+            if covariate_names is None:
+                covariate_names = part.covariate_names
+                chunk_config = data.model_copy(update={"covariate_cols": covariate_names})
+            series.extend(part.series)
+            filled += part.filled_days
+    except NotGroupedBySeries as scattered:
+        whole = validate_table(read_table(data), data, min_days)
+        note = (f"read whole: the rows are not grouped by series ({scattered}); group them (sort by "
+                f"{data.id_col}, or partition Parquet by series) to read the source chunk by chunk")
+        return replace(whole, notes=(*whole.notes, note))
+    if covariate_names is None:
+        raise DataValidationError(f"{data.source_name()}: input has no rows")
+    notes = (f"{filled} missing calendar days filled by gap policy {data.gap_policy!r}",) if filled else ()
+    return Panel(series=tuple(sorted(series, key=lambda s: s.series_id)), covariate_names=covariate_names,
+                 source=data.source_name(), filled_days=filled, target_name=data.target_col, notes=notes)
 
 
 def panel_from_history(frame: pd.DataFrame, covariate_names: tuple[str, ...], non_negative: bool = True) -> Panel:

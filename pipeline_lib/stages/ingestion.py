@@ -1,5 +1,5 @@
-"""Ingest and validate: the raw table from the configured source, checked against the
-data contract (:mod:`pipeline_lib.data.validate`), and its fingerprint for MLflow."""
+"""Ingest and validate: the configured source read and checked against the data contract
+(:mod:`pipeline_lib.data.validate`) chunk by chunk, and the panel's fingerprint for MLflow."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ import pandas as pd
 
 from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.ingest import read_table
-from pipeline_lib.data.validate import Panel, minimum_series_days, validate_table
+from pipeline_lib.data.validate import Panel, minimum_series_days, read_panel, validate_table
 
 
 def ingest(config: PipelineConfig) -> pd.DataFrame:
+    """The whole raw table (what the replay rewrites day by day); the flows use :func:`load`."""
     return read_table(config.data)
+
+
+def load(config: PipelineConfig, for_training: bool = False) -> Panel:
+    """The validated panel, read chunk by chunk. ``for_training``: every series must be long
+    enough for a training window (:func:`minimum_series_days`); the daily flows take any."""
+    return read_panel(config.data, minimum_series_days(config.window) if for_training else 1)
 
 
 def validate(config: PipelineConfig, raw: pd.DataFrame) -> Panel:
