@@ -118,7 +118,7 @@ def test_transforms_round_trip_and_clip():
     assert target_transform(True) == "log1p" and target_transform(False) == "none"
 
 
-def test_panel_truncate_until_and_chunks(panel):
+def test_panel_truncate_until_between_and_chunks(panel):
     cut = panel.truncate([10, 20, 30])
     assert [len(s) for s in cut.series] == [10, 20, 30]
     np.testing.assert_array_equal(cut.series[1].target, panel.series[1].target[:20])
@@ -126,6 +126,11 @@ def test_panel_truncate_until_and_chunks(panel):
     until = panel.until(day)
     assert all(s.dates[-1] == day and len(s) == 10 for s in until.series)
     assert panel.until(panel.series[0].dates[0] - pd.Timedelta(days=1)).series == ()  # nothing known yet
+    first, last = cut.series[2].dates[12], cut.series[2].dates[25]  # series 0 ends before, 1 inside
+    frame = cut.to_frame()
+    inside = frame[(frame["date"] >= first) & (frame["date"] <= last)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(cut.between(first, last).to_frame(), inside)
+    assert cut.between(first, last).series_ids == panel.series_ids[1:]
     chunks = panel.chunks(2)
     assert [len(c.series) for c in chunks] == [2, 1]
     assert [s.series_id for c in chunks for s in c.series] == panel.series_ids

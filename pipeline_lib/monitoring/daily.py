@@ -20,7 +20,13 @@ from pipeline_lib.contract import as_day, interval_columns
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.monitoring.alerts import Alert, breach_message
 from pipeline_lib.monitoring.coverage import OVERALL, PENDING, BreachRule, daily_coverage
-from pipeline_lib.monitoring.drift import CURRENT_WINDOW_DAYS, DriftSummary, drift_report, drift_windows
+from pipeline_lib.monitoring.drift import (
+    CURRENT_WINDOW_DAYS,
+    DriftSummary,
+    drift_reference_days,
+    drift_report,
+    drift_windows,
+)
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, PolicyDecision, retrain_decision
 from pipeline_lib.store import ForecastStore, RetrainRetry
 
@@ -65,10 +71,8 @@ class MonitoringRun:
 
 def actual_rows(panel: Panel, first: dt.date, last: dt.date) -> pd.DataFrame:
     """``series_id, date, actual`` of the panel between two days (inclusive)."""
-    frame = panel.to_frame()
-    dates = frame["date"].dt.date
-    window = frame[(dates >= first) & (dates <= last)]
-    return window.rename(columns={"target": "actual"})[["series_id", "date", "actual"]]
+    frame = panel.between(first, last).to_frame()
+    return frame.rename(columns={"target": "actual"})[["series_id", "date", "actual"]]
 
 
 def days_to_evaluate(store: ForecastStore, day: dt.date, lookback_days: int, changed: list[dt.date]) -> list[dt.date]:
@@ -168,8 +172,10 @@ def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.d
     lower, upper = interval_columns(config.evaluation.nominal_level)
     first = day - dt.timedelta(days=CURRENT_WINDOW_DAYS - 1)
     intervals = store.shortest_horizon_intervals(first, day, lower, upper)
-    reference, current = drift_windows(panel.to_frame(), intervals, lower, upper, day, CURRENT_WINDOW_DAYS,
-                                       reference_end, config.monitoring.drift_reference_days)
+    reference_first = drift_reference_days(day, CURRENT_WINDOW_DAYS, reference_end,
+                                           config.monitoring.drift_reference_days)[0]
+    reference, current = drift_windows(panel.between(reference_first, day).to_frame(), intervals, lower, upper, day,
+                                       CURRENT_WINDOW_DAYS, reference_end, config.monitoring.drift_reference_days)
     if current.empty or reference.empty:
         log.info("no drift report for %s: %s window is empty", day, "current" if current.empty else "reference")
         return None

@@ -49,6 +49,16 @@ class DriftSummary:
                 f"{self.drifted_columns}/{self.columns} columns drifted, window coverage {coverage}")
 
 
+def drift_reference_days(day: dt.date, current_days: int, reference_end: dt.date | None,
+                         reference_days: int) -> tuple[dt.date, dt.date]:
+    """First and last day of the drift reference: the ``reference_days`` days up to
+    ``reference_end`` (the champion's last training day), ending before the current window
+    of ``current_days`` days up to ``day``."""
+    before_window = day - dt.timedelta(days=current_days)
+    end = min(reference_end or before_window, before_window)
+    return end - dt.timedelta(days=reference_days - 1), end
+
+
 def drift_windows(history: pd.DataFrame, intervals: pd.DataFrame, lower: str, upper: str, day: dt.date,
                   current_days: int, reference_end: dt.date | None, reference_days: int,
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -63,8 +73,7 @@ def drift_windows(history: pd.DataFrame, intervals: pd.DataFrame, lower: str, up
     ``reference_end`` (the champion's last training day), never overlapping the window.
     """
     first = day - dt.timedelta(days=current_days - 1)
-    end = min(reference_end or first - dt.timedelta(days=1), first - dt.timedelta(days=1))
-    start = end - dt.timedelta(days=reference_days - 1)
+    start, end = drift_reference_days(day, current_days, reference_end, reference_days)
     dates = history["date"].dt.date
     current = history[(dates >= first) & (dates <= day)].rename(columns={"target": TARGET})
     reference = history[(dates >= start) & (dates <= end)]
