@@ -14,14 +14,20 @@ plain functions the daily flows call, on a SQLite store in a temporary directory
    stored too, as after a week of daily runs, so the day has 7 x N forecasts).
 
 Prints seconds per stage and the peak resident memory above the state before stage 1.
+``--profile FILE`` also runs both stages under cProfile and writes each one's 30 most
+expensive calls (cumulative time) to FILE: where the seconds go, for the 60-second aim.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
 import json
 import os
 import platform
+import pstats
 import tempfile
 import time
 from pathlib import Path
@@ -53,7 +59,18 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=6,
                         help="earlier daily runs stored before monitoring (6 = steady state: 7 runs forecast each day)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write each stage's cProfile summary to this file")
     args = parser.parse_args()
+    profiles: dict[str, cProfile.Profile] = {}
+
+    @contextlib.contextmanager
+    def profiled(stage: str):
+        if args.profile is None:
+            yield
+            return
+        profiles[stage] = profile = cProfile.Profile()
+        with profile:
+            yield
 
     from pipeline_lib.config import PipelineConfig
     from pipeline_lib.data.features import fit_scalers
@@ -84,7 +101,8 @@ def main() -> None:
 
         base = hwm_mb()
         start = time.perf_counter()
-        run = daily_forecast(config, store, known, day, model, "1")
+        with profiled("forecast"):
+            run = daily_forecast(config, store, known, day, model, "1")
         seconds_forecast = time.perf_counter() - start
         if args.history:  # steady state: the six earlier runs that also forecast `day`
             issued = store.table("forecasts").query("run_date == @day")
@@ -93,7 +111,8 @@ def main() -> None:
                 store.replace_forecasts(earlier, issued.assign(date=pd.to_datetime(issued["date"])
                                                                - pd.Timedelta(days=k)))
         start = time.perf_counter()
-        monitoring = monitor_day(config, store, panel, day, "1", Path(tmp) / "reports")
+        with profiled("monitoring"):
+            monitoring = monitor_day(config, store, panel, day, "1", Path(tmp) / "reports")
         seconds_monitor = time.perf_counter() - start
         peak = hwm_mb() - base
         store.dispose()
@@ -107,6 +126,12 @@ def main() -> None:
         "seconds_total": round(seconds_forecast + seconds_monitor, 1), "peak_extra_mb": round(peak),
         "pic": monitoring.headline["picp"], "head": model.model_config.head,
     }
+    if args.profile is not None:
+        with open(args.profile, "w") as out:
+            for stage, profile in profiles.items():
+                text = io.StringIO()
+                pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(30)
+                out.write(f"## {stage} ({args.series} series)\n{text.getvalue()}\n")
     if args.json:
         print(json.dumps(result))
     else:
