@@ -21,7 +21,10 @@ Bayesian LSTM (``lstm_raw``: before recalibration; ``lstm_8bit``: the same model
 posterior quantized to 8 bits, ``serving.quantized_posterior``); ``mc_dropout`` an MC-dropout LSTM
 (Uber 2017) on the same windows. With ``--combine``: ``lstm+ets_pool`` / ``lstm+ets_vincent``
 (and the same with ``arima``), equal-weight combinations of the served LSTM with the peer,
-as a 50/50 mixture and as the average of the two quantile functions.
+as a 50/50 mixture and as the average of the two quantile functions. With ``--ensemble``:
+``lstm_ensemble``, the equal mixture of every seed's served model on the fold (S samples in
+all, S/K evenly spaced order statistics of each of the K seeds): what serving a seed
+ensemble would give, one run per fold.
 
 Metrics: PICP 80/90/95 (pooled over folds and seeds) and the same on days with demand
 (``_nonzero``), ``crps_scaled`` (2 x mean pinball over the 23 levels, per series divided by
@@ -122,6 +125,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--multi-day", action="store_true", help="also score 28-day sample paths")
     parser.add_argument("--combine", action="store_true", help="also score equal-weight combinations of the "
                         "LSTM with each statistical peer run (pool and quantile average)")
+    parser.add_argument("--ensemble", action="store_true", help="also score the mixture of every seed's model "
+                        "per fold (a seed ensemble)")
     parser.add_argument("--plots", type=Path, default=None, help="write the calibration PNG here")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
@@ -177,6 +182,32 @@ def combinations(ours: np.ndarray, theirs: np.ndarray) -> dict[str, np.ndarray]:
     return {"pool": pool, "vincent": 0.5 * (_resample(ours, k) + _resample(theirs, k))}
 
 
+def seed_mixture(members: list[np.ndarray]) -> np.ndarray:
+    """The equal mixture of K models' ``(S, n)`` samples as S samples: S/K evenly spaced order
+    statistics of each (so the ensemble is not favoured by drawing K times as many)."""
+    total = members[0].shape[0]
+    shares = np.diff(np.linspace(0, total, len(members) + 1).round().astype(int))
+    return np.concatenate([_resample(samples, share) for samples, share in zip(members, shares, strict=True)])
+
+
+def score_peers(names: list[str], fold_panel, days, fit_end, oracle, non_negative: bool,
+                record) -> dict[str, tuple[np.ndarray, float]]:
+    """Each peer's samples of the fold and its seconds, recorded; peers whose optional
+    dependencies are missing are skipped with a note."""
+    peers = {}
+    for name in names:
+        start = time.perf_counter()
+        try:
+            samples = peer_samples(name, fold_panel, days, fit_end, oracle, non_negative)
+        except ImportError:
+            print(f"{name} skipped: install the optional peers with pip install -e '.[bench]'", file=sys.stderr)
+            continue
+        if samples is not None:
+            peers[name] = (samples, time.perf_counter() - start)
+            record(name, samples, peers[name][1])
+    return peers
+
+
 def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: list[int], runs: Runs) -> None:
     """Score every model on fold ``fold`` (its test window ends ``fold * test_days`` days
     before the data's last day); each LSTM seed trains as a training run on that day would."""
@@ -191,23 +222,14 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
     scales = stages.seasonal_scales(fold_panel, config)
     fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(fold_panel.series)}
 
-    peers: dict[str, tuple[np.ndarray, float]] = {}
-
     def record(model, samples, seconds, seed=None):
         runs.record(model, fold, seed, actuals, samples, series_index, scales, seconds)
 
-    for name in (m for m in models if m not in ("lstm", "lstm_8bit", "mc_dropout")):
-        start = time.perf_counter()
-        try:
-            samples = peer_samples(name, fold_panel, days, fit_end, oracle, config.data.non_negative)
-        except ImportError:
-            print(f"{name} skipped: install the optional peers with pip install -e '.[bench]'", file=sys.stderr)
-            continue
-        if samples is not None:
-            peers[name] = (samples, time.perf_counter() - start)
-            record(name, samples, peers[name][1])
+    peers = score_peers([m for m in models if m not in ("lstm", "lstm_8bit", "mc_dropout")], fold_panel, days,
+                        fit_end, oracle, config.data.non_negative, record)
     if not {"lstm", "lstm_8bit", "mc_dropout"} & set(models):
         return
+    members: list[tuple[np.ndarray, float]] = []
     for seed in seeds:
         seeded = config.updated(train={"seed": seed})
         start = time.perf_counter()
@@ -216,6 +238,7 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
         seconds = time.perf_counter() - start
         if "lstm" in models:
             record("lstm", evaluation.sampled.samples, seconds, seed)
+            members.append((evaluation.sampled.samples, seconds))
             if evaluation.raw_samples is not None:
                 record("lstm_raw", evaluation.raw_samples, seconds, seed)
             for peer in ("ets", "arima"):
@@ -235,6 +258,9 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
             start = time.perf_counter()
             record("mc_dropout", mc_dropout_samples(seeded, trained.model, fold_panel), time.perf_counter() - start,
                    seed)
+    if args.ensemble and len(members) > 1:
+        record("lstm_ensemble", seed_mixture([samples for samples, _ in members]),
+               sum(seconds for _, seconds in members), "+".join(map(str, seeds)))
 
 
 def print_summary(summary: dict) -> None:
