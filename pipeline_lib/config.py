@@ -167,6 +167,8 @@ class ModelConfig(_Strict):
     weekday_profile: bool = Field(True, description="take each series' own weekday shape (fitted with its "
                                   "scaler) out of the lags and the target, ES-RNN style; the network "
                                   "learns what is left")
+    yearly_features: bool = Field(False, description="two more inputs: sine and cosine of the target day's "
+                                  "phase in the year (the season, known in advance)")
 
     @field_validator("quantile_levels")
     @classmethod

@@ -22,7 +22,7 @@ from pipeline_lib.data.features import (
     target_transform,
     windows_for_days,
 )
-from pipeline_lib.data.validate import validate_table
+from pipeline_lib.data.validate import Series, validate_table
 
 WINDOW = WindowConfig(context_length=14, validation_days=14, test_days=7, min_train_days=14)
 
@@ -53,9 +53,26 @@ def test_the_feature_layout_names_every_column(panel):
     assert np.unique(rows[:, spec.magnitude_column]).size == 1
 
 
-@pytest.mark.parametrize("profile", [True, False])
+def test_yearly_features_give_the_target_days_season(panel):
+    """With ``yearly_features`` two columns after the weekday hold the sine and cosine of each
+    row's day in a 365.25-day year (computed here from the dates themselves); the rest of
+    the layout moves up by two."""
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), yearly_features=True)
+    series = panel.series[2]
+    rows = feature_rows(series, scalers[series.series_id], spec)
+    L = spec.context_length
+    assert spec.yearly_columns == slice(3 + N_WEEKDAYS, 5 + N_WEEKDAYS)
+    assert spec.magnitude_column == spec.num_features - 1 == 5 + N_WEEKDAYS
+    dates = series.dates[0] + pd.to_timedelta(np.arange(-L, len(series) + 1), unit="D")
+    phase = 2 * np.pi * (dates - pd.Timestamp("1970-01-01")).days.to_numpy() / 365.25
+    np.testing.assert_allclose(rows[:, spec.yearly_columns], np.stack([np.sin(phase), np.cos(phase)], axis=1),
+                               atol=1e-6)
+    assert (rows[:, spec.weekday_columns].argmax(axis=1) == dates.dayofweek).all()
+
+
+@pytest.mark.parametrize("features", ["plain", "profile", "profile+yearly"])
 @pytest.mark.parametrize("part", ["train", "validation", "all"])
-def test_lazy_windows_are_the_serving_paths_windows(part, profile):
+def test_lazy_windows_are_the_serving_paths_windows(part, features):
     """A batch assembled from the compact per-series arrays equals the windows the serving
     path cuts from each series' full feature rows (feature_rows -> windows_for_days ->
     center_windows), in any order, for ragged series shorter than the context and with
@@ -63,8 +80,9 @@ def test_lazy_windows_are_the_serving_paths_windows(part, profile):
     frame = synthetic_demand(n_series=4, n_days=70)
     frame = frame[~((frame.series_id == "S2") & (frame.index % 70 < 45))]  # S2: 25 days, L = 14
     panel = validate_table(frame, DataConfig(), min_days=1)
+    profile = features != "plain"
     scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), level_days=7 if profile else 0,
-                                weekday_profile=profile)
+                                weekday_profile=profile, yearly_features=features.endswith("yearly"))
     lazy = LazyWindows(panel, scalers, spec, WINDOW, part)
     index = np.random.default_rng(0).permutation(len(lazy))[:200]
     got = lazy.batch(index)
@@ -171,3 +189,32 @@ def test_a_panel_back_in_long_format_is_the_table_it_came_from():
                 .rename(columns={"units": "target"}).sort_values(["series_id", "date"], ignore_index=True))
     pd.testing.assert_frame_equal(back, expected[["series_id", "date", "target", "price"]], check_dtype=False)
     assert list(replace(panel, series=()).to_frame().columns) == ["series_id", "date", "target", "price"]
+
+
+@pytest.mark.parametrize("yearly", [False, True])
+def test_sample_paths_read_the_calendar_of_the_days_they_forecast(panel, monkeypatch, yearly):
+    """The rows a path feeds back for days n+1 .. n+H carry those days' calendar (weekday and
+    season) exactly as the feature rows of a series that had reached them."""
+    from pipeline_lib.config import ModelConfig
+    from pipeline_lib.model import forecast as forecasting
+    from pipeline_lib.model.forecast import ForecastModel
+
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), yearly_features=yearly)
+    model = ForecastModel.create(spec, scalers, ModelConfig(lstm_units=(4,), head="normal"))
+    captured = {}
+
+    def capture(network, centred, future, num_samples, seed, context):
+        captured["future"] = future
+        return np.zeros((num_samples, future.shape[1], future.shape[0]), dtype=np.float32)
+
+    monkeypatch.setattr(forecasting, "sample_paths", capture)
+    horizon = 9
+    model.forecast(panel, horizon=horizon, num_samples=2)
+    L = spec.context_length
+    for k, series in enumerate(panel.series):
+        n = len(series)
+        reached = Series(series.series_id, pd.date_range(series.dates[0], periods=n + horizon + 1, freq="D"),
+                         np.zeros(n + horizon + 1), np.zeros((n + horizon + 1, len(panel.covariate_names))))
+        rows = feature_rows(reached, scalers[series.series_id], spec)
+        expected = rows[L + n + 1:L + n + 1 + horizon, spec.calendar_columns]  # days n+1 .. n+H
+        np.testing.assert_array_equal(captured["future"][:, k, spec.calendar_columns], expected)  # (H, B, F)

@@ -6,13 +6,15 @@ The feature layout, the scalers that fill it and the windows that read it change
 Each model input is a window of ``context_length`` days ending on the target day ``d``.
 The feature row of day ``t`` holds what is known at the start of that day::
 
-    [ z(t-1), observed(t-1), covariates(t-1) ..., one_hot(weekday(t)) x 7, magnitude ]
+    [ z(t-1), observed(t-1), covariates(t-1) ..., one_hot(weekday(t)) x 7, [sin, cos of the
+      year's phase of t,] magnitude ]
 
 where ``z`` is the target after the per-series transform (``log1p`` for non-negative
 demand, identity otherwise) and standardisation fitted on the series' training part only.
 Lagging the target and the covariates by one day means a forecast never sees the day it
 predicts; the weekday of the target day is known in advance (it carries the Saturday
-closures). Days before a series starts are zero rows with ``observed = 0``, so short series
+closures), and so is the season: with ``yearly_features`` two columns give the target day's
+place in the year. Days before a series starts are zero rows with ``observed = 0``, so short series
 still produce full-length windows.
 
 The model predicts ``z(d)``; :func:`inverse_transform` maps samples back to units.
@@ -39,6 +41,7 @@ from pipeline_lib.config import WindowConfig
 from pipeline_lib.data.validate import Panel, Series
 
 N_WEEKDAYS = 7
+_THURSDAY = 3  # the weekday (Monday = 0) of epoch day 0, 1970-01-01
 # The feature layout (see the module docstring): the lagged target first, so a sample path
 # can write a sampled value into column 0 of the next day's row and keep the rest.
 LAG_COLUMN = 0  # z(t-1)
@@ -131,6 +134,7 @@ class FeatureSpec:
     magnitude_scale: float
     level_days: int = 0  # 0: no window centring (models saved before it existed)
     weekday_profile: bool = False  # lags and targets net of each series' weekday offsets
+    yearly_features: bool = False  # sin and cos of the target day's phase in the year
 
     @property
     def covariate_columns(self) -> slice:
@@ -143,8 +147,19 @@ class FeatureSpec:
         return slice(start, start + N_WEEKDAYS)
 
     @property
+    def yearly_columns(self) -> slice:
+        """Sine and cosine of the target day's phase in the year (empty without them)."""
+        start = self.weekday_columns.stop
+        return slice(start, start + (2 if self.yearly_features else 0))
+
+    @property
+    def calendar_columns(self) -> slice:
+        """Everything known in advance about the target day: weekday and season."""
+        return slice(self.weekday_columns.start, self.yearly_columns.stop)
+
+    @property
     def magnitude_column(self) -> int:
-        return self.weekday_columns.stop
+        return self.yearly_columns.stop
 
     @property
     def num_features(self) -> int:
@@ -210,7 +225,7 @@ def fit_scaler(series: Series, fit_end: int, transform: str, weekday_profile: bo
 
 def fit_scalers(
     panel: Panel, window: WindowConfig, transform: str, level_days: int = 0, part: str = "train",
-    weekday_profile: bool = False,
+    weekday_profile: bool = False, yearly_features: bool = False,
 ) -> tuple[dict[str, SeriesScaler], FeatureSpec]:
     """Fit every series' scaler on its ``part`` (``train``, or ``all`` days for the refit of
     the served model) and the cross-series magnitude feature."""
@@ -230,6 +245,7 @@ def fit_scalers(
         magnitude_scale=float(max(magnitudes.std(), 1e-3)),
         level_days=level_days,
         weekday_profile=weekday_profile,
+        yearly_features=yearly_features,
     )
     return scalers, spec
 
@@ -239,19 +255,37 @@ def weekday_one_hot(weekdays: np.ndarray) -> np.ndarray:
     return np.eye(N_WEEKDAYS, dtype=np.float32)[np.asarray(weekdays) % N_WEEKDAYS]
 
 
+def epoch_day(timestamp) -> int:
+    """Days since 1970-01-01 (a Thursday) of a date: the calendar position of feature rows."""
+    return int(np.datetime64(timestamp, "D").astype(np.int64))
+
+
+def calendar_features(days: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """The calendar columns (:attr:`FeatureSpec.calendar_columns`) of target days given as
+    epoch days ``(...)`` -> ``(..., 7 [+ 2])``: the weekday one-hot, then with
+    ``spec.yearly_features`` the sine and cosine of the day's phase in a 365.25-day year."""
+    days = np.asarray(days)
+    weekdays = weekday_one_hot(days + _THURSDAY)
+    if not spec.yearly_features:
+        return weekdays
+    phase = (2 * np.pi / 365.25) * days
+    return np.concatenate([weekdays, np.stack([np.sin(phase), np.cos(phase)], axis=-1).astype(np.float32)], axis=-1)
+
+
 def magnitude_feature(scaler: SeriesScaler, spec: FeatureSpec) -> float:
     return float((scaler.loc - spec.magnitude_loc) / spec.magnitude_scale)
 
 
 def _write_features(out: np.ndarray, lag: np.ndarray, observed: np.ndarray, covariates: np.ndarray,
-                    weekdays: np.ndarray, magnitude, spec: FeatureSpec) -> None:
+                    days: np.ndarray, magnitude, spec: FeatureSpec) -> None:
     """Fill feature rows ``out (..., F)`` in the module's layout from their parts, each shaped
-    like ``out``'s leading axes (``covariates`` with a trailing ``C``): one definition for a
-    series' rows (:func:`feature_rows`) and a batch of windows (:class:`LazyWindows`)."""
+    like ``out``'s leading axes (``covariates`` with a trailing ``C``; ``days`` the rows'
+    epoch days): one definition for a series' rows (:func:`feature_rows`) and a batch of
+    windows (:class:`LazyWindows`)."""
     out[..., LAG_COLUMN] = lag
     out[..., OBSERVED_COLUMN] = observed
     out[..., spec.covariate_columns] = covariates
-    out[..., spec.weekday_columns] = weekday_one_hot(weekdays)
+    out[..., spec.calendar_columns] = calendar_features(days, spec)
     out[..., spec.magnitude_column] = magnitude
 
 
@@ -283,7 +317,7 @@ def feature_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec,
     lag, covariates = _lag_rows(series, scaler, spec, target)
     row = np.arange(len(lag))
     rows = np.empty((len(lag), spec.num_features), dtype=np.float32)
-    _write_features(rows, lag, row >= L + 1, covariates, series.dates[0].dayofweek + row - L,
+    _write_features(rows, lag, row >= L + 1, covariates, epoch_day(series.dates[0]) + row - L,
                     magnitude_feature(scaler, spec), spec)
     return rows
 
@@ -454,6 +488,7 @@ class LazyWindows:
             self._units[days:days + len(s)] = s.target
             self._row_starts[k], self._day_starts[k] = rows, days
             rows, days = rows + len(lag), days + len(s)
+        self._first_epoch_day = np.array([epoch_day(s.dates[0]) for s in ordered], dtype=np.int64)
         self._first_weekday = np.array([s.dates[0].dayofweek for s in ordered], dtype=np.int64)
         fitted = [scalers[s.series_id] for s in ordered]
         self._magnitude = np.array([magnitude_feature(sc, spec) for sc in fitted], dtype=np.float32)
@@ -495,7 +530,7 @@ class LazyWindows:
         flat = self._row_starts[k][:, None] + local
         inputs = np.empty((len(k), L, spec.num_features), dtype=np.float32)
         _write_features(inputs, self._lag[flat], local >= L + 1, self._covariates[flat],
-                        self._first_weekday[k][:, None] + local - L, self._magnitude[k][:, None], spec)
+                        self._first_epoch_day[k][:, None] + local - L, self._magnitude[k][:, None], spec)
         centred, levels = center_windows(inputs, spec.level_days)
         if spec.weekday_profile:
             offsets = self._profile[k, (self._first_weekday[k] + d) % N_WEEKDAYS]

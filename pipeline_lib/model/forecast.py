@@ -27,12 +27,13 @@ from pipeline_lib.contract import (
 from pipeline_lib.data.features import (
     FeatureSpec,
     SeriesScaler,
+    calendar_features,
     center_windows,
+    epoch_day,
     feature_rows,
     fit_scaler,
     inverse_transform,
     target_offsets,
-    weekday_one_hot,
     window_context,
     windows_for_days,
 )
@@ -301,10 +302,10 @@ class ForecastModel:
             rows = feature_rows(series, scaler, self.spec)
             inputs.append(windows_for_days(rows, np.array([n]), L)[0])
             # Known parts of the rows of days n+1 .. n+horizon: covariates stay at their
-            # last value, the weekday advances, the lagged target is filled in by sampling.
+            # last value, the calendar advances, the lagged target is filled in by sampling.
             template = np.repeat(rows[-1:], horizon, axis=0)
-            template[:,
-                     self.spec.weekday_columns] = weekday_one_hot(series.dates[-1].dayofweek + 2 + np.arange(horizon))
+            template[:, self.spec.calendar_columns] = calendar_features(
+                epoch_day(series.dates[-1]) + 2 + np.arange(horizon), self.spec)
             future.append(template)
             locs.append(np.full(horizon, scaler.loc))
             scales.append(np.full(horizon, scaler.scale))

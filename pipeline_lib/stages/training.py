@@ -52,7 +52,8 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
                  "whole-number" if fractional is None else "fractional", 100 * zero_share)
     scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
                                 config.model.level_days,
-                                weekday_profile=config.model.weekday_profile)
+                                weekday_profile=config.model.weekday_profile,
+                                yearly_features=config.model.yearly_features)
     train_windows = LazyWindows(panel, scalers, spec, config.window, "train")
     validation_windows = train_windows.for_part(panel, config.window, "validation")
     log.info("training on %d windows (%s per epoch), validating on %s of %d", len(train_windows),
@@ -124,7 +125,8 @@ def _fit_on_every_day(config: PipelineConfig, panel: Panel, base: ForecastModel,
     ``base``'s weights if ``warm_start``); a divergence of a cold refit is recorded in MLflow."""
     scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
                                 config.model.level_days, part="all",
-                                weekday_profile=config.model.weekday_profile)
+                                weekday_profile=config.model.weekday_profile,
+                                yearly_features=config.model.yearly_features)
     windows = LazyWindows(panel, scalers, spec, config.window, "all")
     log.info("refitting on all %d windows (%s per epoch) for %d epochs%s", len(windows),
              _at_most(config.train.windows_per_epoch, len(windows)), epochs,
