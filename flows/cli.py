@@ -181,6 +181,7 @@ def train(
     # Reject bad input before TensorFlow loads and before any run or model exists.
     panel = load_panel(cfg.data, cfg.window)
     _say(f"      {len(panel.series)} series, {sum(len(s) for s in panel.series)} series-days")
+    del panel  # the flow reads its own copy: a catalogue's panel is gigabytes, not to be held twice
     _say(f"[2/3] training flow (state in {cfg.workdir})")
     _prepare_environment(cfg)
     from flows.training import training_pipeline
