@@ -41,3 +41,35 @@ def test_identity_keeps_samples_and_ranks():
     assert (np.diff(in_raw_order, axis=0) >= 0).all() and not np.allclose(widened, samples)
     with pytest.raises(ValueError, match="at least 20"):
         PitRecalibration.fit(np.full(5, 0.5))
+
+
+def test_paths_are_recalibrated_by_days_ahead():
+    """Paths whose spread falls further behind the truth's each day ahead (forecast N(mu, 1),
+    truth N(mu, (1 + 0.025 (h - 1))^2) on day h): one range of days ahead, fitted on other
+    paths, brings each range's 90% interval to about 90%, and leaves day 1 alone. (The truth
+    stays within the raw samples' range: a remap of samples cannot widen beyond it.)"""
+    from pipeline_lib.evaluation.calibration import HorizonRecalibration
+
+    rng = np.random.default_rng(3)
+    horizon, n_series = 28, 400
+
+    def paths():
+        days = np.tile(np.arange(1, horizon + 1), n_series)
+        mu = rng.normal(0, 3, len(days))
+        truth = mu + (1 + 0.025 * (days - 1)) * rng.standard_normal(len(days))
+        return truth, mu + rng.standard_normal((300, len(days))), days
+
+    y_fit, samples_fit, days_fit = paths()
+    recalibration = HorizonRecalibration.fit(m.probability_integral_transform(y_fit, samples_fit), days_fit)
+    assert recalibration.first_days == (2, 8, 15)
+    assert recalibration.bucket_of(np.array([1, 2, 7, 8, 14, 15, 28, 60])).tolist() == [-1, 0, 0, 1, 1, 2, 2, 2]
+    y, samples, days = paths()
+    fixed = recalibration.apply(samples, days)
+    np.testing.assert_array_equal(fixed[:, days == 1], samples[:, days == 1])
+    for first, last in ((2, 7), (8, 14), (15, 28)):
+        chosen = (days >= first) & (days <= last)
+        raw = m.prediction_interval_coverage(y[chosen], *m.interval_from_samples(samples[:, chosen], 0.9))
+        covered = m.prediction_interval_coverage(y[chosen], *m.interval_from_samples(fixed[:, chosen], 0.9))
+        assert raw < {2: 0.89, 8: 0.83, 15: 0.76}[first] and covered == pytest.approx(0.90, abs=0.02), (
+            first, raw, covered)
+    assert HorizonRecalibration.fit(np.full(50, 0.5), np.full(50, 3)) is None  # too few points

@@ -39,7 +39,7 @@ from pipeline_lib.data.features import (
 )
 from pipeline_lib.data.validate import Panel, Series
 from pipeline_lib.errors import DataValidationError, ModelLoadError
-from pipeline_lib.evaluation.calibration import PitRecalibration
+from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
 from pipeline_lib.model.heads import UNITS_SPACE
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.predict import sample_one_step, sample_paths
@@ -52,6 +52,7 @@ QUANTIZED_WEIGHTS_FILE = "weights.int8.npz"  # instead of WEIGHTS_FILE: see pipe
 CONFIG_FILE = "model.json"
 SCALERS_FILE = "scalers.json"
 CALIBRATION_FILE = "calibration.json"
+PATH_CALIBRATION_FILE = "path_calibration.json"
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ class ForecastModel:
 
     ``calibration`` (fitted after training on the validation days) remaps the predictive
     samples so their quantiles are calibrated; ``None`` serves the raw distribution.
+    ``path_calibration`` does the same for the days 2.. of sample paths, by days ahead
+    (without it they take ``calibration`` too).
     ``quantized``: the weights are an 8-bit posterior's (:meth:`quantized_copy`) and are
     saved as such.
     """
@@ -160,6 +163,7 @@ class ForecastModel:
     model_config: ModelConfig
     calibration: PitRecalibration | None = None
     quantized: bool = False
+    path_calibration: HorizonRecalibration | None = None
 
     @classmethod
     def create(cls, spec: FeatureSpec, scalers: dict[str, SeriesScaler], model_config: ModelConfig) -> ForecastModel:
@@ -181,6 +185,8 @@ class ForecastModel:
             {sid: vars(sc) for sid, sc in self.scalers.items()}, indent=1))
         if self.calibration is not None:
             (directory / CALIBRATION_FILE).write_text(json.dumps(vars(self.calibration)))
+        if self.path_calibration is not None:
+            (directory / PATH_CALIBRATION_FILE).write_text(json.dumps(self.path_calibration.to_dict()))
         return directory
 
     @classmethod
@@ -208,6 +214,9 @@ class ForecastModel:
             if (directory / CALIBRATION_FILE).exists():
                 raw = json.loads((directory / CALIBRATION_FILE).read_text())
                 model.calibration = PitRecalibration(tuple(raw["levels"]), raw["n_calibration"])
+            if (directory / PATH_CALIBRATION_FILE).exists():
+                model.path_calibration = HorizonRecalibration.from_dict(
+                    json.loads((directory / PATH_CALIBRATION_FILE).read_text()))
         except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
             raise ModelLoadError(
                 f"{directory}: model files missing or corrupt ({exc.__class__.__name__}: {exc})") from None
@@ -223,7 +232,7 @@ class ForecastModel:
         in 8 bits."""
         copy = ForecastModel.create(self.spec, self.scalers, self.model_config)
         copy.network.set_weights(dequantize(self._quantized_weights()))
-        copy.calibration, copy.quantized = self.calibration, True
+        copy.calibration, copy.path_calibration, copy.quantized = self.calibration, self.path_calibration, True
         return copy
 
     # --- inputs --------------------------------------------------------------------------
@@ -323,18 +332,26 @@ class ForecastModel:
                             for h in range(horizon)])  # (H, B, 3)
         paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
+        units = self._to_units(flat, day_levels.reshape(-1), locs, scales, np.concatenate(ceilings))
         return SampledForecast(
-            samples=self._calibrate(self._to_units(flat, day_levels.reshape(-1), locs, scales,
-                                                   np.concatenate(ceilings)), calibrated),
+            samples=self._calibrate_paths(units, np.tile(np.arange(1, horizon + 1), len(panel.series)), calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate(dates),
             epistemic_share=np.full(flat.shape[1], np.nan),
         )
 
-    def _calibrate(self, samples: np.ndarray, calibrated: bool) -> np.ndarray:
-        if calibrated and self.calibration is not None:
-            return self.calibration.apply(samples)
-        return samples
+    def _calibrate_paths(self, samples: np.ndarray, days_ahead: np.ndarray, calibrated: bool) -> np.ndarray:
+        """Path samples ``(K, N)`` recalibrated: day 1 by ``calibration``, later days by
+        ``path_calibration`` when there is one (else by ``calibration`` as well)."""
+        if not calibrated:
+            return samples
+        if self.path_calibration is None:
+            return samples if self.calibration is None else self.calibration.apply(samples)
+        out = self.path_calibration.apply(samples, days_ahead)
+        first = self.path_calibration.bucket_of(days_ahead) < 0
+        if self.calibration is not None and first.any():
+            out[:, first] = self.calibration.apply(samples[:, first])
+        return out
 
     def _to_units(self, samples: np.ndarray, levels: np.ndarray, locs: np.ndarray, scales: np.ndarray,
                   ceilings: np.ndarray) -> np.ndarray:

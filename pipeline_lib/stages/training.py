@@ -12,11 +12,18 @@ import tf_keras
 
 from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig
-from pipeline_lib.data.features import LazyWindows, actuals_for, fit_scalers, part_days, target_transform
+from pipeline_lib.data.features import (
+    LazyWindows,
+    actuals_for,
+    fit_scalers,
+    part_days,
+    split_points,
+    target_transform,
+)
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import DataValidationError, TrainingDivergedError
 from pipeline_lib.evaluation import metrics as m
-from pipeline_lib.evaluation.calibration import PitRecalibration
+from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
 from pipeline_lib.model.distribute import make_strategy
 from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster
 from pipeline_lib.model.heads import HEADS
@@ -75,6 +82,8 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
     model = _as_served(config, model)
     if config.evaluation.recalibrate:
         model.calibration = fit_recalibration(config, model, panel)
+    if config.evaluation.recalibrate_paths:
+        model.path_calibration = fit_path_recalibration(config, model, panel)
     return TrainedModel(model=model, training=result)
 
 
@@ -101,6 +110,8 @@ def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: 
                                       warm_start=False)
     if config.evaluation.recalibrate:
         model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout")
+    if config.evaluation.recalibrate_paths:
+        model.path_calibration = fit_path_recalibration(config, fitted.model, panel, part="holdout")
     return TrainedModel(model=model, training=result, evaluation_fit=fitted.training)
 
 
@@ -115,7 +126,7 @@ def warm_refit(config: PipelineConfig, panel: Panel, start_from: ForecastModel, 
     # it would let the first epochs shrink the weight uncertainty unchecked.
     steady = config.updated(train={"kl_annealing": "none"})
     model, _ = _fit_on_every_day(steady, panel, start_from, epochs, progress, warm_start=True)
-    model.calibration = start_from.calibration
+    model.calibration, model.path_calibration = start_from.calibration, start_from.path_calibration
     return model
 
 
@@ -171,6 +182,27 @@ def record_failure(config: PipelineConfig, stage: str, error: BaseException) -> 
     registry.configure(config.tracking_uri)
     return registry.record_failed_run(config.registry.experiment_name, config.artifact_root,
                                       f"failed-{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}", stage, str(error))
+
+
+def fit_path_recalibration(config: PipelineConfig, model: ForecastModel, panel: Panel,
+                           part: str = "validation") -> HorizonRecalibration | None:
+    """Recalibration of sample paths by days ahead (:class:`HorizonRecalibration`) from
+    ``model``'s raw paths over days it never trained on: from the first day of the
+    ``validation`` days through all of them, or for the ``holdout`` also from the first test
+    day through the test days; the series a training run scores. None when too few points."""
+    panel = scored_panel(config, panel)
+    blocks = [(lambda p: p.validation_start, config.window.validation_days)]
+    if part == "holdout":
+        blocks.append((lambda p: p.test_start, config.window.test_days))
+    pits, days_ahead = [], []
+    for block, (origin, steps) in enumerate(blocks):
+        keep = [origin(split_points(s, config.window)) for s in panel.series]
+        sampled = model.forecast(panel.truncate(keep), steps, config.evaluation.num_samples,
+                                 seed=config.evaluation.seed + 2 + block, calibrated=False)
+        actuals = np.concatenate([s.target[k:k + steps] for s, k in zip(panel.series, keep, strict=True)])
+        pits.append(m.probability_integral_transform(actuals, sampled.samples))
+        days_ahead.append(np.tile(np.arange(1, steps + 1), len(panel.series)))
+    return HorizonRecalibration.fit(np.concatenate(pits), np.concatenate(days_ahead))
 
 
 def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
