@@ -218,3 +218,30 @@ def test_sample_paths_read_the_calendar_of_the_days_they_forecast(panel, monkeyp
         rows = feature_rows(reached, scalers[series.series_id], spec)
         expected = rows[L + n + 1:L + n + 1 + horizon, spec.calendar_columns]  # days n+1 .. n+H
         np.testing.assert_array_equal(captured["future"][:, k, spec.calendar_columns], expected)  # (H, B, F)
+
+
+def test_a_saved_path_calibration_recalibrates_each_day_of_the_paths_by_its_days_ahead(panel, monkeypatch, tmp_path):
+    """Saved and loaded with the model, the path calibration remaps days 2.. of every path by
+    its range of days ahead, day 1 by the one-day calibration; raw paths stay raw."""
+    from pipeline_lib.config import ModelConfig
+    from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
+    from pipeline_lib.model import forecast as forecasting
+    from pipeline_lib.model.forecast import ForecastModel
+
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True))
+    model = ForecastModel.create(spec, scalers, ModelConfig(lstm_units=(4,), head="normal"))
+    rng = np.random.default_rng(0)
+    model.calibration = PitRecalibration.fit(rng.beta(2, 2, 500))  # narrows
+    model.path_calibration = HorizonRecalibration.fit(rng.beta(0.5, 0.5, 900), np.repeat([2, 8, 15], 300))
+    raw_paths = rng.normal(size=(50, len(panel.series), 20)).astype(np.float32)  # (K, B, H)
+    monkeypatch.setattr(forecasting, "sample_paths", lambda *args, **kwargs: raw_paths)
+    loaded = ForecastModel.load(model.save(tmp_path / "model"))
+    assert loaded.path_calibration == model.path_calibration and loaded.calibration == model.calibration
+
+    raw = loaded.forecast(panel, horizon=20, num_samples=50, calibrated=False).samples
+    served = loaded.forecast(panel, horizon=20, num_samples=50).samples
+    days = np.tile(np.arange(1, 21), len(panel.series))
+    np.testing.assert_allclose(served[:, days == 1], model.calibration.apply(raw[:, days == 1]))
+    for first, last, bucket in ((2, 7, 0), (8, 14, 1), (15, 20, 2)):
+        chosen = (days >= first) & (days <= last)
+        np.testing.assert_allclose(served[:, chosen], model.path_calibration.buckets[bucket].apply(raw[:, chosen]))
