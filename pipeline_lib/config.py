@@ -228,7 +228,7 @@ class EvaluationConfig(_Strict):
                                 "test_days each (one model per fold; 1 = the test split only)")
     recalibrate: bool = Field(True, description="fit a PIT recalibration on the validation days "
                               "and serve calibrated quantiles (raw metrics are logged too)")
-    recalibrate_paths: bool = Field(False, description="also recalibrate sample paths by days ahead (2-7, "
+    recalibrate_paths: bool = Field(True, description="also recalibrate sample paths by days ahead (2-7, "
                                     "8-14, 15+), fitted on paths over unseen days from one origin")
     max_series: int | None = Field(
         500, ge=1, description="series scored by a training run's Monte Carlo evaluation, recalibration, "
