@@ -107,6 +107,21 @@ def test_a_source_not_grouped_by_series_is_read_whole_and_says_so(tmp_path, monk
     assert len(panel.notes) == 1 and "not grouped by series" in panel.notes[0] and "sort by series_id" in panel.notes[0]
 
 
+def test_a_parquet_directory_not_grouped_by_series_is_read_whole_too(tmp_path):
+    """Two files each holding half of every series' days (as a job partitioned by date would
+    write them)."""
+    frame = _catalogue()
+    (tmp_path / "sales").mkdir()
+    early = frame["date"] < "2023-01-22"
+    frame[early].to_parquet(tmp_path / "sales" / "part-0.parquet")
+    frame[~early].to_parquet(tmp_path / "sales" / "part-1.parquet")
+
+    panel = read_panel(DataConfig(path=tmp_path / "sales", read_chunk_rows=CHUNK_ROWS))
+
+    _same_panel(panel, validate_table(frame, DataConfig(), 1))
+    assert "not grouped by series" in panel.notes[0]
+
+
 def test_an_empty_source_is_refused(tmp_path):
     _catalogue().iloc[0:0].to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(DataValidationError, match="no rows"):

@@ -362,7 +362,7 @@ def read_panel(data: DataConfig, min_days: int = 1) -> Panel:
     Raises:
         DataValidationError: as :func:`validate_table`, rows numbered in the whole source.
     """
-    from pipeline_lib.data.ingest import NotGroupedBySeries, read_blocks, read_table, whole_series
+    from pipeline_lib.data.ingest import NotGroupedBySeries, read_blocks, whole_series
 
     rows = data.read_chunk_rows
     series: list[Series] = []
@@ -378,8 +378,8 @@ def read_panel(data: DataConfig, min_days: int = 1) -> Panel:
                 chunk_config = data.model_copy(update={"covariate_cols": covariate_names})
             series.extend(part.series)
             filled += part.filled_days
-    except NotGroupedBySeries as scattered:
-        whole = validate_table(read_table(data), data, min_days)
+    except NotGroupedBySeries as scattered:  # the same reader, every block at once
+        whole = validate_table(pd.concat(list(read_blocks(data, rows)), ignore_index=True), data, min_days)
         note = (f"read whole: the rows are not grouped by series ({scattered}); group them (sort by "
                 f"{data.id_col}, or partition Parquet by series) to read the source chunk by chunk")
         return replace(whole, notes=(*whole.notes, note))
