@@ -188,6 +188,9 @@ def train(
 
     outcome = training_pipeline(cfg)
     _say("[3/3] done")
+    if outcome is None:
+        typer.echo("a worker of a multi-worker training: trained its share; the chief (worker 0) registers")
+        return
     typer.echo(f"run_id: {outcome.run_id}")
     typer.echo(f"model: {outcome.model_name} version {outcome.version} ({', '.join(outcome.aliases)})")
     typer.echo(f"test PICP95 {outcome.metrics['picp_95']:.3f}  PICP90 {outcome.metrics['picp_90']:.3f}  "

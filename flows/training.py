@@ -26,6 +26,7 @@ from flows.common import NO_CACHE_TASK, ingest
 from flows.runners import task_runner
 from pipeline_lib import stages
 from pipeline_lib.config import PipelineConfig, deployed_config
+from pipeline_lib.model.distribute import is_chief
 from pipeline_lib.model.forecast import ForecastModel, ModelFiles, SampledForecast
 
 
@@ -112,14 +113,18 @@ def register(config: PipelineConfig, panel, trained, evaluation, plots, gate):
 
 @flow(name="training_pipeline", log_prints=True)
 def training_pipeline(config: PipelineConfig | None = None, progress: bool = True,
-                      champion_failing: bool = False) -> stages.TrainingOutcome:
+                      champion_failing: bool = False) -> stages.TrainingOutcome | None:
     """Train, evaluate, gate and register a Bayesian LSTM (champion only through the gate).
 
     ``config``: None (a scheduled deployment) reads ``$BAYES_PIPELINE_CONFIG``.
     ``champion_failing``: set by the monitoring when the champion breached its coverage
     threshold; the gate then judges the challenger relative to the champion.
+    Returns None in a worker of a multi-worker training other than the chief
+    (``train.distribute: multi_worker``), which trains its share and registers nothing.
     """
     config = config or deployed_config()
+    if not is_chief(config.train.distribute):  # another worker of a multi-worker training
+        return _train_as_worker(config, progress)
     check_registry(config)
     panel = ingest(config, for_training=True)
     trained = train(config, panel, progress)
@@ -145,6 +150,17 @@ def training_pipeline(config: PipelineConfig | None = None, progress: bool = Tru
         outcome = register(config, panel, served, evaluation, plots, gate)
     _publish(outcome)
     return outcome
+
+
+def _train_as_worker(config: PipelineConfig, progress: bool) -> None:
+    """Take this worker's share of the evaluation fit and of the refit (the same steps as the
+    chief, whose gradients it all-reduces with), and leave evaluating, gating and registering
+    to the chief."""
+    panel = ingest(config, for_training=True)
+    trained = train(config, panel, progress)
+    if config.train.refit:
+        refit(config, panel, trained, progress)
+    get_run_logger().info("a worker of a multi-worker training: trained its share; the chief registers")
 
 
 def _publish(outcome: stages.TrainingOutcome) -> None:

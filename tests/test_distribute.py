@@ -145,3 +145,50 @@ def test_two_workers_of_a_multi_worker_strategy_take_the_single_device_step():
         diff = max(float(np.abs(np.array(a) - np.array(b)).max())
                    for a, b in zip(out["weights"], reference["weights"], strict=True))
         assert diff < 1e-5, diff
+
+
+@pytest.mark.model
+def test_a_multi_worker_training_run_registers_one_version_from_the_chief(tmp_path):
+    """`bayes-pipeline train` started on two workers (TF_CONFIG, as an operator starts them):
+    both train their share of the evaluation fit and the refit; only worker 0 evaluates and
+    registers, so there is one model version, and the other worker's state holds no MLflow
+    run at all."""
+    import yaml
+    from support import synthetic_demand
+
+    synthetic_demand(n_series=3, n_days=80).to_csv(tmp_path / "demand.csv", index=False)
+    config = {
+        "window": {"context_length": 14, "validation_days": 14, "test_days": 7, "min_train_days": 14},
+        "model": {"lstm_units": [4]},
+        "train": {"epochs": 2, "batch_size": 64, "patience": 1, "kl_ramp_epochs": 1, "distribute": "multi_worker"},
+        "evaluation": {"num_samples": 20, "fan_chart_series": 1},
+        "serving": {"num_samples": 20},
+        "inventory": {"in_training_run": False},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    base.pop("PREFECT_API_URL", None)
+    workers = []
+    for k in range(2):
+        env = {**base, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": k}}),
+               "BAYES_PIPELINE_WORKDIR": str(tmp_path / f"worker{k}")}
+        env.pop("PREFECT_HOME", None)
+        workers.append(subprocess.Popen(
+            [sys.executable, "-c", "from flows.cli import main; main()", "train", "--data",
+             str(tmp_path / "demand.csv"), "--config", str(tmp_path / "config.yaml")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=600)
+        assert worker.returncode == 0, stderr[-3000:]
+        outputs.append(stdout)
+    assert "model: " in outputs[0] and "version 1" in outputs[0], outputs[0]
+    assert "a worker of a multi-worker training" in outputs[1] and "run_id" not in outputs[1], outputs[1]
+    assert not (tmp_path / "worker1" / "mlflow.db").exists()
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'worker0' / 'mlflow.db'}")
+    versions = client.search_model_versions()
+    assert len(versions) == 1, versions

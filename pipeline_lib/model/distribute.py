@@ -11,13 +11,18 @@
   batches in the same order), reads ``TF_CONFIG`` (the cluster's workers and its own
   index), takes its replicas' slices of each batch and all-reduces the gradients with the
   others. Without ``TF_CONFIG`` it is one local worker. Create it before any other
-  TensorFlow work in the process (TensorFlow's rule).
+  TensorFlow work in the process (TensorFlow's rule); it is created once per process and
+  reused by the refit. Only the chief (:func:`is_chief`) evaluates, gates and registers.
 
 The variables of the network and of the optimizer must be created inside
 ``strategy.scope()``; :func:`pipeline_lib.stages.train` does that.
 """
 
 from __future__ import annotations
+
+import functools
+import json
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -29,8 +34,29 @@ def make_strategy(kind: str, devices: tuple[str, ...] | None = None) -> tf.distr
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
     if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy()
     raise ValueError(f"unknown distribution strategy {kind!r}")
+
+
+@functools.cache
+def _multi_worker_strategy() -> tf.distribute.Strategy:
+    # One per process: TensorFlow configures its collectives once, so the refit reuses the
+    # evaluation fit's strategy.
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(kind: str) -> bool:
+    """Whether this process is the one that evaluates, gates and registers after training:
+    always, except a ``multi_worker`` process whose ``TF_CONFIG`` names it as another task
+    than the chief (a task of type ``chief``, else worker 0)."""
+    raw = os.environ.get("TF_CONFIG")
+    if kind != "multi_worker" or not raw:
+        return True
+    spec = json.loads(raw)
+    task, cluster = spec.get("task", {}), spec.get("cluster", {})
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
 
 
 def split_batch(strategy: tf.distribute.Strategy, *arrays: np.ndarray):

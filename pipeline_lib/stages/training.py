@@ -24,7 +24,7 @@ from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import DataValidationError, TrainingDivergedError
 from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
-from pipeline_lib.model.distribute import make_strategy
+from pipeline_lib.model.distribute import is_chief, make_strategy
 from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster
 from pipeline_lib.model.heads import HEADS
 from pipeline_lib.model.training import TrainingResult, train_model
@@ -178,7 +178,10 @@ def backtest_model(config: PipelineConfig, panel: Panel, progress: bool = True) 
 
 
 def record_failure(config: PipelineConfig, stage: str, error: BaseException) -> str | None:
-    """Leave a FAILED run in MLflow saying which stage stopped and why (nothing registered)."""
+    """Leave a FAILED run in MLflow saying which stage stopped and why (nothing registered);
+    the chief's to leave, in a multi-worker training."""
+    if not is_chief(config.train.distribute):
+        return None
     registry.configure(config.tracking_uri)
     return registry.record_failed_run(config.registry.experiment_name, config.artifact_root,
                                       f"failed-{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}", stage, str(error))
