@@ -108,3 +108,33 @@ def test_save_load_round_trip_reproduces_distribution(small_config, synthetic_cs
     before = trained.model.one_step(panel, days, num_samples=25, seed=11).samples
     after = restored.one_step(panel, days, num_samples=25, seed=11).samples
     np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-6)
+
+
+def test_the_ingest_task_retries_a_source_that_blinks_but_not_bad_data(prefect_harness, small_config, monkeypatch):
+    """A database error is retried (it may pass); a data-contract error is not (it will not)."""
+    from prefect import flow
+
+    from flows import common
+    from pipeline_lib.errors import DataValidationError
+
+    calls = []
+
+    def failing(error):
+        def load(config, for_training=False):
+            calls.append(error)
+            raise error
+        return load
+
+    ingest = common.ingest.with_options(retry_delay_seconds=0)
+
+    @flow
+    def read(config):
+        return ingest(config)
+
+    for error, attempts in ((DataValidationError("d.csv: negative demand at row 3"), 1),
+                            (ConnectionError("database went away"), 3)):
+        calls.clear()
+        monkeypatch.setattr(common.stages, "load", failing(error))
+        with pytest.raises(type(error)):
+            read(small_config)
+        assert len(calls) == attempts, (error, calls)
