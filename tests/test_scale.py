@@ -204,9 +204,10 @@ def test_training_memory_grows_with_the_data_not_with_its_windows(small_config):
     """Ten times the series: the training run's extra memory grows by a few bytes per added
     series-day (the compact arrays LazyWindows keeps), not by the L x F floats of a
     materialised window each (14 x 10 x 4 = 560 bytes here), and an epoch draws a fixed
-    number of windows."""
+    number of windows. The recalibrations sample the series a training run scores, at most
+    ``evaluation.max_series``: capped at 20 here, they cost the same for both panels."""
     config = small_config.updated(train={"epochs": 1, "windows_per_epoch": 512, "validation_windows": 256},
-                                  evaluation={"recalibrate": False})
+                                  evaluation={"max_series": 20})
     _training_peak_bytes(config, 20)  # one-off allocations (graph tracing, caches) land here
     small, large = _training_peak_bytes(config, 20), _training_peak_bytes(config, 200)
     added_series_days = (200 - 20) * 120
