@@ -489,7 +489,6 @@ class LazyWindows:
             self._row_starts[k], self._day_starts[k] = rows, days
             rows, days = rows + len(lag), days + len(s)
         self._first_epoch_day = np.array([epoch_day(s.dates[0]) for s in ordered], dtype=np.int64)
-        self._first_weekday = np.array([s.dates[0].dayofweek for s in ordered], dtype=np.int64)
         fitted = [scalers[s.series_id] for s in ordered]
         self._magnitude = np.array([magnitude_feature(sc, spec) for sc in fitted], dtype=np.float32)
         self._loc = np.array([sc.loc for sc in fitted])
@@ -533,7 +532,7 @@ class LazyWindows:
                         self._first_epoch_day[k][:, None] + local - L, self._magnitude[k][:, None], spec)
         centred, levels = center_windows(inputs, spec.level_days)
         if spec.weekday_profile:
-            offsets = self._profile[k, (self._first_weekday[k] + d) % N_WEEKDAYS]
+            offsets = self._profile[k, (self._first_epoch_day[k] + d + _THURSDAY) % N_WEEKDAYS]
         else:
             offsets = np.zeros(len(k), dtype=np.float32)
         day = self._day_starts[k] + d
