@@ -189,6 +189,9 @@ def test_a_multi_worker_training_run_registers_one_version_from_the_chief(tmp_pa
     assert not (tmp_path / "worker1" / "mlflow.db").exists()
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'worker0' / 'mlflow.db'}")
+    chief = f"sqlite:///{tmp_path / 'worker0' / 'mlflow.db'}"
+    # The registry URI too: without it the client reads whichever registry an earlier test
+    # in this process configured.
+    client = mlflow.MlflowClient(tracking_uri=chief, registry_uri=chief)
     versions = client.search_model_versions()
     assert len(versions) == 1, versions
