@@ -189,6 +189,11 @@ class TrainConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
+    learning_rate_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: decay per epoch from learning_rate to learning_rate * "
+        "final_learning_rate_factor over `epochs` (the refit, which runs fewer epochs, follows the same curve)")
+    final_learning_rate_factor: float = Field(0.1, gt=0, le=1, description="cosine: the last epoch's share "
+                                              "of learning_rate")
     clip_norm: float = Field(5.0, gt=0)
     patience: int = Field(5, ge=1, description="epochs without validation-NLL improvement")
     kl_weight: float = Field(1.0, ge=0)

@@ -14,7 +14,7 @@ from pipeline_lib.model.layers import FLIPOUT, TILED, BayesianLSTM
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.predict import predict_distribution, sample_one_step
 from pipeline_lib.model.priors import kl_divergence, make_prior
-from pipeline_lib.model.training import kl_beta, train_model
+from pipeline_lib.model.training import epoch_learning_rate, kl_beta, train_model
 
 tfd = tfp.distributions
 RNG = np.random.default_rng(0)
@@ -174,6 +174,20 @@ def test_kl_annealing_schedules():
     assert [kl_beta(e, linear) for e in range(5)] == [0.125, 0.25, 0.375, 0.5, 0.5]
     step = TrainConfig(kl_annealing="step")
     assert [kl_beta(e, step) for e in (0, 9, 10, 25, 200)] == [0.0, 0.0, 0.1, 0.2, 1.0]
+
+
+def test_cosine_learning_rate_is_what_the_optimizer_uses_in_the_fit_and_the_refit():
+    config = TrainConfig(epochs=3, batch_size=64, learning_rate=1e-2, patience=8, kl_ramp_epochs=1,
+                         learning_rate_schedule="cosine", final_learning_rate_factor=0.1)
+    expected = [1e-2, 1e-2 * (0.1 + 0.9 * 0.5), 1e-3]  # half a cosine: start, middle, floor
+    assert [epoch_learning_rate(e, config) for e in range(3)] == pytest.approx(expected)
+    assert epoch_learning_rate(1, config.model_copy(update={"learning_rate_schedule": "constant"})) == 1e-2
+    (train, _), (validation, _) = _regression_data(256, 0), _regression_data(64, 1)
+    model = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(4, 4))).build_for(6)
+    fit = train_model(model, train, validation, config, progress=False)
+    refit = train_model(model, train, None, config, progress=False, epochs=2)
+    assert [r["learning_rate"] for r in fit.history] == pytest.approx(expected)
+    assert [r["learning_rate"] for r in refit.history] == pytest.approx(expected[:2])
 
 
 def test_nan_guard_stops_training():

@@ -42,6 +42,18 @@ def kl_beta(epoch: int, config: TrainConfig) -> float:
     return config.kl_weight * factor
 
 
+def epoch_learning_rate(epoch: int, config: TrainConfig) -> float:
+    """Learning rate of a 0-based ``epoch``. ``cosine`` follows half a cosine from
+    ``learning_rate`` (epoch 0) to ``learning_rate * final_learning_rate_factor`` (epoch
+    ``epochs - 1``); it is a function of the epoch alone, so a refit that runs the first
+    ``k`` epochs sees the rates the evaluation fit saw in its first ``k``."""
+    if config.learning_rate_schedule == "constant" or config.epochs == 1:
+        return config.learning_rate
+    progress = min(1.0, epoch / (config.epochs - 1))
+    floor = config.final_learning_rate_factor
+    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 @dataclass
 class TrainingResult:
     history: list[dict] = field(default_factory=list)
@@ -220,6 +232,7 @@ def _train_model(model, train, validation, config, progress, strategy, epochs, d
     for epoch in epochs:
         epoch_started = time.perf_counter()
         beta.assign(kl_beta(epoch, config))
+        optimizer.learning_rate.assign(epoch_learning_rate(epoch, config))
         order = epoch_sample(rng, n_train, config.windows_per_epoch)
         totals = np.zeros(3)
         batches = 0
@@ -235,7 +248,8 @@ def _train_model(model, train, validation, config, progress, strategy, epochs, d
             totals += (loss, float(nll), float(kl))
             batches += 1
         record = {"epoch": epoch + 1, "loss": totals[0] / batches, "nll": totals[1] / batches,
-                  "kl": totals[2] / batches, "beta": float(beta.numpy()), "windows": len(order)}
+                  "kl": totals[2] / batches, "beta": float(beta.numpy()),
+                  "learning_rate": float(optimizer.learning_rate.numpy()), "windows": len(order)}
         if validation is None:
             record["seconds"] = time.perf_counter() - epoch_started
             result.history.append(record)
