@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from pipeline_lib.config import PipelineConfig
 from pipeline_lib.data.validate import Panel, Series
 from pipeline_lib.forecasting.batch import forecast_frame
 from pipeline_lib.model.forecast import SampledForecast
-from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probability
+from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probability, protection_covered
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN
 from pipeline_lib.monitoring.simulation import (
     SCENARIOS,
@@ -84,12 +85,14 @@ OPS = ModelOps(forecast=_forecast, retrain=_refit_on_last_week,
                                                                                                   seen).levels))
 
 
-def test_a_calibrated_model_without_change_is_never_retrained():
+@pytest.mark.parametrize("policy", ["rule", "protection"])
+def test_a_calibrated_model_without_change_is_never_retrained(policy):
     """60 days, 50 series, the true levels: the rule stays quiet. A breach day has
     probability breach_probability(...) = 3.8% (binomial, 50 series), three in a row about
-    5e-5 a day; the breach days seen stay within the binomial's 99.9% bound."""
+    5e-5 a day; the breach days seen stay within the binomial's 99.9% bound. The same for
+    the rule on the orders' coverage (a 95% order level holds at least 95% of the time)."""
     panel, levels = _panel()
-    run = run_policy("rule", LevelModel(levels), panel, START, _settings(), OPS)
+    run = run_policy(policy, LevelModel(levels), panel, START, _settings(), OPS)
     summary = run.summary(_settings(), np.zeros(N_SERIES, dtype=bool))
     assert summary["retrains"] == 0 and summary["false_alarm_actions"] == 0
     assert summary["pic_before_change"] > 0.94
@@ -113,7 +116,7 @@ def test_a_planted_shift_is_retrained_on_its_third_breach_day_and_saves_stockout
     planted, changed = SCENARIOS["shift"].plant(panel, change)
     assert changed.all()
     rows = {}
-    for policy in ("never", "rule", "online_first", "weekly", "rule_rearmed"):
+    for policy in ("never", "rule", "online_first", "weekly", "rule_rearmed", "protection"):
         run = run_policy(policy, LevelModel(levels), planted, START, _settings(change), OPS)
         rows[policy] = run.summary(_settings(change), changed) | {"actions": run.actions}
     rule = rows["rule"]
@@ -133,6 +136,16 @@ def test_a_planted_shift_is_retrained_on_its_third_breach_day_and_saves_stockout
     rearmed = sorted(rows["rule_rearmed"]["actions"])
     assert rearmed[:2] == [change + dt.timedelta(days=2), change + dt.timedelta(days=5)]
     assert rows["rule_rearmed"]["emergency_replenishments"] < rule["emergency_replenishments"]
+    # The orders' coverage: the level set two days before the change already meets one shifted
+    # day; the rule on it retrains within the first protection period and a half.
+    protection = rows["protection"]
+    assert 2 <= protection["detection_delay_action"] <= 4, protection["actions"]
+    assert protection["false_alarm_actions"] == 0
+    assert protection["emergency_replenishments"] < never
+    # Orders held over their protection period: almost never for the stale model, more often
+    # once retrained, most often when retrained again and again.
+    held = {p: r["orders_held_after_change"] for p, r in rows.items()}
+    assert held["never"] < 0.1 < held["rule"] < 0.5 < held["rule_rearmed"]
     saved = saved_against_never([{"policy": p, **r} for p, r in rows.items()])
     assert saved == pytest.approx((never - rule["emergency_replenishments"]) / never)
 
@@ -147,6 +160,52 @@ def test_a_shift_in_a_fifth_of_the_series_is_planted_only_there():
         factor = 1.8 if changed[k] else 1.0
         np.testing.assert_array_equal(after.target[day:], np.round(before.target[day:] * factor))
         np.testing.assert_array_equal(after.target[:day], before.target[:day])
+
+
+class AntiCorrelatedModel(LevelModel):
+    """Each day's samples are right (the true Poisson), but a path pairs a low day with a high
+    one (the k-th smallest draw, then the k-th largest, ...), so a two-day sum hardly varies:
+    one-day intervals cover, the order levels fall short."""
+
+    def forecast(self, panel, horizon, num_samples, seed=0, calibrated=True) -> SampledForecast:
+        flat = super().forecast(panel, horizon, num_samples, seed)
+        paths = flat.samples.reshape(num_samples, len(self.levels), horizon)
+        ranked = np.sort(paths[:, :, 0], axis=0)
+        paths = np.stack([ranked if h % 2 == 0 else ranked[::-1] for h in range(horizon)], axis=2)
+        return SampledForecast(paths.reshape(num_samples, -1), flat.series_ids, flat.dates, flat.epistemic_share)
+
+
+def test_the_rule_on_the_orders_sees_what_the_one_day_coverage_cannot():
+    panel, levels = _panel()
+    settings = replace(_settings(), lead_time=1)  # two-day protection periods
+    config = CONFIG.updated(inventory={"lead_time_days": 1})
+
+    def forecast(model, known: Panel) -> pd.DataFrame:
+        day = (max(s.dates[-1] for s in known.series) - pd.Timestamp(START)).days
+        return forecast_frame(config, model, known, config.serving.horizon, seed=HISTORY + day, model_version="1")
+
+    ops = ModelOps(forecast, retrain=lambda model, seen: LevelModel(levels), update=OPS.update)  # finds the truth
+    runs = {policy: run_policy(policy, AntiCorrelatedModel(levels), panel, START, settings, ops)
+            for policy in ("rule", "protection")}
+    rows = {policy: run.summary(settings, np.zeros(N_SERIES, dtype=bool)) for policy, run in runs.items()}
+    assert rows["rule"]["pic_before_change"] > 0.94 and rows["rule"]["retrains"] == 0
+    # Periods end from day 1: breaches on days 1, 2, 3 retrain on day 3, and the true model holds.
+    assert list(runs["protection"].actions) == [START + dt.timedelta(days=3)]
+    assert rows["protection"]["emergency_replenishments"] < 0.7 * rows["rule"]["emergency_replenishments"]
+
+
+def test_protection_coverage_matches_a_loop_over_the_periods():
+    rng = np.random.default_rng(4)
+    demand = rng.poisson(5.0, (30, 7)).astype(float)
+    levels = rng.uniform(10, 25, (30, 7))
+    levels[3, 2] = demand[3:6, 2].sum()  # a level equal to its period's demand holds
+    held = protection_covered(levels, demand, 3)
+    expected = np.array([[demand[t:t + 3, k].sum() <= levels[t, k] for k in range(7)] for t in range(28)])
+    assert held.shape == (28, 7) and held[3, 2]
+    np.testing.assert_array_equal(held, expected)
+    assert protection_covered(levels[:2], demand[:2], 3).shape == (0, 7)
+    with pytest.raises(ValueError, match="must both be"):
+        protection_covered(levels, demand[:, :3], 3)
 
 
 @pytest.mark.parametrize("correlation", [0.0, 0.05])

@@ -72,6 +72,26 @@ def breach_probability(rule: BreachRule, n: int, correlation: float = 0.0) -> fl
     return float(sum(p for c, p in zip(covered, pmf, strict=True) if rule(int(c), n)))
 
 
+def protection_covered(levels: np.ndarray, demand: np.ndarray, protection_days: int) -> np.ndarray:
+    """Whether each order-up-to level held: ``(T, N)`` levels set on days ``0 .. T-1`` (each
+    protecting its day and the ``protection_days - 1`` after it) and the ``(T, N)`` demand of
+    the same days -> ``(T - protection_days + 1, N)``: row ``t`` is True where the demand of
+    days ``t .. t + protection_days - 1`` did not exceed day ``t``'s level. This is the
+    coverage a planner's orders live on (a one-day interval can cover while the orders fall
+    short); a level set at service level ``s`` holds with probability at least ``s``."""
+    levels, demand = np.asarray(levels, dtype=float), np.asarray(demand, dtype=float)
+    if levels.shape != demand.shape or levels.ndim != 2:
+        raise ValueError(f"levels {levels.shape} and demand {demand.shape} must both be (days, series)")
+    if protection_days < 1:
+        raise ValueError(f"protection_days must be at least 1, got {protection_days}")
+    if len(demand) < protection_days:
+        return np.zeros((0, demand.shape[1]), dtype=bool)
+    cumulative = np.concatenate([np.zeros((1, demand.shape[1])), np.cumsum(demand, axis=0)])
+    period = cumulative[protection_days:] - cumulative[:-protection_days]
+    # A relative tolerance, so a level equal to the demand's sum holds despite rounding.
+    return period <= levels[:len(period)] * (1 + 1e-9) + 1e-9
+
+
 def segment_names(edges: tuple[float, ...]) -> list[str]:
     """``(10, 50)`` -> ``['slow', 'medium', 'fast']``; other edge counts get ``seg0..``."""
     if len(edges) == 2:

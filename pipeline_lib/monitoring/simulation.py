@@ -26,9 +26,12 @@ Policies (:data:`POLICIES`), run on the same days and the same planted demand:
 one per streak: :func:`~pipeline_lib.monitoring.policy.retrain_decision`, the production
 function); ``online_first`` (an online update first, a retrain if the streak goes on);
 ``weekly`` (retrain every ``every_days`` days, whatever the coverage); ``binomial`` (the rule
-with the binomial breach test); ``rule_rearmed`` (the rule, but a streak that goes on after
-a retrain counts afresh from the day after it, so a retrained model that still breaches is
-retrained again). Every retrain has the same budget: a warm start from the current model,
+with the binomial breach test); ``protection`` (the rule on the orders' coverage: a day is a
+breach when fewer than ``threshold`` of the series' demand over the lead time + review period
+that ended that day stayed within the order-up-to level set at its start,
+:func:`~pipeline_lib.monitoring.coverage.protection_covered`); ``rule_rearmed`` (the rule,
+but a streak that goes on after a retrain counts afresh from the day after it, so a retrained
+model that still breaches is retrained again). Every retrain has the same budget: a warm start from the current model,
 refitted on every day so far for ``retrain_epochs`` epochs.
 """
 
@@ -50,12 +53,13 @@ from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.evaluation.metrics import inside_interval
 from pipeline_lib.inventory.backtest import SimulationResult, simulate
-from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probability
+from pipeline_lib.monitoring.coverage import BINOMIAL, BreachRule, breach_probability, protection_covered
 from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, retrain_decision
 from pipeline_lib.monitoring.replay import planted
 
 NEVER, RULE, ONLINE_FIRST, WEEKLY, REARMED = "never", "rule", "online_first", "weekly", "rule_rearmed"
-POLICIES = (NEVER, RULE, ONLINE_FIRST, WEEKLY, BINOMIAL, REARMED)
+PROTECTION = "protection"
+POLICIES = (NEVER, RULE, ONLINE_FIRST, WEEKLY, BINOMIAL, REARMED, PROTECTION)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,10 @@ class SimulationSettings:
     review_period: int = 1
     service_level: float = 0.95  # what the forecast's order_up_to was computed for (the report states it)
 
+    @property
+    def protection_days(self) -> int:
+        return self.lead_time + self.review_period
+
 
 @dataclass
 class PolicyRun:
@@ -163,6 +171,9 @@ class PolicyRun:
         retrain_days = sorted(self.actions)
         breach = np.array(self.breach)
         covered = np.stack(self.covered)
+        # Row t: did the level set on day t hold over its protection period (known P - 1 days later).
+        held = protection_covered(np.stack(self.levels), np.stack(self.demand), settings.protection_days)
+        held_after = after[:len(held)]
         return {
             "policy": self.policy,
             "emergency_replenishments": stock.stockout_days,
@@ -182,6 +193,7 @@ class PolicyRun:
             "pic_after_change": float(np.mean(np.array(self.pic)[after])) if after.any() else float("nan"),
             "pic_after_change_changed_series": (float(covered[after][:, changed].mean())
                                                 if after.any() and changed.any() else float("nan")),
+            "orders_held_after_change": float(held[held_after].mean()) if held_after.any() else float("nan"),
             "pic_before_change": float(np.mean(np.array(self.pic)[before])) if before.any() else float("nan"),
             "coverage_correlation": coverage_correlation(covered[before]) if before.sum() > 2 else float("nan"),
         }
@@ -221,7 +233,9 @@ def run_policy(policy: str, model, panel: Panel, start: dt.date, settings: Simul
         raise ValueError(f"the simulated days {start} + {settings.days} must lie inside every series, after "
                          "some history")
     breach_rule = replace(settings.breach, rule=BINOMIAL) if policy == BINOMIAL else settings.breach
-    lower, upper = interval_columns(breach_rule.level)
+    lower, upper = interval_columns(settings.breach.level)
+    orders_rule = replace(settings.breach, level=settings.service_level)
+    period = settings.protection_days
     run = PolicyRun(policy)
     breaches: dict[dt.date, bool] = {}
     claimed: set[dt.date] = set()
@@ -234,13 +248,19 @@ def run_policy(policy: str, model, panel: Panel, start: dt.date, settings: Simul
             raise ValueError(f"no order level for {day}: serving.horizon must cover lead time + review period")
         actual = np.array([s.target[o + t] for s, o in zip(panel.series, origins, strict=True)], dtype=float)
         covered = inside_interval(actual, today[lower].to_numpy(), today[upper].to_numpy())
-        breaches[day] = breach_rule(int(covered.sum()), len(covered))
         run.dates.append(day)
         run.pic.append(float(covered.mean()))
-        run.breach.append(breaches[day])
         run.covered.append(covered)
         run.levels.append(today["order_up_to"].to_numpy(dtype=float))
         run.demand.append(actual)
+        if policy != PROTECTION:
+            breaches[day] = breach_rule(int(covered.sum()), len(covered))
+        elif t + 1 >= period:  # the level set `period - 1` days ago has met all its demand today
+            held = protection_covered(np.stack(run.levels[-period:]), np.stack(run.demand[-period:]), period)[0]
+            breaches[day] = orders_rule(int(held.sum()), len(held))
+        else:
+            breaches[day] = False
+        run.breach.append(breaches[day])
 
         action = _action(policy, t, day, breaches, claimed, settings, max(run.actions, default=None))
         if action is not None:
@@ -312,7 +332,8 @@ def comparison_table(rows: list[dict]) -> str:
                ("detection_delay_breach", "delay to breach (d)", "{:.0f}"),
                ("detection_delay_action", "delay to action (d)", "{:.0f}"),
                ("pic_after_change", "PIC after", "{:.3f}"),
-               ("pic_after_change_changed_series", "PIC after, changed series", "{:.3f}")]
+               ("pic_after_change_changed_series", "PIC after, changed series", "{:.3f}"),
+               ("orders_held_after_change", "orders held after", "{:.3f}")]
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
              "|" + "---|" * len(columns)]
     for row in rows:
