@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 USER = "pipeline"
 PASSWORD = secrets.token_urlsafe(16)
 PREFECT_AUTH = f"admin:{secrets.token_urlsafe(16)}"
+# The demand source's password: the flows read it from $BAYES_PIPELINE_SQL_URL, and the test
+# looks for it everywhere the stack writes (issue [3/6]: secrets never reach a run, an
+# artifact, a parameter or a log).
+SOURCE_PASSWORD = f"leakmarker{secrets.token_hex(12)}"
 BIN = Path(sys.executable).parent
 
 
@@ -87,6 +91,14 @@ def stack(tmp_path_factory):
         subprocess.run(["sh", str(ROOT / "infra" / "postgres" / "01-databases.sh")], env=env_pg, check=True,
                        capture_output=True)
         db = f"{USER}:{PASSWORD}@127.0.0.1:{pg_port}"
+        # A database of demand that a separate, read-only-ish role owns, as a shop's would be.
+        subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "--username", USER, "--dbname", "postgres",
+                        "-c", f"CREATE ROLE sales_reader LOGIN PASSWORD '{SOURCE_PASSWORD}'",
+                        "-c", "CREATE DATABASE sales OWNER sales_reader"], env=env_pg, check=True, capture_output=True)
+        import sqlalchemy as sa
+
+        source_url = sa.engine.URL.create("postgresql+psycopg2", "sales_reader", SOURCE_PASSWORD, "127.0.0.1",
+                                          pg_port, "sales").render_as_string(hide_password=False)
 
         def start(name: str, args: list[str], env: dict) -> subprocess.Popen:
             log = tmp / f"{name}.log"
@@ -123,6 +135,7 @@ def stack(tmp_path_factory):
             "BAYES_PIPELINE_STORE_URL": f"postgresql+psycopg2://{db}/forecast_store",
             "BAYES_PIPELINE_WORKDIR": str(tmp / "work"), "BAYES_PIPELINE_APP_DIR": str(ROOT),
             "BAYES_PIPELINE_DATA_ROOTS": str(tmp / "input"),
+            "BAYES_PIPELINE_SQL_URL": source_url,
         }
         prefect_cli = [str(BIN / "prefect"), "--no-prompt"]
         subprocess.run(prefect_cli + ["work-pool", "create", "local-process", "--type", "process"],
@@ -132,7 +145,8 @@ def stack(tmp_path_factory):
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--type", "process",
                          "--limit", "1"], client_env)
-        yield {"tmp": tmp, "env": client_env, "mlflow_port": mlflow_port, "prefect_port": prefect_port}
+        yield {"tmp": tmp, "env": client_env, "mlflow_port": mlflow_port, "prefect_port": prefect_port,
+               "env_pg": env_pg}
     finally:
         for process in processes:
             process.terminate()
@@ -161,13 +175,33 @@ def _run_deployment(env: dict, name: str, parameters: dict) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def _places_holding(marker: str, tmp: Path, env_pg: dict) -> list[str]:
+    """Where ``marker`` appears: the MLflow, Prefect and forecast-store databases (dumped),
+    and every file the stack's processes wrote (artifacts, logs, homes, the MLflow auth DB)."""
+    found = []
+    for database in ("mlflow", "prefect", "forecast_store"):
+        dump = subprocess.run(["pg_dump", "--username", USER, "--dbname", database], env=env_pg, check=True,
+                              capture_output=True).stdout
+        assert len(dump) > 1000, database  # a real dump, not an empty answer
+        if marker.encode() in dump:
+            found.append(f"database {database}")
+    found += [str(path) for path in tmp.rglob("*") if path.is_file() and marker.encode() in path.read_bytes()]
+    return found
+
+
 def test_deployments_run_on_the_stack(stack):
+    """Training, forecast and monitoring deployments on the worker, reading their demand from
+    PostgreSQL through $BAYES_PIPELINE_SQL_URL: the results land in MLflow and the store, and
+    the source's password lands nowhere."""
+    import sqlalchemy as sa
+
     tmp, env = stack["tmp"], stack["env"]
     (tmp / "input").mkdir()
-    data = tmp / "input" / "demand.csv"
-    synthetic_demand(n_series=4, n_days=120).to_csv(data, index=False)
+    source = sa.create_engine(env["BAYES_PIPELINE_SQL_URL"])
+    synthetic_demand(n_series=4, n_days=120).to_sql("sales", source, index=False)
+    source.dispose()
     config = {
-        "data": {"path": str(data)},
+        "data": {"sql_query": "SELECT series_id, date, units, price FROM sales"},
         "window": {"context_length": 14, "validation_days": 14, "test_days": 7, "min_train_days": 14},
         "model": {"lstm_units": [8, 4]},
         "train": {"epochs": 2, "batch_size": 64, "patience": 1, "kl_ramp_epochs": 1},
@@ -188,8 +222,6 @@ def test_deployments_run_on_the_stack(stack):
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     assert client.get_model_version_by_alias("stack-model", "champion").version in ("1", 1)
     # The forecast store on Postgres holds the day's forecasts and its coverage.
-    import sqlalchemy as sa
-
     engine = sa.create_engine(env["BAYES_PIPELINE_STORE_URL"])
     with engine.connect() as conn:
         forecasts = conn.execute(sa.text("SELECT count(*) FROM forecasts WHERE run_date = :d"),
@@ -199,6 +231,8 @@ def test_deployments_run_on_the_stack(stack):
     engine.dispose()
     assert forecasts == 4 * 7
     assert coverage.status == "ok" and coverage.n == 4
+    # The source's password: in the worker's environment, nowhere the stack wrote.
+    assert _places_holding(SOURCE_PASSWORD, tmp, stack["env_pg"]) == []
     # Without credentials the servers refuse (the auth is really on).
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://127.0.0.1:{stack['mlflow_port']}/api/2.0/mlflow/experiments/search?max_results=1")
