@@ -4,6 +4,7 @@ and the compose file and the deployments agree."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -65,7 +66,8 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-SECRETS = {"POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD",
+SECRETS = {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "STORE_DB_PASSWORD",
+           "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD",
            "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_API_AUTH_STRING"}
 
 
@@ -79,8 +81,9 @@ def test_compose_file_is_valid(tmp_path):
     refused = subprocess.run([str(compose), "--env-file", ".env.example", "config"], cwd=ROOT,
                              capture_output=True, text=True, check=False)
     assert refused.returncode != 0 and "in .env" in refused.stderr, refused.stderr
+    values = {name: secrets.token_hex(8) for name in SECRETS}
     filled = tmp_path / "filled.env"
-    filled.write_text("".join(f"{line}{secrets.token_hex(8) if line.endswith('=') and line[:-1] in SECRETS else ''}\n"
+    filled.write_text("".join(f"{line}{values.get(line[:-1], '') if line.endswith('=') else ''}\n"
                               for line in (ROOT / ".env.example").read_text().splitlines()))
     result = subprocess.run([str(compose), "--env-file", str(filled), "config"], cwd=ROOT,
                             capture_output=True, text=True, check=False)  # asserted below
@@ -91,13 +94,26 @@ def test_compose_file_is_valid(tmp_path):
         for port in service.get("ports", []):  # "127.0.0.1:5000:5000/tcp" or the long syntax
             host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond loopback"
-        assert service.get("restart") == "unless-stopped", name
+        # Long-running services come back; the one-shot user set-up only retries a failure.
+        assert service.get("restart") == ("on-failure" if name == "mlflow-users" else "unless-stopped"), name
         if "image" in service:  # exact versions: an image that moves under a tag is not reproducible
             assert re.search(r":\d+\.\d+(\.\d+)?(-[\w.]+)?$", service["image"]), service["image"]
     for dockerfile in ("infra/Dockerfile", "infra/mlflow/Dockerfile"):
         base = re.search(r"^FROM (\S+)", (ROOT / dockerfile).read_text(), re.M).group(1)
         assert re.search(r":\d+\.\d+\.\d+", base), (dockerfile, base)
+    # One login role per database: only postgres itself knows the superuser's password.
+    for name, service in rendered["services"].items():
+        if name != "postgres":
+            assert values["POSTGRES_PASSWORD"] not in json.dumps(service), f"{name} logs in as the superuser"
     worker = rendered["services"]["prefect-worker"]
+    # The worker logs in to MLflow as its own user, which mlflow-users creates first: no admin.
+    users = rendered["services"]["mlflow-users"]
+    admin = re.search(r"^admin_username = (\S+)", (ROOT / "infra/mlflow/basic_auth.ini").read_text(), re.M).group(1)
+    assert worker["environment"]["MLFLOW_TRACKING_USERNAME"] != admin
+    assert users["environment"]["MLFLOW_TRACKING_USERNAME"] == admin
+    assert users["environment"]["MLFLOW_WORKER_USERNAME"] == worker["environment"]["MLFLOW_TRACKING_USERNAME"]
+    assert users["environment"]["MLFLOW_WORKER_PASSWORD"] == worker["environment"]["MLFLOW_TRACKING_PASSWORD"]
+    assert worker["depends_on"]["mlflow-users"]["condition"] == "service_completed_successfully"
     assert "healthcheck" in worker and "--with-healthcheck" in worker["command"]
     assert worker["cpus"] and worker["mem_limit"]  # training cannot starve the databases
 

@@ -22,8 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from support import synthetic_demand, system_binary
+from support import system_binary
 
 pytestmark = [pytest.mark.flows, pytest.mark.stack]
 
@@ -36,7 +37,11 @@ PREFECT_AUTH = f"admin:{secrets.token_urlsafe(16)}"
 # looks for it everywhere the stack writes (issue [3/6]: secrets never reach a run, an
 # artifact, a parameter or a log).
 SOURCE_PASSWORD = f"leakmarker{secrets.token_hex(12)}"
+WORKER_USER = "pipeline-worker"  # the worker's MLflow account, no admin
+WORKER_PASSWORD = secrets.token_urlsafe(16)
+ROLE_PASSWORDS = {name: secrets.token_urlsafe(16) for name in ("mlflow", "prefect", "store")}
 BIN = Path(sys.executable).parent
+BUNDLED = ROOT / "pipeline_lib" / "data" / "bundled" / "online_retail_ii_daily_top50.csv.gz"
 
 
 def _port() -> int:
@@ -70,6 +75,8 @@ def _as_postgres(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    import sqlalchemy as sa
+
     bin_dir = _ensure_postgres()
     tmp = tmp_path_factory.mktemp("stack")
     # pytest's temporary directories are private to root; the server's own lives apart.
@@ -87,16 +94,18 @@ def stack(tmp_path_factory):
     processes = []
     try:
         env_pg = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(pg_port), "PGPASSWORD": PASSWORD,
-                  "POSTGRES_USER": USER, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+                  "POSTGRES_USER": USER, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                  **{f"{name.upper()}_DB_PASSWORD": password for name, password in ROLE_PASSWORDS.items()}}
         subprocess.run(["sh", str(ROOT / "infra" / "postgres" / "01-databases.sh")], env=env_pg, check=True,
                        capture_output=True)
-        db = f"{USER}:{PASSWORD}@127.0.0.1:{pg_port}"
+        def db(name: str, driver: str = "psycopg2") -> str:  # as compose: each database's own role
+            role = {"store": "forecast_store"}.get(name, name)
+            return sa.engine.URL.create(f"postgresql+{driver}", role, ROLE_PASSWORDS[name], "127.0.0.1", pg_port,
+                                        role).render_as_string(hide_password=False)
         # A database of demand that a separate, read-only-ish role owns, as a shop's would be.
         subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "--username", USER, "--dbname", "postgres",
                         "-c", f"CREATE ROLE sales_reader LOGIN PASSWORD '{SOURCE_PASSWORD}'",
                         "-c", "CREATE DATABASE sales OWNER sales_reader"], env=env_pg, check=True, capture_output=True)
-        import sqlalchemy as sa
-
         source_url = sa.engine.URL.create("postgresql+psycopg2", "sales_reader", SOURCE_PASSWORD, "127.0.0.1",
                                           pg_port, "sales").render_as_string(hide_password=False)
 
@@ -111,7 +120,7 @@ def stack(tmp_path_factory):
         auth_ini.write_text((ROOT / "infra" / "mlflow" / "basic_auth.ini").read_text()
                             .replace("sqlite:////mlflow/basic_auth.db", f"sqlite:///{tmp / 'auth.db'}"))
         mlflow = start("mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
-                                  "--backend-store-uri", f"postgresql+psycopg2://{db}/mlflow",
+                                  "--backend-store-uri", db("mlflow"),
                                   "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts",
                                   "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
                                   "--allowed-hosts", f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}"],
@@ -119,20 +128,27 @@ def stack(tmp_path_factory):
                         "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
                         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)})
         prefect_env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
-                       "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{db}/prefect",
+                       "PREFECT_API_DATABASE_CONNECTION_URL": db("prefect", "asyncpg"),
                        "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                        "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api"}
         prefect = start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                            "--port", str(prefect_port)], prefect_env)
         _wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, mlflow, tmp / "mlflow.log")
         _wait_http(f"http://127.0.0.1:{prefect_port}/api/health", 180, prefect, tmp / "prefect-server.log")
+        # compose's mlflow-users service: the admin creates the worker's own account.
+        subprocess.run([sys.executable, str(ROOT / "infra" / "mlflow" / "create_worker_user.py")], check=True,
+                       capture_output=True, env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                                                 "MLFLOW_TRACKING_USERNAME": "admin",
+                                                 "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+                                                 "MLFLOW_WORKER_USERNAME": WORKER_USER,
+                                                 "MLFLOW_WORKER_PASSWORD": WORKER_PASSWORD})
 
         client_env = {
             **os.environ, "PREFECT_HOME": str(tmp / "client-home"),
             "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT_API_AUTH_STRING": PREFECT_AUTH,
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-            "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD,
-            "BAYES_PIPELINE_STORE_URL": f"postgresql+psycopg2://{db}/forecast_store",
+            "MLFLOW_TRACKING_USERNAME": WORKER_USER, "MLFLOW_TRACKING_PASSWORD": WORKER_PASSWORD,
+            "BAYES_PIPELINE_STORE_URL": db("store"),
             "BAYES_PIPELINE_WORKDIR": str(tmp / "work"), "BAYES_PIPELINE_APP_DIR": str(ROOT),
             "BAYES_PIPELINE_DATA_ROOTS": str(tmp / "input"),
             "BAYES_PIPELINE_SQL_URL": source_url,
@@ -146,7 +162,7 @@ def stack(tmp_path_factory):
         start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--type", "process",
                          "--limit", "1"], client_env)
         yield {"tmp": tmp, "env": client_env, "mlflow_port": mlflow_port, "prefect_port": prefect_port,
-               "env_pg": env_pg}
+               "env_pg": env_pg, "processes": processes, "db": db}
     finally:
         for process in processes:
             process.terminate()
@@ -189,7 +205,7 @@ def _places_holding(marker: str, tmp: Path, env_pg: dict) -> list[str]:
     return found
 
 
-def test_deployments_run_on_the_stack(stack):
+def test_deployments_run_on_the_stack(stack, monkeypatch):
     """Training, forecast and monitoring deployments on the worker, reading their demand from
     PostgreSQL through $BAYES_PIPELINE_SQL_URL: the results land in MLflow and the store, and
     the source's password lands nowhere."""
@@ -197,19 +213,22 @@ def test_deployments_run_on_the_stack(stack):
 
     tmp, env = stack["tmp"], stack["env"]
     (tmp / "input").mkdir()
+    # The bundled data (50 Online Retail II SKUs), so the UIs show a real model; a small
+    # network and two epochs keep the training under a minute.
     source = sa.create_engine(env["BAYES_PIPELINE_SQL_URL"])
-    synthetic_demand(n_series=4, n_days=120).to_sql("sales", source, index=False)
+    sales = pd.read_csv(BUNDLED, dtype={"series_id": str})
+    sales.to_sql("sales", source, index=False)
     source.dispose()
     config = {
         "data": {"sql_query": "SELECT series_id, date, units, price FROM sales"},
-        "window": {"context_length": 14, "validation_days": 14, "test_days": 7, "min_train_days": 14},
-        "model": {"lstm_units": [8, 4]},
-        "train": {"epochs": 2, "batch_size": 64, "patience": 1, "kl_ramp_epochs": 1},
-        "evaluation": {"num_samples": 20, "fan_chart_series": 2},
+        "model": {"lstm_units": [16, 8]},
+        "train": {"epochs": 2, "patience": 1, "kl_ramp_epochs": 1},
+        "evaluation": {"num_samples": 50, "fan_chart_series": 4},
         "registry": {"experiment_name": "stack", "model_name": "stack-model"},
     }
     assert _run_deployment(env, "training_pipeline/training-pipeline", {"config": config}) == "COMPLETED"
-    forecast_day = dt.date(2023, 1, 2) + dt.timedelta(days=110)
+    forecast_day = dt.date.fromisoformat(sales["date"].max()) - dt.timedelta(days=7)
+    n_series = sales["series_id"].nunique()
     assert _run_deployment(env, "daily_forecast/daily-forecast",
                            {"config": config, "run_date": str(forecast_day)}) == "COMPLETED"
     assert _run_deployment(env, "daily_monitoring/daily-monitoring",
@@ -218,9 +237,17 @@ def test_deployments_run_on_the_stack(stack):
     # MLflow (through the authenticated server): version 1 is the champion.
     from mlflow import MlflowClient
 
-    os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     assert client.get_model_version_by_alias("stack-model", "champion").version in ("1", 1)
+    # ... registered by the worker's own account, which is no admin.
+    from mlflow.server.auth.client import AuthServiceClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    assert AuthServiceClient(env["MLFLOW_TRACKING_URI"]).get_user(WORKER_USER).is_admin is False
+    assert client.get_registered_model("stack-model").name == "stack-model"
     # The forecast store on Postgres holds the day's forecasts and its coverage.
     engine = sa.create_engine(env["BAYES_PIPELINE_STORE_URL"])
     with engine.connect() as conn:
@@ -229,8 +256,13 @@ def test_deployments_run_on_the_stack(stack):
         coverage = conn.execute(sa.text("SELECT status, n FROM coverage_daily WHERE day = :d AND scope = 'overall'"),
                                 {"d": forecast_day}).one()
     engine.dispose()
-    assert forecasts == 4 * 7
-    assert coverage.status == "ok" and coverage.n == 4
+    assert forecasts == n_series * 7
+    assert coverage.status == "ok" and coverage.n == n_series
+    # One role per database: the store's role cannot even connect to the registry's database.
+    intruder = sa.create_engine(sa.engine.make_url(env["BAYES_PIPELINE_STORE_URL"]).set(database="mlflow"))
+    with pytest.raises(sa.exc.OperationalError, match="permission denied"):
+        intruder.connect()
+    intruder.dispose()
     # The source's password: in the worker's environment, nowhere the stack wrote.
     assert _places_holding(SOURCE_PASSWORD, tmp, stack["env_pg"]) == []
     # Without credentials the servers refuse (the auth is really on).
@@ -248,7 +280,7 @@ def _ensure_chromium() -> Path:
     return system_binary("chromium")
 
 
-def test_the_uis_show_the_champion_and_the_schedules(stack):
+def test_the_uis_show_the_champion_and_the_schedules(stack, monkeypatch):
     """Debian's Chromium, headless, driven by Playwright: the MLflow UI shows the model with
     its champion alias and the run's metrics and fan chart; the Prefect UI shows the three
     deployments with their schedules. Screenshots land in the test's directory (and in docs/
@@ -262,6 +294,8 @@ def test_the_uis_show_the_champion_and_the_schedules(stack):
     prefect_url = f"http://127.0.0.1:{stack['prefect_port']}"
     from mlflow import MlflowClient
 
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     version = client.get_model_version_by_alias("stack-model", "champion")
     run = client.get_run(version.run_id)
@@ -278,7 +312,11 @@ def test_the_uis_show_the_champion_and_the_schedules(stack):
 
         page.goto(f"{mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
         page.wait_for_function("document.body.innerText.includes('picp_95')", timeout=60_000)
-        assert "crps_scaled" in page.inner_text("body")
+        text = page.inner_text("body")
+        for metric in ("picp_95", "crps_scaled"):  # the names and their logged values are on the page
+            value = run.data.metrics[metric]
+            shown = {str(value)[:5], f"{value:.3f}", f"{value:.4g}"}
+            assert metric in text and any(v in text for v in shown), (metric, value)
         page.get_by_placeholder("Search metrics").fill("picp_9")
         page.wait_for_timeout(1000)
         page.screenshot(path=shots / "mlflow_run_metrics.png", full_page=True)
@@ -286,7 +324,10 @@ def test_the_uis_show_the_champion_and_the_schedules(stack):
         page.goto(f"{mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts")
         page.get_by_text("plots").first.click()
         page.get_by_text("fan_chart.png").first.click()
-        page.locator("img").first.wait_for(timeout=60_000)
+        # The chart really loaded: an image of the chart's size decoded (a broken link would
+        # leave only the UI's icons, all far smaller).
+        page.wait_for_function("Array.from(document.images).some(i => i.complete && i.naturalWidth >= 500)",
+                               timeout=60_000)
         page.screenshot(path=shots / "mlflow_fan_chart.png")
 
         page.goto(f"{prefect_url}/deployments")
@@ -350,3 +391,49 @@ def test_forecasts_copied_into_postgres_equal_those_inserted_into_sqlite(stack, 
     import pandas as pd
 
     pd.testing.assert_frame_equal(postgres, sqlite, check_dtype=False)
+
+
+def test_a_backup_restores_the_registry_the_runs_the_store_and_the_artifacts(stack):
+    """infra/backup.sh, then the damage an operator fears (the champion alias, the store's
+    forecasts and the artifact files gone), then infra/restore.sh with the servers stopped, as
+    its header says: everything is back as it was. Runs last: it stops the stack."""
+    import hashlib
+
+    import sqlalchemy as sa
+
+    tmp, env_pg = stack["tmp"], {**stack["env_pg"], "PGUSER": USER}  # libpq's variables, as the scripts say
+    artifacts, backup = tmp / "artifacts", tmp / "backup"
+    engines = {name: sa.create_engine(stack["db"](name)) for name in ("mlflow", "prefect", "store")}
+    counts = {"aliases": "SELECT count(*) FROM registered_model_aliases", "forecasts": "SELECT count(*) FROM forecasts",
+              "flow_runs": "SELECT count(*) FROM flow_run"}
+    where = {"aliases": "mlflow", "forecasts": "store", "flow_runs": "prefect"}
+
+    def state() -> tuple[dict, dict]:
+        rows = {}
+        for key, query in counts.items():
+            with engines[where[key]].connect() as conn:
+                rows[key] = conn.execute(sa.text(query)).scalar()
+        files = {str(p.relative_to(artifacts)): hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in artifacts.rglob("*") if p.is_file()}
+        return rows, files
+
+    for process in stack["processes"]:  # the servers and the worker, as before a restore
+        process.terminate()
+        process.wait(timeout=60)
+    before = state()
+    assert before[0]["aliases"] >= 1 and before[0]["forecasts"] > 0 and before[0]["flow_runs"] >= 3
+    assert any(name.endswith("MLmodel") for name in before[1])
+    subprocess.run(["sh", str(ROOT / "infra" / "backup.sh"), str(backup), str(artifacts)], env=env_pg, check=True,
+                   capture_output=True)
+    with engines["mlflow"].begin() as conn:
+        conn.execute(sa.text("DELETE FROM registered_model_aliases"))
+    with engines["store"].begin() as conn:
+        conn.execute(sa.text("DELETE FROM forecasts"))
+    shutil.rmtree(artifacts)
+    assert state()[0]["aliases"] == state()[0]["forecasts"] == 0
+    restored = subprocess.run(["sh", str(ROOT / "infra" / "restore.sh"), str(backup), str(artifacts)], env=env_pg,
+                              capture_output=True, text=True, check=False)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    assert state() == before
+    for engine in engines.values():
+        engine.dispose()
