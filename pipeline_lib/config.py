@@ -195,6 +195,9 @@ class TrainConfig(_Strict):
     final_learning_rate_factor: float = Field(0.1, gt=0, le=1, description="cosine: the last epoch's share "
                                               "of learning_rate")
     clip_norm: float = Field(5.0, gt=0)
+    weight_noise: Literal["shared", "flipout"] = Field(
+        "shared", description="the training pass's weight noise: shared = one draw per mini-batch; flipout = "
+        "a perturbation decorrelated per example (lower-variance gradients, a slower unrolled pass)")
     patience: int = Field(5, ge=1, description="epochs without validation-NLL improvement")
     kl_weight: float = Field(1.0, ge=0)
     kl_annealing: Literal["none", "linear", "step"] = "linear"

@@ -190,6 +190,38 @@ def test_cosine_learning_rate_is_what_the_optimizer_uses_in_the_fit_and_the_refi
     assert [r["learning_rate"] for r in refit.history] == pytest.approx(expected[:2])
 
 
+def test_flipout_training_pass_draws_per_example_noise_with_the_posterior_marginals():
+    """``train.weight_noise``: shared gives copies of one window the same output (one draw
+    for the batch); Flipout gives each its own perturbation, distributed as the tiled
+    forward's independent draws from the same posterior (mean and spread per output)."""
+    model = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(4, 4), posterior_init_std=0.2)).build_for(6)
+    x = np.repeat(np.random.default_rng(0).normal(size=(1, 6, 2)).astype("float32"), 4000, axis=0)
+    with model.weight_noise("shared"):
+        shared = model(x, training=True).numpy()
+    with model.weight_noise("flipout"):
+        flipout = model(x, training=True).numpy()
+    # Shared: equal up to float32 rounding (oneDNN blocks a batch's rows differently, ~1e-5).
+    assert shared.std(axis=0).max() < 1e-3 * flipout.std(axis=0).min()
+    assert not model.output_layer.flipout_training  # restored after the block
+    tiled = model.forward(tf.constant(x[:1])[None] * tf.ones([4000, 1, 1, 1]),
+                          model.draw(4000, 1, TILED, tf.constant([3, 4])))[:, 0].numpy()
+    np.testing.assert_allclose(flipout.mean(axis=0), tiled.mean(axis=0), atol=4 * tiled.std(axis=0).max() / 60)
+    np.testing.assert_allclose(flipout.std(axis=0), tiled.std(axis=0), rtol=0.1)
+    assert flipout.std(axis=0).min() > 0.01
+
+
+@pytest.mark.model
+def test_training_with_flipout_lowers_the_loss():
+    train, _ = _regression_data(1000, 0)
+    validation, _ = _regression_data(200, 1)
+    model = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(8, 4))).build_for(6)
+    result = train_model(model, train, validation, TrainConfig(epochs=3, batch_size=64, learning_rate=1e-2, patience=3,
+                                                               kl_ramp_epochs=1, weight_noise="flipout"),
+                         progress=False)
+    assert result.history[-1]["nll"] < result.history[0]["nll"]
+    assert not model.recurrent_layers[0].flipout_training
+
+
 def test_nan_guard_stops_training():
     from pipeline_lib.errors import TrainingDivergedError
 

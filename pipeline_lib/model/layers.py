@@ -95,6 +95,9 @@ class VariationalLayer(tf_keras.layers.Layer):
         self.prior = make_prior(prior, scale=prior_scale, df=prior_df, mixture_weight=mixture_weight,
                                 mixture_scales=self.mixture_scales)
         self._posterior_names: list[str] = []
+        # Weight noise of ``call`` (the training pass): False = one draw shared by the batch;
+        # True = Flipout, a perturbation decorrelated per example (see BayesianForecaster.weight_noise).
+        self.flipout_training = False
 
     def add_posterior(self, name: str, shape, initializer) -> None:
         loc = self.add_weight(name=f"{name}_loc", shape=shape, initializer=initializer, trainable=True)
@@ -208,6 +211,9 @@ class BayesianLSTM(VariationalLayer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
+        if self.flipout_training:  # per-example perturbations, through the unrolled Flipout pass
+            seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+            return self.forward(inputs[None], self.draw(1, tf.shape(inputs)[0], FLIPOUT, seed))[0]
         # One weight draw for the whole batch: the training path. It reuses tf_keras's own
         # CPU LSTM kernel with the sampled weights, so an epoch costs about what a
         # deterministic LSTM's does (an unrolled loop with per-step slices is 2x slower,
@@ -326,6 +332,8 @@ class BayesianDense(VariationalLayer):
 
     def call(self, inputs, training=None):
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+        if self.flipout_training:
+            return self.forward(inputs[None], self.draw(1, tf.shape(inputs)[0], FLIPOUT, seed))[0]
         weights = self.draw(1, tf.shape(inputs)[0], TILED, seed).weights
         return tf.matmul(inputs, weights["kernel"][0]) + weights["bias"][0]
 

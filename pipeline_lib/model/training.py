@@ -203,7 +203,7 @@ def train_model(
         TrainingDivergedError: the loss became NaN or infinite (nothing is kept).
     """
     dtype = training_dtype(config.mixed_precision)
-    with model.training_precision(dtype):
+    with model.training_precision(dtype), model.weight_noise(config.weight_noise):
         return _train_model(model, train, validation, config, progress, strategy, epochs, dtype)
 
 
