@@ -79,7 +79,8 @@ def log_monitoring(config: PipelineConfig, run: daily.MonitoringRun) -> str | No
     files = []
     if run.drift is not None:
         metrics.update({"target_drift": run.drift.target_drift, "drifted_columns": run.drift.drifted_columns})
-        files.append(run.drift.report_path)
+        if run.drift.report_path is not None:
+            files.append(run.drift.report_path)
     return registry.log_monitoring_day(config.registry.experiment_name, config.artifact_root, str(run.day),
                                        metrics, files)
 
@@ -154,7 +155,7 @@ def daily_monitoring_flow(config: PipelineConfig | None = None, day: dt.date | N
     for decision in run.decisions:
         logger.info(decision.describe(config.monitoring.consecutive_days))
     if run.drift is not None:
-        logger.info("drift: %s (%s)", run.drift.describe(), run.drift.report_path)
+        logger.info("drift: %s (%s)", run.drift.describe(), run.drift.link)
     try:
         if run.retrain is not None:
             logger.info(_retrain_and_record(config, run.retrain, panel).message)
@@ -179,8 +180,10 @@ def _publish(config: PipelineConfig, run: daily.MonitoringRun, link: str | None)
     if run.retrain is not None:
         lines.append(f"* retrain triggered (streak since {run.retrain.streak_start})")
     if run.drift is not None:
-        lines.append(f"* drift: {run.drift.describe()}; report: [{run.drift.report_path.name}]"
-                     f"({run.drift.report_path.resolve().as_uri()})")
+        where = run.drift.report_path
+        lines.append(f"* drift: {run.drift.describe()}; "
+                     + (f"report: [{where.name}]({where.resolve().as_uri()})" if where is not None
+                        else f"snapshot: {run.drift.snapshot}"))
     if link:
         lines.append(f"* MLflow: {link}")
     create_markdown_artifact(key="daily-monitoring", markdown="\n".join(lines),

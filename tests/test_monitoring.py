@@ -290,6 +290,22 @@ def test_evidently_sees_target_drift_only_after_a_shift(tmp_path, factor, drifte
     assert summary.report_path.stat().st_size > 10_000 and "<html" in summary.report_path.read_text()[:2000].lower()
 
 
+@pytest.mark.parametrize("html", [True, False])
+def test_the_html_export_of_the_drift_report_is_optional(store, tmp_path, html):
+    """monitoring.drift_html: on, a day's drift report is an HTML file that the breach alert
+    names; off, no HTML is written and the alert names the snapshot in the Evidently
+    workspace, which is written either way."""
+    config = PipelineConfig(workdir=tmp_path, monitoring={"drift_html": html, "lookback_days": 0})
+    store.replace_forecasts(day(0), forecast_rows(day(0), ["A", "B", "C", "D"], 1, center=30.0))  # misses 10
+    run = monitor_day(config, store, constant_panel(actual_days=1), day(0), "1", tmp_path / "reports")
+    assert run.drift is not None and run.drift.snapshot is not None and Path(run.drift.snapshot).exists()
+    written = sorted(p.name for p in (tmp_path / "reports").glob("*.html"))
+    assert written == (["monitoring-2024-03-01.html"] if html else [])
+    assert [a.kind for a in run.alerts] == ["breach"]
+    assert run.alerts[0].report == run.drift.link == (str(tmp_path / "reports" / written[0]) if html
+                                                       else run.drift.snapshot)
+
+
 OUTBOX_COLUMNS = ("alerts.details", "alerts.status", "alerts.attempts", "alerts.last_error",
                   "retrain_events.attempts", "retrain_events.claimed_by", "retrain_events.dispatched_run")
 

@@ -155,13 +155,17 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
 
 def _report_for(config: PipelineConfig, store: ForecastStore, panel: Panel, d: dt.date, today: dt.date,
                 drift: DriftSummary | None, reference_end: dt.date | None, report_dir: Path) -> str | None:
-    """Path of day ``d``'s drift report, writing it if an earlier run did not."""
+    """Where day ``d``'s drift report is, writing its HTML export if an earlier run did not.
+    Without the HTML export an earlier day's breach names no report: its snapshot is in the
+    workspace already (written by that day's run), and another would only duplicate it."""
     if d == today:
-        return str(drift.report_path) if drift else None
+        return drift.link if drift else None
+    if not config.monitoring.drift_html:
+        return None
     path = Path(report_dir) / f"monitoring-{d}.html"
     if not path.exists():
         summary = _drift(config, store, panel, d, reference_end, report_dir)
-        return str(summary.report_path) if summary else None
+        return summary.link if summary else None
     return str(path)
 
 
@@ -180,7 +184,8 @@ def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.d
         log.info("no drift report for %s: %s window is empty", day, "current" if current.empty else "reference")
         return None
     return drift_report(reference, current, tuple(panel.covariate_names), config.monitoring.drift_threshold,
-                        Path(report_dir) / f"monitoring-{day}.html", title=f"Demand drift and coverage, {day}",
+                        Path(report_dir) / f"monitoring-{day}.html" if config.monitoring.drift_html else None,
+                        title=f"Demand drift and coverage, {day}",
                         decision=_verdict(store, day, config), day=day, workspace=config.evidently_workspace)
 
 

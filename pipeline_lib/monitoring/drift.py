@@ -40,8 +40,13 @@ class DriftSummary:
     drifted_columns: int
     columns: int
     coverage: float | None  # share of covered actuals in the current window
-    report_path: Path
+    report_path: Path | None  # the HTML export (None when monitoring.drift_html is off)
     snapshot: str | None = None  # where the snapshot is in the Evidently workspace, if one was given
+
+    @property
+    def link(self) -> str | None:
+        """Where a reader finds the report: the HTML export, else the workspace snapshot."""
+        return str(self.report_path) if self.report_path is not None else self.snapshot
 
     def describe(self) -> str:
         coverage = "n/a" if self.coverage is None else f"{self.coverage:.1%}"
@@ -88,12 +93,12 @@ def drift_windows(history: pd.DataFrame, intervals: pd.DataFrame, lower: str, up
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, covariates: tuple[str, ...],
-                 threshold: float, out_path: Path, title: str = "", decision: str = "",
+                 threshold: float, out_path: Path | None, title: str = "", decision: str = "",
                  day: dt.date | None = None, workspace: Path | None = None,
                  project: str = WORKSPACE_PROJECT) -> DriftSummary:
-    """Write the HTML report to ``out_path`` (and, with ``workspace``, the snapshot into that
-    Evidently workspace's ``project``, which ``evidently ui`` serves, dated ``day``) and
-    return its headline numbers.
+    """Write the HTML report to ``out_path`` (None: no HTML export) and, with ``workspace``,
+    the snapshot into that Evidently workspace's ``project``, which ``evidently ui`` serves,
+    dated ``day``; return its headline numbers.
 
     ``reference``: ``date``, ``target`` and covariate columns (one row per series and day)
     from the training data; ``current``: the same plus ``covered`` (1.0 inside the nominal
@@ -121,9 +126,10 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, covariates: tup
             timestamp=dt.datetime.combine(day, dt.time()) if day else None,
             name=f"{day}: {decision}" if day and decision else None,
         )
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(out_path))
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(out_path))
     where = _add_to_workspace(Path(workspace), project, snapshot) if workspace is not None else None
     values = [metric["value"] for metric in snapshot.dict()["metrics"]]
     target_drift = float(values[0])
