@@ -31,10 +31,8 @@ breach when fewer than ``threshold`` of the series' demand over the lead time + 
 that ended that day stayed within the order-up-to level set at its start,
 :func:`~pipeline_lib.monitoring.coverage.protection_covered`); ``rule_rearmed`` (the rule,
 but a streak that goes on after a retrain counts afresh from the day after it, so a retrained
-model that still breaches is retrained again). Every retrain has the same budget,
-:func:`~pipeline_lib.stages.warm_refit` for ``retrain_epochs`` epochs: the training run's
-protocol (a fit before the holdout for the recalibration, a fit on every day) warm-started
-from the current model.
+model that still breaches is retrained again). Every retrain has the same budget: a warm start from the current model,
+refitted on every day so far for ``retrain_epochs`` epochs.
 """
 
 from __future__ import annotations

@@ -116,31 +116,17 @@ def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: 
 
 
 def warm_refit(config: PipelineConfig, panel: Panel, start_from: ForecastModel, epochs: int,
-               progress: bool = False, recalibrate: bool = True) -> ForecastModel:
-    """A retrain on a fixed budget, the training run's protocol warm-started: ``epochs``
-    epochs from ``start_from``'s weights on the days before the holdout (the last
-    ``validation_days + test_days``), whose out-of-sample forecasts of the holdout fit the
-    recalibrations, then ``epochs`` epochs from ``start_from``'s weights on every day, with
-    scalers refitted on every day (so a level shift is absorbed where the model expects it).
-    ``recalibrate=False`` skips the first fit and carries ``start_from``'s recalibrations
-    over: cheaper, but a model made sharper by more epochs keeps a remap fitted for a wider
-    one, and its order levels shrink. What the closed-loop simulation gives every policy's
+               progress: bool = False) -> ForecastModel:
+    """A retrain on a fixed budget: scalers refitted on every day of ``panel`` (so a level
+    shift is absorbed where the model expects it), then ``epochs`` epochs on every day
+    starting from ``start_from``'s weights. Its recalibration is carried over (no unseen
+    days are left to fit one on). What the closed-loop simulation gives every policy's
     retrain (:mod:`pipeline_lib.monitoring.simulation`); nothing is logged or registered."""
     # The posterior it starts from was trained at the full KL weight: a ramp from a tenth of
     # it would let the first epochs shrink the weight uncertainty unchecked.
     steady = config.updated(train={"kl_annealing": "none"})
-    calibration, path_calibration = start_from.calibration, start_from.path_calibration
-    evaluation = config.evaluation
-    if recalibrate and (evaluation.recalibrate or evaluation.recalibrate_paths):
-        holdout = config.window.validation_days + config.window.test_days
-        before, _ = _fit_on_every_day(steady, panel.truncate([len(s) - holdout for s in panel.series]), start_from,
-                                      epochs, progress, warm_start=True)
-        if evaluation.recalibrate:
-            calibration = fit_recalibration(config, before, panel, part="holdout")
-        if evaluation.recalibrate_paths:
-            path_calibration = fit_path_recalibration(config, before, panel, part="holdout")
     model, _ = _fit_on_every_day(steady, panel, start_from, epochs, progress, warm_start=True)
-    model.calibration, model.path_calibration = calibration, path_calibration
+    model.calibration, model.path_calibration = start_from.calibration, start_from.path_calibration
     return model
 
 
