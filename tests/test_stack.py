@@ -148,19 +148,34 @@ def stack(tmp_path_factory):
             "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT_API_AUTH_STRING": PREFECT_AUTH,
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
             "MLFLOW_TRACKING_USERNAME": WORKER_USER, "MLFLOW_TRACKING_PASSWORD": WORKER_PASSWORD,
-            "BAYES_PIPELINE_STORE_URL": db("store"),
-            "BAYES_PIPELINE_WORKDIR": str(tmp / "work"), "BAYES_PIPELINE_APP_DIR": str(ROOT),
-            "BAYES_PIPELINE_DATA_ROOTS": str(tmp / "input"),
-            "BAYES_PIPELINE_SQL_URL": source_url,
+            # what the test itself reads (the flows get theirs from compose's worker environment)
+            "BAYES_PIPELINE_STORE_URL": db("store"), "BAYES_PIPELINE_SQL_URL": source_url,
         }
+        # The worker exactly as compose starts it: the prefect-worker service's command and
+        # environment, rendered by docker-compose from an operator's .env.
+        command, worker_env = _compose_worker(
+            tmp, {"POSTGRES_USER": USER, "POSTGRES_PASSWORD": PASSWORD,
+                  **{f"{name.upper()}_DB_PASSWORD": pw for name, pw in ROLE_PASSWORDS.items()},
+                  "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_TRACKING_USERNAME": WORKER_USER,
+                  "MLFLOW_TRACKING_PASSWORD": WORKER_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": "unused-here",
+                  "PREFECT_API_AUTH_STRING": PREFECT_AUTH, "BAYES_PIPELINE_SQL_URL": source_url},
+            {"@postgres:5432/": f"@127.0.0.1:{pg_port}/", "http://mlflow:5000": f"http://127.0.0.1:{mlflow_port}",
+             "http://prefect-server:4200": f"http://127.0.0.1:{prefect_port}"})
+        health_port = _port()
+        in_worker = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "BAYES_"))},
+                     **worker_env, "PREFECT_HOME": str(tmp / "worker-home"),
+                     # compose's healthcheck asks port 8080; another program may hold it here
+                     "PREFECT_WORKER_WEBSERVER_PORT": str(health_port)}
+        # As docs/deployment.md says: `docker compose exec prefect-worker prefect deploy --all`,
+        # so prefect.yaml's {{ $BAYES_PIPELINE_APP_DIR }} is filled from the worker's environment.
         prefect_cli = [str(BIN / "prefect"), "--no-prompt"]
         subprocess.run(prefect_cli + ["work-pool", "create", "local-process", "--type", "process"],
-                       env=client_env, check=True, capture_output=True, cwd=ROOT)
+                       env=in_worker, check=True, capture_output=True, cwd=ROOT)
         deployed = subprocess.run(prefect_cli + ["deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
-                                  env=client_env, capture_output=True, text=True, cwd=ROOT, check=False)
+                                  env=in_worker, capture_output=True, text=True, cwd=ROOT, check=False)
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-        start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--type", "process",
-                         "--limit", "1"], client_env)
+        worker = start("worker", [str(BIN / command[0]), *command[1:]], in_worker)
+        _wait_http(f"http://127.0.0.1:{health_port}/health", 120, worker, tmp / "worker.log")
         yield {"tmp": tmp, "env": client_env, "mlflow_port": mlflow_port, "prefect_port": prefect_port,
                "env_pg": env_pg, "processes": processes, "db": db}
     finally:
@@ -173,6 +188,41 @@ def stack(tmp_path_factory):
                 process.kill()
         _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"])
         shutil.rmtree(pgroot, ignore_errors=True)
+
+
+def _compose_worker(tmp: Path, values: dict[str, str], hosts: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """docker-compose.yml's ``prefect-worker`` as a local process: its command and environment
+    as ``docker-compose config`` renders them from ``.env.example`` filled with ``values``,
+    with the services' addresses (``hosts``: compose's -> local) and the container paths of
+    its volumes and image (``/app``, where the image puts the repository) mapped to local
+    directories. Nothing is added but what the host needs to differ."""
+    import yaml
+
+    env_file = tmp / "compose.env"  # the operator's .env: the one place secrets are written, removed at once
+    env_file.write_text("".join(
+        (f"{line.split('=', 1)[0]}={values[line.split('=', 1)[0]]}" if line.split("=", 1)[0] in values else line) + "\n"
+        for line in (ROOT / ".env.example").read_text().splitlines()))
+    try:
+        rendered = subprocess.run([str(system_binary("docker-compose")), "--env-file", str(env_file), "config"],
+                                  cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    finally:
+        env_file.unlink()
+    worker = yaml.safe_load(rendered)["services"]["prefect-worker"]
+    paths = {"/app": ROOT}
+    for volume in worker["volumes"]:  # "source:target:mode", a bind's source an absolute path
+        source, target = volume.split(":")[:2]
+        exists = source.startswith("/") and Path(source).exists()  # else a named volume: a new directory
+        paths[target] = Path(source) if exists else tmp / Path(target).name
+    env = {}
+    for key, value in worker["environment"].items():
+        value = "" if value is None else str(value)
+        for compose_address, local in hosts.items():
+            value = value.replace(compose_address, local)
+        for inside, outside in paths.items():
+            if value == inside or value.startswith(inside + "/"):
+                value = str(outside) + value[len(inside):]
+        env[key] = value
+    return list(worker["command"]), env
 
 
 def _run_deployment(env: dict, name: str, parameters: dict) -> str:
