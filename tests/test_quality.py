@@ -135,8 +135,8 @@ def test_served_model_is_refitted_on_every_day_for_the_epochs_early_stopping_cho
 
 
 def test_a_warm_refit_starts_from_the_model_and_keeps_the_full_kl_weight(tmp_path, monkeypatch):
-    """The simulation's retrain budget: scalers on every day, the start model's weights and
-    calibration, and no KL ramp (the start posterior was trained at full weight)."""
+    """The simulation's retrain budget: the start model's weights, scalers and calibration,
+    every day of the panel, and no KL ramp (the start posterior was trained at full weight)."""
     config = _small_default(tmp_path, epochs=3, patience=1)
     _, panel = _synthetic("retail", n_series=4, n_days=150, seed=3)
     start = stages.train(config, panel, progress=False).model
@@ -153,7 +153,8 @@ def test_a_warm_refit_starts_from_the_model_and_keeps_the_full_kl_weight(tmp_pat
     assert kl_annealing == "none" and epochs == 1
     assert all(np.array_equal(a, b) for a, b in zip(initial, start.network.get_weights(), strict=True))
     assert warm.calibration is start.calibration
-    assert warm.scalers[panel.series[0].series_id].peak == panel.series[0].target.max()
+    assert warm.scalers == start.scalers and warm.spec == start.spec
+    assert start.scalers[panel.series[0].series_id].peak < panel.series[0].target.max()  # the panel saw more
 
 
 def test_auto_head_is_count_for_intermittent_whole_numbers_and_normal_otherwise():

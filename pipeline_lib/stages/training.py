@@ -117,11 +117,14 @@ def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: 
 
 def warm_refit(config: PipelineConfig, panel: Panel, start_from: ForecastModel, epochs: int,
                progress: bool = False) -> ForecastModel:
-    """A retrain on a fixed budget: scalers refitted on every day of ``panel`` (so a level
-    shift is absorbed where the model expects it), then ``epochs`` epochs on every day
-    starting from ``start_from``'s weights. Its recalibration is carried over (no unseen
-    days are left to fit one on). What the closed-loop simulation gives every policy's
-    retrain (:mod:`pipeline_lib.monitoring.simulation`); nothing is logged or registered."""
+    """A retrain on a fixed budget: ``epochs`` epochs on every day of ``panel``, starting
+    from ``start_from``'s weights and keeping its scalers, so the weights see inputs scaled
+    as they were trained on (each window is centred on its own last week, which absorbs a
+    level shift anyway). Refitting the scalers on every day instead cost 4-10% more emergency
+    replenishments in the bundled simulation (benchmarks/RESULTS.md). Its recalibration is
+    carried over (no unseen days are left to fit one on). What the closed-loop simulation
+    gives every policy's retrain (:mod:`pipeline_lib.monitoring.simulation`); nothing is
+    logged or registered."""
     # The posterior it starts from was trained at the full KL weight: a ramp from a tenth of
     # it would let the first epochs shrink the weight uncertainty unchecked.
     steady = config.updated(train={"kl_annealing": "none"})
@@ -132,12 +135,20 @@ def warm_refit(config: PipelineConfig, panel: Panel, start_from: ForecastModel, 
 
 def _fit_on_every_day(config: PipelineConfig, panel: Panel, base: ForecastModel, epochs: int, progress: bool,
                       warm_start: bool) -> tuple[ForecastModel, TrainingResult]:
-    """``base``'s model config trained on every day of ``panel`` for ``epochs`` epochs (from
-    ``base``'s weights if ``warm_start``); a divergence of a cold refit is recorded in MLflow."""
-    scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
-                                config.model.level_days, part="all",
-                                weekday_profile=config.model.weekday_profile,
-                                yearly_features=config.model.yearly_features)
+    """``base``'s model config trained on every day of ``panel`` for ``epochs`` epochs: cold,
+    with scalers fitted on every day (a divergence is recorded in MLflow), or, with
+    ``warm_start``, from ``base``'s weights and scalers."""
+    if warm_start:
+        scalers, spec = base.scalers, base.spec
+        unknown = [s.series_id for s in panel.series if s.series_id not in scalers]
+        if unknown:
+            raise ValueError(f"a warm refit keeps the model's scalers, and {len(unknown)} series have none "
+                             f"(first: {unknown[0]!r}); train from scratch to add series")
+    else:
+        scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
+                                    config.model.level_days, part="all",
+                                    weekday_profile=config.model.weekday_profile,
+                                    yearly_features=config.model.yearly_features)
     windows = LazyWindows(panel, scalers, spec, config.window, "all")
     log.info("refitting on all %d windows (%s per epoch) for %d epochs%s", len(windows),
              _at_most(config.train.windows_per_epoch, len(windows)), epochs,
