@@ -31,8 +31,9 @@ breach when fewer than ``threshold`` of the series' demand over the lead time + 
 that ended that day stayed within the order-up-to level set at its start,
 :func:`~pipeline_lib.monitoring.coverage.protection_covered`); ``rule_rearmed`` (the rule,
 but a streak that goes on after a retrain counts afresh from the day after it, so a retrained
-model that still breaches is retrained again). Every retrain has the same budget: a warm start from the current model,
-refitted on every day so far for ``retrain_epochs`` epochs.
+model that still breaches is retrained again). Every retrain has the same budget,
+:func:`~pipeline_lib.stages.warm_refit`: ``retrain_epochs`` epochs on every day so far from
+the current model's weights, keeping its scalers and recalibration.
 """
 
 from __future__ import annotations
@@ -451,7 +452,8 @@ def write_report(results: list[ScenarioResult], out_dir: Path, start: dt.date, d
     """``simulation.md`` (a table per scenario, the headline) and ``simulation.json``."""
     lines = [f"# Closed-loop simulation, {start} + {days} days, {n_series} series",
              "",
-             f"Retrain budget (every policy): warm start from the current model, {retrain_epochs} epochs on every "
+             f"Retrain budget (every policy): warm start from the current model (its scalers and recalibration "
+             f"kept), {retrain_epochs} epochs on every "
              f"day so far. Orders: cycle service {settings.service_level:.0%}, lead time {settings.lead_time} d, "
              f"review every {settings.review_period} d. Breach: {settings.breach.describe()}, "
              f"{settings.consecutive_days} days in a row -> action.",
