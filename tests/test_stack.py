@@ -153,7 +153,7 @@ def stack(tmp_path_factory):
         }
         # The worker exactly as compose starts it: the prefect-worker service's command and
         # environment, rendered by docker-compose from an operator's .env.
-        command, worker_env = _compose_worker(
+        services = _compose_services(
             tmp, {"POSTGRES_USER": USER, "POSTGRES_PASSWORD": PASSWORD,
                   **{f"{name.upper()}_DB_PASSWORD": pw for name, pw in ROLE_PASSWORDS.items()},
                   "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_TRACKING_USERNAME": WORKER_USER,
@@ -161,6 +161,7 @@ def stack(tmp_path_factory):
                   "PREFECT_API_AUTH_STRING": PREFECT_AUTH, "BAYES_PIPELINE_SQL_URL": source_url},
             {"@postgres:5432/": f"@127.0.0.1:{pg_port}/", "http://mlflow:5000": f"http://127.0.0.1:{mlflow_port}",
              "http://prefect-server:4200": f"http://127.0.0.1:{prefect_port}"})
+        command, worker_env = services["prefect-worker"]["command"], services["prefect-worker"]["environment"]
         health_port = _port()
         in_worker = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "BAYES_"))},
                      **worker_env, "PREFECT_HOME": str(tmp / "worker-home"),
@@ -176,8 +177,14 @@ def stack(tmp_path_factory):
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         worker = start("worker", [str(BIN / command[0]), *command[1:]], in_worker)
         _wait_http(f"http://127.0.0.1:{health_port}/health", 120, worker, tmp / "worker.log")
+        # compose's evidently-ui on the workspace volume the worker writes its snapshots to
+        ui = services["evidently-ui"]["command"]
+        evidently_port = _port()
+        ui[ui.index("--host") + 1], ui[ui.index("--port") + 1] = "127.0.0.1", str(evidently_port)
+        evidently = start("evidently-ui", [str(BIN / ui[0]), *ui[1:]], {**os.environ})
+        _wait_http(f"http://127.0.0.1:{evidently_port}/api/projects", 120, evidently, tmp / "evidently-ui.log")
         yield {"tmp": tmp, "env": client_env, "mlflow_port": mlflow_port, "prefect_port": prefect_port,
-               "env_pg": env_pg, "processes": processes, "db": db}
+               "env_pg": env_pg, "processes": processes, "db": db, "evidently_port": evidently_port}
     finally:
         for process in processes:
             process.terminate()
@@ -190,12 +197,13 @@ def stack(tmp_path_factory):
         shutil.rmtree(pgroot, ignore_errors=True)
 
 
-def _compose_worker(tmp: Path, values: dict[str, str], hosts: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """docker-compose.yml's ``prefect-worker`` as a local process: its command and environment
+def _compose_services(tmp: Path, values: dict[str, str], hosts: dict[str, str]) -> dict[str, dict]:
+    """docker-compose.yml's services as local processes: ``name -> {"command", "environment"}``
     as ``docker-compose config`` renders them from ``.env.example`` filled with ``values``,
     with the services' addresses (``hosts``: compose's -> local) and the container paths of
-    its volumes and image (``/app``, where the image puts the repository) mapped to local
-    directories. Nothing is added but what the host needs to differ."""
+    their volumes and of the app image (``/app``, where the image puts the repository) mapped
+    to local directories (a named volume is one directory, whichever service mounts it).
+    Nothing is added but what the host needs to differ."""
     import yaml
 
     env_file = tmp / "compose.env"  # the operator's .env: the one place secrets are written, removed at once
@@ -207,22 +215,29 @@ def _compose_worker(tmp: Path, values: dict[str, str], hosts: dict[str, str]) ->
                                   cwd=ROOT, capture_output=True, text=True, check=True).stdout
     finally:
         env_file.unlink()
-    worker = yaml.safe_load(rendered)["services"]["prefect-worker"]
-    paths = {"/app": ROOT}
-    for volume in worker["volumes"]:  # "source:target:mode", a bind's source an absolute path
-        source, target = volume.split(":")[:2]
-        exists = source.startswith("/") and Path(source).exists()  # else a named volume: a new directory
-        paths[target] = Path(source) if exists else tmp / Path(target).name
-    env = {}
-    for key, value in worker["environment"].items():
-        value = "" if value is None else str(value)
-        for compose_address, local in hosts.items():
-            value = value.replace(compose_address, local)
+
+    def local(value: str, paths: dict[str, Path]) -> str:
+        for compose_address, address in hosts.items():
+            value = value.replace(compose_address, address)
         for inside, outside in paths.items():
             if value == inside or value.startswith(inside + "/"):
                 value = str(outside) + value[len(inside):]
-        env[key] = value
-    return list(worker["command"]), env
+        return value
+
+    services = {}
+    for name, service in yaml.safe_load(rendered)["services"].items():
+        paths = {"/app": ROOT}
+        for volume in service.get("volumes", []):  # "source:target:mode", a bind's source an absolute path
+            source, target = volume.split(":")[:2]
+            exists = source.startswith("/") and Path(source).exists()  # else a named volume (or a missing bind)
+            paths[target] = Path(source) if exists else tmp / Path(source).name
+            paths[target].mkdir(exist_ok=True)  # docker creates a volume before its containers start
+        services[name] = {
+            "command": [local(str(arg), paths) for arg in service.get("command") or []],
+            "environment": {key: local("" if value is None else str(value), paths)
+                            for key, value in (service.get("environment") or {}).items()},
+        }
+    return services
 
 
 def _run_deployment(env: dict, name: str, parameters: dict) -> str:
@@ -262,7 +277,6 @@ def test_deployments_run_on_the_stack(stack, monkeypatch):
     import sqlalchemy as sa
 
     tmp, env = stack["tmp"], stack["env"]
-    (tmp / "input").mkdir()
     # The bundled data (50 Online Retail II SKUs), so the UIs show a real model; a small
     # network and two epochs keep the training under a minute.
     source = sa.create_engine(env["BAYES_PIPELINE_SQL_URL"])
@@ -313,6 +327,15 @@ def test_deployments_run_on_the_stack(stack, monkeypatch):
     with pytest.raises(sa.exc.OperationalError, match="permission denied"):
         intruder.connect()
     intruder.dispose()
+    # The monitoring's drift snapshot is served by compose's evidently-ui from the workspace
+    # volume the worker writes to, in the pipeline's project.
+    import json
+
+    base = f"http://127.0.0.1:{stack['evidently_port']}/api"
+    projects = json.loads(urllib.request.urlopen(f"{base}/projects", timeout=30).read())
+    project = next(p for p in projects if p["name"] == "bayes-pipeline")
+    snapshots = json.loads(urllib.request.urlopen(f"{base}/projects/{project['id']}/snapshots", timeout=30).read())
+    assert len(snapshots) >= 1, snapshots
     # The source's password: in the worker's environment, nowhere the stack wrote.
     assert _places_holding(SOURCE_PASSWORD, tmp, stack["env_pg"]) == []
     # Without credentials the servers refuse (the auth is really on).
@@ -469,7 +492,12 @@ def test_a_backup_restores_the_registry_the_runs_the_store_and_the_artifacts(sta
 
     for process in stack["processes"]:  # the servers and the worker, as before a restore
         process.terminate()
-        process.wait(timeout=60)
+    for process in stack["processes"]:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a busy worker can take longer over SIGTERM
+            process.kill()
+            process.wait(timeout=60)
     before = state()
     assert before[0]["aliases"] >= 1 and before[0]["forecasts"] > 0 and before[0]["flow_runs"] >= 3
     assert any(name.endswith("MLmodel") for name in before[1])
