@@ -163,7 +163,12 @@ def test_compose_and_deployments_agree():
     assert str(deployed.data.path).startswith(worker["environment"]["BAYES_PIPELINE_DATA_ROOTS"])
     # ... and the worker writes its drift snapshots into the workspace evidently-ui serves.
     ui = compose["services"]["evidently-ui"]
-    served = ui["command"][ui["command"].index("--workspace") + 1]
+    served = re.search(r"--workspace (\S+)", " ".join(ui["command"])).group(1)
+    # ... whose project exists before the UI starts (the UI's watcher stops at a half-written one)
+    assert "create_project('bayes-pipeline'" in " ".join(ui["command"])
+    from pipeline_lib.monitoring.drift import WORKSPACE_PROJECT
+
+    assert WORKSPACE_PROJECT == "bayes-pipeline"
     ui_volume = next(v.split(":")[0] for v in ui["volumes"] if v.split(":")[1] == served)
     worker_volume = next(v.split(":")[1] for v in worker["volumes"] if v.split(":")[0] == ui_volume)
     assert worker["environment"]["BAYES_PIPELINE_EVIDENTLY_WORKSPACE"] == worker_volume

@@ -178,10 +178,16 @@ def stack(tmp_path_factory):
         worker = start("worker", [str(BIN / command[0]), *command[1:]], in_worker)
         _wait_http(f"http://127.0.0.1:{health_port}/health", 120, worker, tmp / "worker.log")
         # compose's evidently-ui on the workspace volume the worker writes its snapshots to
-        ui = services["evidently-ui"]["command"]
+        shell, flag, script = services["evidently-ui"]["command"]  # sh -c "create the project && exec ui"
         evidently_port = _port()
-        ui[ui.index("--host") + 1], ui[ui.index("--port") + 1] = "127.0.0.1", str(evidently_port)
-        evidently = start("evidently-ui", [str(BIN / ui[0]), *ui[1:]], {**os.environ})
+        workspace = Path(worker_env["BAYES_PIPELINE_EVIDENTLY_WORKSPACE"])  # the same named volume
+        for inside, here in (("python -c", f"{sys.executable} -c"),
+                             ("exec evidently ui", f"exec {BIN / 'evidently'} ui"),
+                             ("--host 0.0.0.0", "--host 127.0.0.1"), ("--port 8000", f"--port {evidently_port}"),
+                             ("/workspace", str(workspace))):
+            assert inside in script, inside  # compose's command changed: update this emulation
+            script = script.replace(inside, here)
+        evidently = start("evidently-ui", [shell, flag, script], {**os.environ})
         _wait_http(f"http://127.0.0.1:{evidently_port}/api/projects", 120, evidently, tmp / "evidently-ui.log")
         yield {"tmp": tmp, "env": client_env, "mlflow_port": mlflow_port, "prefect_port": prefect_port,
                "env_pg": env_pg, "processes": processes, "db": db, "evidently_port": evidently_port}
