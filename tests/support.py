@@ -113,6 +113,29 @@ def run_concurrently(target, copies: int) -> None:
 D = dt.date(2024, 3, 1)
 
 
+def rendered_compose(values: dict[str, str], directory) -> dict:
+    """docker-compose.yml as ``docker-compose config`` renders it from ``.env.example`` with
+    the variables of ``values`` filled in (an operator's ``.env``). The filled file, the one
+    place the values are written, lives in ``directory`` only while compose reads it."""
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    env_file = Path(directory) / "compose.env"
+    lines = (root / ".env.example").read_text().splitlines()
+    env_file.write_text("".join((f"{line.split('=', 1)[0]}={values[line.split('=', 1)[0]]}"
+                                 if line.split("=", 1)[0] in values else line) + "\n" for line in lines))
+    try:
+        done = subprocess.run([str(system_binary("docker-compose")), "--env-file", str(env_file), "config"],
+                              cwd=root, capture_output=True, text=True, check=False)
+    finally:
+        env_file.unlink()
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
+
+
 def day(k: int) -> dt.date:
     """The ``k``-th day after ``D``."""
     return D + dt.timedelta(days=k)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from support import level_following_demand, system_binary
+from support import level_following_demand, rendered_compose, system_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,13 +82,7 @@ def test_compose_file_is_valid(tmp_path):
                              capture_output=True, text=True, check=False)
     assert refused.returncode != 0 and "in .env" in refused.stderr, refused.stderr
     values = {name: secrets.token_hex(8) for name in SECRETS}
-    filled = tmp_path / "filled.env"
-    filled.write_text("".join(f"{line}{values.get(line[:-1], '') if line.endswith('=') else ''}\n"
-                              for line in (ROOT / ".env.example").read_text().splitlines()))
-    result = subprocess.run([str(compose), "--env-file", str(filled), "config"], cwd=ROOT,
-                            capture_output=True, text=True, check=False)  # asserted below
-    assert result.returncode == 0, result.stderr
-    rendered = yaml.safe_load(result.stdout)
+    rendered = rendered_compose(values, tmp_path)
     assert set(rendered["services"]) >= {"postgres", "mlflow", "prefect-server", "prefect-worker"}
     for name, service in rendered["services"].items():
         for port in service.get("ports", []):  # "127.0.0.1:5000:5000/tcp" or the long syntax

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support import system_binary
+from support import rendered_compose, system_binary
 
 pytestmark = [pytest.mark.flows, pytest.mark.stack]
 
@@ -210,17 +210,7 @@ def _compose_services(tmp: Path, values: dict[str, str], hosts: dict[str, str]) 
     their volumes and of the app image (``/app``, where the image puts the repository) mapped
     to local directories (a named volume is one directory, whichever service mounts it).
     Nothing is added but what the host needs to differ."""
-    import yaml
-
-    env_file = tmp / "compose.env"  # the operator's .env: the one place secrets are written, removed at once
-    env_file.write_text("".join(
-        (f"{line.split('=', 1)[0]}={values[line.split('=', 1)[0]]}" if line.split("=", 1)[0] in values else line) + "\n"
-        for line in (ROOT / ".env.example").read_text().splitlines()))
-    try:
-        rendered = subprocess.run([str(system_binary("docker-compose")), "--env-file", str(env_file), "config"],
-                                  cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    finally:
-        env_file.unlink()
+    rendered = rendered_compose(values, tmp)
 
     def local(value: str, paths: dict[str, Path]) -> str:
         for compose_address, address in hosts.items():
@@ -231,7 +221,7 @@ def _compose_services(tmp: Path, values: dict[str, str], hosts: dict[str, str]) 
         return value
 
     services = {}
-    for name, service in yaml.safe_load(rendered)["services"].items():
+    for name, service in rendered["services"].items():
         paths = {"/app": ROOT}
         for volume in service.get("volumes", []):  # "source:target:mode", a bind's source an absolute path
             source, target = volume.split(":")[:2]
