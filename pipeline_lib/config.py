@@ -1,7 +1,7 @@
 """One validated configuration object for every flow and command.
 
 Every setting lives here, with its bound and its description (the Prefect UI renders them
-as the flow parameter form), hence the length.
+as the flow parameter form), hence its 480 lines.
 
 Nothing here touches the file system or MLflow at import time: paths are derived on
 demand from the work directory, and URLs/secrets come from the environment.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,13 @@ def test_the_system_prerequisites_script_says_what_it_cannot_install(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: the tests need") and "chromium" in result.stderr
     assert "no apt-get" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_long_modules_say_why_they_are_long():
+    """docs/architecture.md: no module over about 300 lines without the reason in its
+    docstring (the docstring names its length, e.g. "About 400 lines: ...")."""
+    for path in [*(ROOT / "pipeline_lib").rglob("*.py"), *(ROOT / "flows").glob("*.py")]:
+        text = path.read_text()
+        if len(text.splitlines()) > 320:
+            docstring = ast.get_docstring(ast.parse(text)) or ""
+            assert re.search(r"\d+\s+lines", docstring), f"{path.relative_to(ROOT)} is long and does not say why"

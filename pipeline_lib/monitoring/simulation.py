@@ -34,6 +34,10 @@ but a streak that goes on after a retrain counts afresh from the day after it, s
 model that still breaches is retrained again). Every retrain has the same budget,
 :func:`~pipeline_lib.stages.warm_refit`: ``retrain_epochs`` epochs on every day so far from
 the current model's weights, keeping its scalers and recalibration.
+
+About 480 lines: the day loop, the policies and the report (table, headline, chart) share
+the scenario and policy vocabulary, and a policy is only comparable with the others through
+the same loop, so they stay together.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Every read and write of the forecast store, one transaction each (see :mod:`pipeline_lib.store`)."""
+"""Every read and write of the forecast store, one transaction each (see :mod:`pipeline_lib.store`).
+
+About 430 lines, one class: the store is the repository of five tables, and keeping every SQL
+statement in one place is what lets the retry policy, the dialect differences (SQLite's busy
+timeout, PostgreSQL's bulk COPY) and the retrain claim's take-over rules be read together.
+"""
 
 from __future__ import annotations
 
