@@ -79,6 +79,11 @@ class DataConfig(_Strict):
     covariate_cols: tuple[str, ...] | None = Field(
         None, description="numeric covariates; None = every other numeric column"
     )
+    known_covariates: tuple[str, ...] = Field(
+        (), description="covariates whose value for a day is known before the day (a price plan, a promotion "
+        "calendar): the model reads them on the target day itself instead of a day late, and rows after a "
+        "series' last actual that leave the target empty give their planned values for the forecast days"
+    )
     non_negative: bool = Field(True, description="reject negative targets (demand)")
     gap_policy: Literal["zero", "ffill", "reject"] = Field(
         "zero",
@@ -89,6 +94,14 @@ class DataConfig(_Strict):
         1_000_000, ge=1, description="rows read and validated at a time (whole series each): bounds the memory "
         "of reading a large catalogue; a source not grouped by series is read whole"
     )
+
+    @model_validator(mode="after")
+    def _known_among_covariates(self) -> DataConfig:
+        if self.covariate_cols is not None:
+            unknown = [c for c in self.known_covariates if c not in self.covariate_cols]
+            if unknown:
+                raise ValueError(f"known_covariates {unknown} are not among covariate_cols {list(self.covariate_cols)}")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

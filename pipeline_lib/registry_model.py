@@ -34,7 +34,8 @@ class DemandForecasterModel(mlflow.pyfunc.PythonModel):
         from pipeline_lib.data.validate import panel_from_history
 
         params = {**self.defaults, **(params or {})}
-        panel = panel_from_history(model_input, self.model.spec.covariate_names)
+        panel = panel_from_history(model_input, self.model.spec.covariate_names,
+                                   known_covariates=self.model.spec.known_covariates)
         sampled = self.model.forecast(panel, int(params["horizon"]), int(params["num_samples"]),
                                       int(params["seed"]))
         return sampled.to_frame(str(params["model_version"]))

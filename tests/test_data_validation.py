@@ -39,6 +39,10 @@ def _break(kind: str) -> pd.DataFrame:
     if kind == "negative":
         frame.loc[11, "units"] = -4
         return frame
+    if kind == "missing_target":  # the last row of S0: a plan row only with known covariates declared
+        frame["units"] = frame["units"].astype(float)
+        frame.loc[59, "units"] = np.nan
+        return frame
     if kind == "empty":
         return frame.iloc[0:0]
     if kind == "too_short":
@@ -56,6 +60,7 @@ EXPECTED = {
     "infinite": ["infinite", "'units'", "row 10"],
     "duplicate": ["duplicate", "rows 4, 121", "'S0'", "2023-01-05"],
     "negative": ["negative demand", "row 12", "'S0'"],
+    "missing_target": ["missing value in target column", "'units'", "row 60"],
     "empty": ["no rows"],
     "too_short": ["too short", "'S0'", f"{minimum_series_days(WINDOW)} days"],
     "gap_rejected": ["missing day", "'S0'", "2023-01-12"],
@@ -147,3 +152,64 @@ def test_parquet_and_sql_sources(tmp_path):
                      time_col="day", target_col="qty")
     panel = validate_table(read_table(sql), sql, 1)
     assert panel.covariate_names == ("price",) and len(panel.series[0]) == 40
+
+
+def _with_plan(frame: pd.DataFrame, series_id: str, days: int) -> pd.DataFrame:
+    """``frame`` with the target of ``series_id``'s last ``days`` rows emptied: its plan rows."""
+    frame = frame.copy()
+    frame["units"] = frame["units"].astype(float)
+    last = frame.index[frame["series_id"] == series_id][-days:]
+    frame.loc[last, "units"] = np.nan
+    return frame
+
+
+def test_plan_rows_after_the_last_actual_carry_the_known_covariates():
+    """With ``known_covariates``, rows after a series' last actual that leave the target empty
+    are its plan: the series ends at its last actual and keeps the planned values."""
+    frame = _with_plan(synthetic_demand(n_series=2, n_days=60), "S0", days=5)
+    panel = validate_table(frame, DataConfig(known_covariates=("price",)), minimum_series_days(WINDOW))
+    s0, s1 = panel.series
+    assert panel.known_covariates == ("price",)
+    assert len(s0) == 55 and str(s0.dates[-1].date()) == "2023-02-25" and not np.isnan(s0.target).any()
+    np.testing.assert_allclose(s0.future_covariates[:, 0], frame["price"].to_numpy()[55:60])
+    planned = frame["price"].to_numpy()[55:60]
+    np.testing.assert_allclose(s0.plan(7)[:, 0], [*planned, planned[-1], planned[-1]])  # then carried forward
+    assert len(s1) == 60 and s1.future_covariates is None
+    np.testing.assert_allclose(s1.plan(2)[:, 0], [frame["price"].iloc[119]] * 2)  # no plan: the last day's value
+
+
+def _plan_problem(kind: str) -> pd.DataFrame:
+    frame = _with_plan(synthetic_demand(n_series=2, n_days=60), "S0", days=5)
+    if kind == "empty_target_before_an_actual":
+        frame.loc[30, "units"] = np.nan
+    elif kind == "plan_without_the_known_value":
+        frame.loc[57, "price"] = np.nan
+    elif kind == "plan_with_a_gap":
+        frame = frame.drop(index=[57])
+    elif kind == "plan_without_actuals":
+        frame.loc[frame["series_id"] == "S1", "units"] = np.nan
+    return frame
+
+
+PLAN_PROBLEMS = {
+    "empty_target_before_an_actual": ["missing value in target column", "row 31", "only rows after"],
+    "plan_without_the_known_value": ["known covariate 'price' is empty on plan rows", "row 58"],
+    "plan_with_a_gap": ["'S0' has no plan row for 2023-02-28"],
+    "plan_without_actuals": ["'S1'", "no actuals"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PLAN_PROBLEMS))
+def test_bad_plan_rows_are_named(kind):
+    data = DataConfig(path=Path("demand.csv"), known_covariates=("price",))
+    with pytest.raises(DataValidationError) as info:
+        validate_table(_plan_problem(kind), data, minimum_series_days(WINDOW))
+    for word in PLAN_PROBLEMS[kind]:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_known_covariates_must_be_covariates():
+    with pytest.raises(DataValidationError, match=r"known_covariates \['promo'\] are not among"):
+        validate_table(synthetic_demand(n_series=2, n_days=60), DataConfig(known_covariates=("promo",)))
+    with pytest.raises(ValueError, match="not among covariate_cols"):
+        DataConfig(covariate_cols=("price",), known_covariates=("promo",))

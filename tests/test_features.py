@@ -245,3 +245,59 @@ def test_a_saved_path_calibration_recalibrates_each_day_of_the_paths_by_its_days
     for first, last, bucket in ((2, 7, 0), (8, 14, 1), (15, 20, 2)):
         chosen = (days >= first) & (days <= last)
         np.testing.assert_allclose(served[:, chosen], model.path_calibration.buckets[bucket].apply(raw[:, chosen]))
+
+
+@pytest.fixture
+def planned_panel():
+    """Three series whose ``price`` is declared known in advance, without plan rows."""
+    return validate_table(synthetic_demand(n_series=3, n_days=60), DataConfig(known_covariates=("price",)),
+                          min_days=1)
+
+
+def test_known_covariates_are_read_on_their_own_day_and_a_cut_series_keeps_them_as_its_plan(planned_panel):
+    """A covariate known in advance sits in the row of its own day (others a day late), and the
+    row of the day after the data reads the plan. Cut at day m, a series' rows are the full
+    series' rows up to day m: a forecast made then saw the planned value of day m."""
+    scalers, spec = fit_scalers(planned_panel, WINDOW, target_transform(True))
+    assert spec.known_covariates == ("price",) and spec.known_covariate_columns == [spec.covariate_columns.start]
+    series = planned_panel.series[0]
+    scaler = scalers[series.series_id]
+    L, n, column = spec.context_length, len(series), spec.covariate_columns.start
+    rows = feature_rows(series, scaler, spec)
+    scaled = scaler.scale_covariates(series.covariates)[:, 0]
+    np.testing.assert_allclose(rows[L:L + n, column], scaled, rtol=1e-6)  # day t reads price(t)
+    assert rows[L + n, column] == pytest.approx(scaled[-1], rel=1e-6)  # no plan: the last price carried
+    m = 40
+    cut_rows = feature_rows(series.head(m), scaler, spec)
+    np.testing.assert_array_equal(cut_rows, rows[:L + m + 1])
+
+
+def test_sample_paths_read_the_plan_of_the_days_they_forecast(monkeypatch):
+    """The rows a path feeds back for days n+1 .. n+H carry the planned values of a known
+    covariate (then the last plan value), as the rows of a series that had reached them."""
+    from pipeline_lib.config import ModelConfig
+    from pipeline_lib.model import forecast as forecasting
+    from pipeline_lib.model.forecast import ForecastModel
+
+    frame = synthetic_demand(n_series=2, n_days=60)
+    frame["units"] = frame["units"].astype(float)
+    frame.loc[frame.groupby("series_id").tail(6).index, "units"] = np.nan  # 6 plan rows each
+    panel = validate_table(frame, DataConfig(known_covariates=("price",)), min_days=1)
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True))
+    model = ForecastModel.create(spec, scalers, ModelConfig(lstm_units=(4,), head="normal"))
+    captured = {}
+
+    def capture(network, centred, future, num_samples, seed, context):
+        captured["window"], captured["future"] = centred, future
+        return np.zeros((num_samples, future.shape[1], future.shape[0]), dtype=np.float32)
+
+    monkeypatch.setattr(forecasting, "sample_paths", capture)
+    horizon = 8  # beyond the 6 planned days: the last planned value is carried
+    model.forecast(panel, horizon=horizon, num_samples=2)
+    column = spec.covariate_columns.start
+    for k, series in enumerate(panel.series):
+        scaler = scalers[series.series_id]
+        planned = scaler.scale_covariates(series.plan(horizon + 1))[:, 0]  # days n .. n+H
+        assert captured["window"][k, -1, column] == pytest.approx(planned[0], rel=1e-6)  # day n, in the window
+        np.testing.assert_allclose(captured["future"][:, k, column], planned[1:], rtol=1e-6)  # days n+1 .. n+H
+        assert planned[5] != planned[4]  # the plan really moves where it was given

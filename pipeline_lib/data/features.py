@@ -6,13 +6,15 @@ The feature layout, the scalers that fill it and the windows that read it change
 Each model input is a window of ``context_length`` days ending on the target day ``d``.
 The feature row of day ``t`` holds what is known at the start of that day::
 
-    [ z(t-1), observed(t-1), covariates(t-1) ..., one_hot(weekday(t)) x 7, [sin, cos of the
-      year's phase of t,] magnitude ]
+    [ z(t-1), observed(t-1), covariates(t-1 or t) ..., one_hot(weekday(t)) x 7, [sin, cos of
+      the year's phase of t,] magnitude ]
 
 where ``z`` is the target after the per-series transform (``log1p`` for non-negative
 demand, identity otherwise) and standardisation fitted on the series' training part only.
 Lagging the target and the covariates by one day means a forecast never sees the day it
-predicts; the weekday of the target day is known in advance (it carries the Saturday
+predicts. Covariates known in advance (``data.known_covariates``: a price plan, a promotion
+calendar) are read on the target day itself, from the series' plan rows for days after its
+data (:meth:`Series.plan`). The weekday of the target day is known in advance too (it carries the Saturday
 closures), and so is the season: with ``yearly_features`` two columns give the target day's
 place in the year. Days before a series starts are zero rows with ``observed = 0``, so short series
 still produce full-length windows.
@@ -135,6 +137,17 @@ class FeatureSpec:
     level_days: int = 0  # 0: no window centring (models saved before it existed)
     weekday_profile: bool = False  # lags and targets net of each series' weekday offsets
     yearly_features: bool = False  # sin and cos of the target day's phase in the year
+    known_covariates: tuple[str, ...] = ()  # of covariate_names: read on the target day, not a day late
+
+    @property
+    def known_covariate_index(self) -> list[int]:
+        """Positions in ``covariate_names`` of the covariates known in advance."""
+        return [self.covariate_names.index(name) for name in self.known_covariates]
+
+    @property
+    def known_covariate_columns(self) -> list[int]:
+        """Feature columns of the covariates known in advance."""
+        return [FIRST_COVARIATE_COLUMN + j for j in self.known_covariate_index]
 
     @property
     def covariate_columns(self) -> slice:
@@ -170,7 +183,8 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, raw: dict) -> FeatureSpec:
-        return cls(**{**raw, "covariate_names": tuple(raw["covariate_names"])})
+        return cls(**{**raw, "covariate_names": tuple(raw["covariate_names"]),
+                      "known_covariates": tuple(raw.get("known_covariates", ()))})
 
 
 @dataclass(frozen=True)
@@ -246,6 +260,7 @@ def fit_scalers(
         level_days=level_days,
         weekday_profile=weekday_profile,
         yearly_features=yearly_features,
+        known_covariates=panel.known_covariates,
     )
     return scalers, spec
 
@@ -292,7 +307,8 @@ def _write_features(out: np.ndarray, lag: np.ndarray, observed: np.ndarray, cova
 def _lag_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """The rows' changing parts for days ``-L .. n``: the lagged model-space target ``(L + n + 1,)``
-    and the lagged scaled covariates ``(L + n + 1, C)``, zero before the series starts."""
+    and the scaled covariates ``(L + n + 1, C)`` (lagged, but the known-in-advance ones of the
+    row's own day, day ``n``'s from the plan), zero before the series starts."""
     L = spec.context_length
     y = series.target if target is None else target
     n = len(y)
@@ -304,6 +320,10 @@ def _lag_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target: n
     # Day t (row t + L) sees z(t-1): rows L+1 .. L+n hold days 1 .. n.
     lag[L + 1:] = z
     covariates[L + 1:] = scaler.scale_covariates(series.covariates)
+    known = spec.known_covariate_index
+    if known:  # day t (row t + L) sees its own value; tomorrow's comes from the plan
+        own = scaler.scale_covariates(np.concatenate([series.covariates, series.plan(1)]))
+        covariates[L:, known] = own[:, known]
     return lag, covariates
 
 

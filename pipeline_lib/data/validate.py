@@ -16,6 +16,12 @@ Gap policy (``DataConfig.gap_policy``), applied per series between its first and
 
 Missing covariate values are carried forward (then backward) within a series; a missing
 target value is an error, because inventing demand silently would bias every interval.
+
+Plans: with ``data.known_covariates`` (covariates known before their day, such as a price
+plan or a promotion calendar), rows after a series' last actual may leave the target empty;
+they give the known covariates' values for the days ahead (``Series.future_covariates``),
+must follow the last actual without a gap and must fill every known covariate. An empty
+target anywhere else is still an error.
 """
 
 from __future__ import annotations
@@ -37,25 +43,43 @@ _MAX_LISTED = 5
 class Series:
     """One series on a contiguous daily calendar.
 
-    ``target`` has shape ``(n_days,)``; ``covariates`` has shape ``(n_days, n_covariates)``.
+    ``target`` has shape ``(n_days,)``; ``covariates`` has shape ``(n_days, n_covariates)``;
+    ``future_covariates``, when given, ``(n_future, n_covariates)``: the covariates of the days
+    after the last one, as planned (only the known-in-advance columns are read from it).
     """
 
     series_id: str
     dates: pd.DatetimeIndex
     target: np.ndarray
     covariates: np.ndarray
+    future_covariates: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.dates)
 
     def head(self, n_days: int) -> Series:
-        """The first ``n_days`` days."""
-        return Series(self.series_id, self.dates[:n_days], self.target[:n_days], self.covariates[:n_days])
+        """The first ``n_days`` days. The covariates of the days cut off become the plan of the
+        days after (what a forecast made then knew of them, for the covariates known ahead)."""
+        return self._cut(0, n_days)
 
     def tail(self, n_days: int) -> Series:
         """The last ``n_days`` days (all of them if the series is shorter)."""
-        start = max(len(self) - n_days, 0)
-        return Series(self.series_id, self.dates[start:], self.target[start:], self.covariates[start:])
+        return self._cut(max(len(self) - n_days, 0), len(self))
+
+    def _cut(self, begin: int, stop: int) -> Series:
+        ahead = self.covariates[stop:]
+        if self.future_covariates is not None and len(self.future_covariates):
+            ahead = np.concatenate([ahead, self.future_covariates])
+        return Series(self.series_id, self.dates[begin:stop], self.target[begin:stop], self.covariates[begin:stop],
+                      ahead if len(ahead) else None)
+
+    def plan(self, n_days: int) -> np.ndarray:
+        """Covariates of the ``n_days`` days after the last one, ``(n_days, n_covariates)``: the
+        future rows where there are any, after them the last known row carried forward."""
+        future = self.future_covariates if self.future_covariates is not None else self.covariates[:0]
+        last = future[-1:] if len(future) else self.covariates[-1:]
+        filler = np.repeat(last, max(n_days - len(future), 0), axis=0)
+        return np.concatenate([future[:n_days], filler])
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,7 @@ class Panel:
     filled_days: int = 0
     target_name: str = "target"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    known_covariates: tuple[str, ...] = ()  # of covariate_names: known before their day (data.known_covariates)
 
     @property
     def series_ids(self) -> list[str]:
@@ -98,7 +123,7 @@ class Panel:
             stop = int(np.searchsorted(s.dates.values, end, side="right"))
             begin = 0 if start is None else int(np.searchsorted(s.dates.values, start, side="left"))
             if stop > begin:
-                cut.append(Series(s.series_id, s.dates[begin:stop], s.target[begin:stop], s.covariates[begin:stop]))
+                cut.append(s._cut(begin, stop))
         return replace(self, series=tuple(cut))
 
     def sample_series(self, n: int) -> Panel:
@@ -187,6 +212,10 @@ def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, sourc
     dates = _parse_dates(raw[data.time_col], source, data.time_col, first_row)
     target = _parse_target(raw[data.target_col], source, data, ids, first_row)
     covariate_names, covariates = _select_covariates(raw, data, source, first_row)
+    unknown = [c for c in data.known_covariates if c not in covariate_names]
+    if unknown:
+        raise DataValidationError(f"{source}: known_covariates {unknown} are not among the covariates "
+                                  f"{covariate_names}")
 
     frame = pd.DataFrame({"series_id": ids.to_numpy(), "date": dates.to_numpy(), "target": target})
     for name in covariate_names:
@@ -200,8 +229,16 @@ def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, sourc
             f"e.g. series {first.series_id!r} on {first.date.date()}"
         )
 
+    plans = None
+    if data.known_covariates:
+        frame, plans = _split_plans(frame, data, source, first_row)
+    elif np.isnan(target).any():
+        raise DataValidationError(
+            f"{source}: missing value in target column {data.target_col!r} at {_rows(np.isnan(target), first_row)}")
     _check_daily(frame, source)
     series, filled = _reindex(frame, covariate_names, data, source)
+    if plans is not None and len(plans):
+        series = _attach_plans(series, plans, covariate_names, source)
 
     too_short = [f"{s.series_id!r} ({len(s)} days)" for s in series if len(s) < min_days]
     if too_short:
@@ -217,7 +254,56 @@ def validate_table(raw: pd.DataFrame, data: DataConfig, min_days: int = 1, sourc
         filled_days=filled,
         target_name=data.target_col,
         notes=notes,
+        known_covariates=tuple(data.known_covariates),
     )
+
+
+def _split_plans(frame: pd.DataFrame, data: DataConfig, source: str, first_row: int
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows with an actual, and the plan rows (empty target) after each series' last actual.
+    An empty target before a series' last actual, or a plan row without a known covariate's
+    value, is an error naming the rows."""
+    empty = frame["target"].isna().to_numpy()
+    last_actual = frame.loc[~empty].groupby("series_id")["date"].max()
+    before = frame["series_id"].map(last_actual)
+    misplaced = empty & ~(before.isna().to_numpy() | (frame["date"] > before).to_numpy())
+    if misplaced.any():
+        raise DataValidationError(
+            f"{source}: missing value in target column {data.target_col!r} at {_rows(misplaced, first_row)}; only "
+            "rows after a series' last actual may leave it empty (the plan of its known covariates)")
+    no_actual = sorted(set(frame.loc[empty & before.isna().to_numpy(), "series_id"]))
+    if no_actual:
+        raise DataValidationError(f"{source}: series {_listing([repr(s) for s in no_actual])} have plan rows "
+                                  "(empty target) but no actuals")
+    for name in data.known_covariates:
+        unplanned = empty & frame[name].isna().to_numpy()
+        if unplanned.any():
+            raise DataValidationError(f"{source}: known covariate {name!r} is empty on plan rows at "
+                                      f"{_rows(unplanned, first_row)}; a plan row must give every known covariate")
+    return frame.loc[~empty], frame.loc[empty]
+
+
+def _attach_plans(series: list[Series], plans: pd.DataFrame, covariate_names: list[str],
+                  source: str) -> list[Series]:
+    """Each series with its plan rows as ``future_covariates`` (covariates not known ahead carry
+    the last actual day's value). Plan rows must start the day after the last actual and go on
+    day by day."""
+    by_series = {sid: group.sort_values("date") for sid, group in plans.groupby("series_id", sort=False)}
+    out = []
+    for s in series:
+        group = by_series.get(s.series_id)
+        if group is None:
+            out.append(s)
+            continue
+        expected = pd.date_range(s.dates[-1] + pd.Timedelta(days=1), periods=len(group), freq="D")
+        if not (pd.DatetimeIndex(group["date"]) == expected).all():
+            gap = next(e for e, d in zip(expected, group["date"], strict=True) if e != d)
+            raise DataValidationError(f"{source}: series {s.series_id!r} has no plan row for {gap.date()}; plan rows "
+                                      "must follow its last actual day by day")
+        future = group[covariate_names].to_numpy(dtype=np.float64)
+        future = pd.DataFrame(np.vstack([s.covariates[-1:], future])).ffill().to_numpy()[1:]
+        out.append(Series(s.series_id, s.dates, s.target, s.covariates, future))
+    return out
 
 
 def _parse_dates(column: pd.Series, source: str, name: str, first_row: int) -> pd.Series:
@@ -253,10 +339,7 @@ def _parse_target(column: pd.Series, source: str, data: DataConfig, ids: pd.Seri
             f"{source}: non-numeric value in target column {name!r} at {_rows(non_numeric, first_row)} "
             f"(e.g. {example!r})"
         )
-    values = numeric.to_numpy(dtype=float)
-    if np.isnan(values).any():
-        raise DataValidationError(
-            f"{source}: missing value in target column {name!r} at {_rows(np.isnan(values), first_row)}")
+    values = numeric.to_numpy(dtype=float)  # empty values are checked with the plan rows
     if np.isinf(values).any():
         raise DataValidationError(
             f"{source}: infinite value in target column {name!r} at {_rows(np.isinf(values), first_row)}")
@@ -387,12 +470,16 @@ def read_panel(data: DataConfig, min_days: int = 1) -> Panel:
         raise DataValidationError(f"{data.source_name()}: input has no rows")
     notes = (f"{filled} missing calendar days filled by gap policy {data.gap_policy!r}",) if filled else ()
     return Panel(series=tuple(sorted(series, key=lambda s: s.series_id)), covariate_names=covariate_names,
-                 source=data.source_name(), filled_days=filled, target_name=data.target_col, notes=notes)
+                 source=data.source_name(), filled_days=filled, target_name=data.target_col, notes=notes,
+                 known_covariates=tuple(data.known_covariates))
 
 
-def panel_from_history(frame: pd.DataFrame, covariate_names: tuple[str, ...], non_negative: bool = True) -> Panel:
+def panel_from_history(frame: pd.DataFrame, covariate_names: tuple[str, ...], non_negative: bool = True,
+                       known_covariates: tuple[str, ...] = ()) -> Panel:
     """Validate a canonical history frame (``series_id, date, target, <covariates>``),
-    as passed to the registered model, into a :class:`Panel`."""
+    as passed to the registered model, into a :class:`Panel` (with ``known_covariates``,
+    rows after a series' last actual with an empty target are its plan)."""
     data = DataConfig(id_col="series_id", time_col="date", target_col="target",
-                      covariate_cols=tuple(covariate_names), non_negative=non_negative)
+                      covariate_cols=tuple(covariate_names), non_negative=non_negative,
+                      known_covariates=tuple(known_covariates))
     return validate_table(frame, data, min_days=1, source="model input")

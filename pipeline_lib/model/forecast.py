@@ -250,6 +250,11 @@ class ForecastModel:
                 f"{panel.source}: covariates {list(panel.covariate_names)} differ from the model's "
                 f"{list(self.spec.covariate_names)}"
             )
+        if tuple(panel.known_covariates) != tuple(self.spec.known_covariates):
+            raise DataValidationError(
+                f"{panel.source}: the model reads {list(self.spec.known_covariates)} as known in advance, the data "
+                f"declares {list(panel.known_covariates)}; set data.known_covariates as in training"
+            )
 
     # --- forecasting ---------------------------------------------------------------------
     def one_step_inputs(self, panel: Panel, days: dict[int, np.ndarray]) -> OneStepInputs:
@@ -310,11 +315,16 @@ class ForecastModel:
             offsets.append(target_offsets(scaler, self.spec, series, n + np.arange(horizon)))
             rows = feature_rows(series, scaler, self.spec)
             inputs.append(windows_for_days(rows, np.array([n]), L)[0])
-            # Known parts of the rows of days n+1 .. n+horizon: covariates stay at their
-            # last value, the calendar advances, the lagged target is filled in by sampling.
+            # Known parts of the rows of days n+1 .. n+horizon: lagged covariates stay at their
+            # last value, those known in advance follow the plan, the calendar advances, the
+            # lagged target is filled in by sampling.
             template = np.repeat(rows[-1:], horizon, axis=0)
             template[:, self.spec.calendar_columns] = calendar_features(
                 epoch_day(series.dates[-1]) + 2 + np.arange(horizon), self.spec)
+            known = self.spec.known_covariate_index
+            if known:
+                planned = scaler.scale_covariates(series.plan(horizon + 1)[1:])
+                template[:, self.spec.known_covariate_columns] = planned[:, known]
             future.append(template)
             locs.append(np.full(horizon, scaler.loc))
             scales.append(np.full(horizon, scaler.scale))
