@@ -270,10 +270,12 @@ class MonitoringConfig(_Strict):
     """Daily forecasting and coverage monitoring (see pipeline_lib/monitoring)."""
 
     pic_threshold: float = Field(0.90, gt=0, le=1, description="daily PIC below this is a breach")
-    breach_rule: Literal["threshold", "binomial"] = Field(
+    breach_rule: Literal["threshold", "binomial", "protection"] = Field(
         "threshold", description="threshold = PIC below pic_threshold (the source's rule); binomial = the day's "
         "covered count is significantly low for a calibrated interval (one-sided binomial test at breach_alpha), "
-        "which scales with the number of series")
+        "which scales with the number of series; protection = fewer than pic_threshold of the series' demand "
+        "over lead time + review period stayed within the order-up-to level set at its start (the orders' "
+        "coverage; needs serving.horizon >= that period)")
     breach_alpha: float = Field(0.01, gt=0, lt=0.5, description="binomial breach rule: significance level")
     consecutive_days: int = Field(3, ge=1, description="breach days in a row that trigger one retrain")
     lookback_days: int = Field(7, ge=0, description="earlier days re-checked on every run: missed days "
@@ -395,6 +397,14 @@ class PipelineConfig(_Strict):
     def _count_head_needs_counts(self) -> PipelineConfig:
         if self.model.head == "count" and not self.data.non_negative:
             raise ValueError("model.head 'count' needs non-negative demand (data.non_negative: true)")
+        return self
+
+    @model_validator(mode="after")
+    def _protection_rule_has_order_levels(self) -> PipelineConfig:
+        period = self.inventory.protection_days
+        if self.monitoring.breach_rule == "protection" and self.serving.horizon < period:
+            raise ValueError(f"monitoring.breach_rule 'protection' needs order levels: serving.horizon "
+                             f"{self.serving.horizon} must cover lead time + review period ({period} days)")
         return self
 
     @model_validator(mode="after")

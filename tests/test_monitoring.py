@@ -514,3 +514,41 @@ def test_a_retrain_outcome_and_its_alert_are_written_together(tmp_path):
     assert store.table("retrain_events").iloc[0]["status"] == "completed"
     assert store.undelivered_alerts()["kind"].tolist() == ["retrain"]
     store.dispose()
+
+
+@pytest.mark.parametrize("rule, level, retrains", [("threshold", 25.0, False), ("protection", 25.0, True),
+                                                   ("protection", 35.0, False)])
+def test_the_protection_rule_retrains_when_the_orders_fall_short_though_the_intervals_cover(tmp_path, rule, level,
+                                                                                            retrains):
+    """Demand of 10 a day, one-day 95% intervals 10 +- 2 (they always cover) and order-up-to
+    levels of ``level`` for lead time 2 + review 1 days. The one-day rule never acts. Under
+    ``breach_rule: protection`` levels of 25 against 30 units of demand per period fail: days 0
+    and 1 are pending (no level has met its whole period yet), days 2, 3, 4 breach and day 4,
+    the third, claims one retrain; levels of 35 hold and nothing happens."""
+    config = PipelineConfig(workdir=tmp_path, monitoring={"breach_rule": rule, "lookback_days": 3})
+    assert config.inventory.protection_days == 3  # the defaults: lead time 2, review period 1
+    store = ForecastStore(config.store_url).create()
+    runs = []
+    for k in range(6):
+        store.replace_forecasts(day(k), forecast_rows(day(k), ["A", "B", "C", "D"], 3).assign(order_up_to=level))
+        runs.append(monitor_day(config, store, constant_panel(actual_days=k + 1), day(k), "1", tmp_path / "reports"))
+    overall, protection, claims = store.coverage("overall"), store.coverage("protection"), store.table("retrain_events")
+    store.dispose()
+    assert list(overall["picp"]) == [1.0] * 6  # the intervals cover every day
+    if rule == "threshold":
+        assert protection.empty and claims.empty and not any(run.alerts for run in runs)
+        return
+    assert list(protection["status"]) == ["pending"] * 2 + ["ok"] * 4
+    assert list(protection["picp"][2:]) == ([0.0] * 4 if retrains else [1.0] * 4)
+    if retrains:
+        assert [run.retrain is not None for run in runs] == [False] * 4 + [True, False] and len(claims) == 1
+        assert runs[4].retrain.streak_start == day(2)
+        assert "order-up-to levels set for 95% service held for 0.0% of the series" in runs[2].alerts[0].message
+        assert runs[2].describe().startswith(f"{day(2)}: orders held for 0.0% of 4/4 series")
+    else:
+        assert claims.empty and not any(run.alerts for run in runs)
+
+
+def test_the_protection_rule_needs_order_levels_for_its_whole_period():
+    with pytest.raises(ValueError, match="serving.horizon 2 must cover lead time \\+ review period \\(3 days\\)"):
+        PipelineConfig(monitoring={"breach_rule": "protection"}, serving={"horizon": 2})

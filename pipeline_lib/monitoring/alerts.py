@@ -57,9 +57,13 @@ class Alert:
 
 
 def breach_message(day: dt.date, picp: float, level: float, rule: str, streak: int,
-                   consecutive_days: int, model_version: str, report: str | None) -> str:
-    """``rule``: what made the day a breach (``BreachRule.describe()``)."""
-    return (f"{day}: prediction-interval coverage {picp:.1%} of the {level:.0%} interval is {rule} "
+                   consecutive_days: int, model_version: str, report: str | None, scope: str = "overall") -> str:
+    """``rule``: what made the day a breach (``BreachRule.describe()``); ``scope``: the coverage
+    that decided it (``overall``: the one-day intervals; ``protection``: the order levels)."""
+    subject = (f"orders: the order-up-to levels set for {level:.0%} service held for {picp:.1%} of the series, "
+               if scope == "protection" else
+               f"prediction-interval coverage {picp:.1%} of the {level:.0%} interval is ")
+    return (f"{day}: {subject}{rule} "
             f"(breach day {streak} of {consecutive_days} before a retrain); "
             f"model version {model_version}; report: {report or 'n/a'}")
 

@@ -4,6 +4,11 @@ For a day ``D``, every series may have several forecasts that targeted it (issue
 days before). The headline ``overall`` PIC uses each series' most recent forecast (the
 smallest horizon); ``hNN`` scopes use all forecasts issued ``NN`` days ahead; segment
 scopes split the headline forecasts by their mean (slow / medium / fast movers).
+
+The ``protection`` scope is the coverage the orders live on: of the series whose order-up-to
+level was set on day ``D - P + 1`` (``P`` = lead time + review period), the share whose demand
+over days ``D - P + 1 .. D`` stayed within it (:func:`protection_coverage`). With
+``monitoring.breach_rule: protection`` it, not ``overall``, decides breaches.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pipeline_lib.contract import interval_columns
 from pipeline_lib.evaluation.metrics import inside_interval
 
 OVERALL = "overall"
+PROTECTION = "protection"  # a coverage scope and a breach rule
 OK, PARTIAL, PENDING = "ok", "partial", "pending"
 THRESHOLD, BINOMIAL = "threshold", "binomial"
 
@@ -28,6 +34,8 @@ class BreachRule:
     """When a day's PIC counts as a breach (``monitoring.breach_rule``).
 
     ``threshold`` (the source's rule, the default): PIC below ``threshold``.
+    ``protection``: the same threshold on the orders' coverage (the ``protection`` scope),
+    which then decides breaches instead of the one-day PIC.
     ``binomial``: the covered count is significantly low for a calibrated ``level``
     interval: ``P(X <= covered) < alpha`` for ``X ~ Binomial(n, level)``. It scales with the
     number of series (with 50 series a PIC of 0.88 is common chance, 0.84 is not; with 5,000
@@ -45,8 +53,13 @@ class BreachRule:
         mon = config.monitoring
         return cls(config.evaluation.nominal_level, mon.pic_threshold, mon.breach_rule, mon.breach_alpha)
 
+    @property
+    def deciding_scope(self) -> str:
+        """The coverage scope whose breach flag drives alerts and retrains."""
+        return PROTECTION if self.rule == PROTECTION else OVERALL
+
     def describe(self) -> str:
-        """How a breach day's PIC is described in alerts."""
+        """How a breach day's coverage is described in alerts."""
         if self.rule == BINOMIAL:
             return f"significantly low (one-sided binomial test at {self.alpha:g})"
         return f"below the {self.threshold:.0%} threshold"
@@ -90,6 +103,35 @@ def protection_covered(levels: np.ndarray, demand: np.ndarray, protection_days: 
     period = cumulative[protection_days:] - cumulative[:-protection_days]
     # A relative tolerance, so a level equal to the demand's sum holds despite rounding.
     return period <= levels[:len(period)] * (1 + 1e-9) + 1e-9
+
+
+def protection_coverage(orders: pd.DataFrame, demand: pd.DataFrame, protection_days: int, service_level: float,
+                        rule: BreachRule) -> dict | None:
+    """The ``protection`` coverage row of a day ``D`` (fields as :func:`daily_coverage`'s rows).
+
+    ``orders``: ``series_id, model_version, order_up_to`` of the levels set on day
+    ``D - protection_days + 1``; ``demand``: ``series_id, date, actual`` of the days
+    ``D - protection_days + 1 .. D``. A series is observed once all ``protection_days`` actuals
+    are in; ``picp`` is the share of observed series whose demand over the period stayed
+    within their level (:func:`protection_covered`), judged against ``rule.threshold`` once
+    every series is observed. ``None`` when no level was set that day.
+    """
+    orders = orders[orders["order_up_to"].notna()]
+    if orders.empty:
+        return None
+    days = demand.groupby("series_id")["actual"].agg(["sum", "count"])
+    joined = orders.join(days, on="series_id")
+    observed = joined[joined["count"] == protection_days]
+    n, expected = len(observed), len(joined)
+    status = PENDING if n == 0 else (PARTIAL if n < expected else OK)
+    picp = breach = None
+    if n:
+        held = protection_covered(observed["order_up_to"].to_numpy()[None], observed["sum"].to_numpy()[None], 1)[0]
+        picp = float(held.mean())
+        breach = rule(int(held.sum()), n) if status == OK else None
+    return {"scope": PROTECTION, "level": float(service_level),
+            "model_version": ",".join(sorted(set(joined["model_version"].astype(str)))), "status": status,
+            "picp": picp, "mpiw": None, "n": n, "expected": expected, "breach": breach}
 
 
 def segment_names(edges: tuple[float, ...]) -> list[str]:

@@ -19,7 +19,14 @@ from pipeline_lib.config import PipelineConfig
 from pipeline_lib.contract import as_day, interval_columns
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.monitoring.alerts import Alert, breach_message
-from pipeline_lib.monitoring.coverage import OVERALL, PENDING, BreachRule, daily_coverage
+from pipeline_lib.monitoring.coverage import (
+    OVERALL,
+    PENDING,
+    PROTECTION,
+    BreachRule,
+    daily_coverage,
+    protection_coverage,
+)
 from pipeline_lib.monitoring.drift import (
     CURRENT_WINDOW_DAYS,
     DriftSummary,
@@ -64,8 +71,12 @@ class MonitoringRun:
             return f"{self.day}: no forecasts targeted this day"
         if row["status"] == PENDING:
             return f"{self.day}: pending (no actuals yet for {row['expected']} forecasts)"
-        text = (f"{self.day}: PIC {row['picp']:.1%} over {row['n']}/{row['expected']} series, "
-                f"mean width {row['mpiw']:.1f}, model {row['model_version']}")
+        if row["scope"] == PROTECTION:
+            text = (f"{self.day}: orders held for {row['picp']:.1%} of {row['n']}/{row['expected']} series, "
+                    f"model {row['model_version']}")
+        else:
+            text = (f"{self.day}: PIC {row['picp']:.1%} over {row['n']}/{row['expected']} series, "
+                    f"mean width {row['mpiw']:.1f}, model {row['model_version']}")
         return text + (" BREACH" if row["breach"] else "")
 
 
@@ -75,10 +86,14 @@ def actual_rows(panel: Panel, first: dt.date, last: dt.date) -> pd.DataFrame:
     return frame.rename(columns={"target": "actual"})[["series_id", "date", "actual"]]
 
 
-def days_to_evaluate(store: ForecastStore, day: dt.date, lookback_days: int, changed: list[dt.date]) -> list[dt.date]:
-    """``day``, plus window days that were missed, are not final, or got new actuals."""
+def days_to_evaluate(store: ForecastStore, day: dt.date, lookback_days: int, changed: list[dt.date],
+                     scope: str = OVERALL, reach_days: int = 1) -> list[dt.date]:
+    """``day``, plus window days that were missed, are not final in ``scope``, or whose rows
+    read new actuals (a day's actual is read by the rows of the ``reach_days`` days from it:
+    1 for the one-day coverage, lead time + review period for the orders' coverage)."""
     first = day - dt.timedelta(days=lookback_days)
-    coverage = store.coverage(OVERALL)
+    changed = sorted({c + dt.timedelta(days=k) for c in changed for k in range(reach_days)})
+    coverage = store.coverage(scope)
     final = set()
     if not coverage.empty:
         ok = coverage[coverage["status"] == "ok"]
@@ -103,19 +118,22 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
     """
     day = as_day(day)
     mon = config.monitoring
-    level = config.evaluation.nominal_level
+    rule = BreachRule.of(config)
     changed = store.upsert_actuals(actual_rows(panel, day - dt.timedelta(days=mon.lookback_days), day))
-    evaluated = days_to_evaluate(store, day, mon.lookback_days, changed)
+    reach = config.inventory.protection_days if rule.deciding_scope == PROTECTION else 1
+    evaluated = days_to_evaluate(store, day, mon.lookback_days, changed, rule.deciding_scope, reach)
     coverage = {}
     for d in evaluated:
-        rows = daily_coverage(store.forecasts_for(d), store.actuals_on(d), BreachRule.of(config), mon.segment_edges)
+        rows = daily_coverage(store.forecasts_for(d), store.actuals_on(d), rule, mon.segment_edges)
+        if rows and rule.deciding_scope == PROTECTION:
+            rows.append(_protection_row(config, store, d, rule))
         store.replace_coverage(d, rows)
         for row in rows:
-            if row["scope"] == OVERALL:
+            if row["scope"] == rule.deciding_scope:
                 coverage[d] = row
 
     drift = _drift(config, store, panel, day, reference_end, report_dir)
-    history = store.coverage(OVERALL)
+    history = store.coverage(rule.deciding_scope)
     rows_by_day = {as_day(r["day"]): r for r in history.to_dict("records")}
     breaches = {d: r["breach"] for d, r in rows_by_day.items()}
     already_alerted = store.alert_days("breach")
@@ -135,8 +153,8 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
         if decision.breach and d not in already_alerted:
             row = rows_by_day[d]
             report = _report_for(config, store, panel, d, day, drift, reference_end, report_dir)
-            message = breach_message(d, row["picp"], level, BreachRule.of(config).describe(), decision.streak_length,
-                                     mon.consecutive_days, row["model_version"], report)
+            message = breach_message(d, row["picp"], row["level"], rule.describe(), decision.streak_length,
+                                     mon.consecutive_days, row["model_version"], report, row["scope"])
             details = {"picp": row["picp"], "threshold": mon.pic_threshold, "streak": decision.streak_length}
             if store.add_alert(d, "breach", row["model_version"], message, report, details):
                 run.alerts.append(Alert("breach", d, row["model_version"], message, report, details))
@@ -151,6 +169,21 @@ def monitor_day(config: PipelineConfig, store: ForecastStore, panel: Panel, day,
     if mon.forecast_retention_days is not None:
         run.pruned_forecasts = store.prune_forecasts(day - dt.timedelta(days=mon.forecast_retention_days))
     return run
+
+
+def _protection_row(config: PipelineConfig, store: ForecastStore, day: dt.date, rule: BreachRule) -> dict:
+    """Day ``day``'s ``protection`` row: the order levels set ``P - 1`` days before it (the
+    most recent forecast of that day, as the order was placed from) against the demand of
+    the ``P`` days since. Before any level was set the row is pending, so the rule waits."""
+    period = config.inventory.protection_days
+    first = day - dt.timedelta(days=period - 1)
+    issued = store.forecasts_for(first)
+    orders = (issued.sort_values(["series_id", "horizon"]).drop_duplicates("series_id")
+              if not issued.empty else issued)
+    demand = pd.concat([store.actuals_on(first + dt.timedelta(days=k)) for k in range(period)], ignore_index=True)
+    row = protection_coverage(orders, demand, period, config.inventory.service_level, rule) if len(orders) else None
+    return row or {"scope": PROTECTION, "level": float(config.inventory.service_level), "model_version": "",
+                   "status": PENDING, "picp": None, "mpiw": None, "n": 0, "expected": 0, "breach": None}
 
 
 def _report_for(config: PipelineConfig, store: ForecastStore, panel: Panel, d: dt.date, today: dt.date,
