@@ -75,7 +75,8 @@ def log_monitoring(config: PipelineConfig, run: daily.MonitoringRun) -> str | No
     if row is None:
         return None
     registry.configure(config.tracking_uri)
-    metrics = {"pic": row["picp"], "mpiw": row["mpiw"], "n": row["n"], "breach": float(bool(row["breach"]))}
+    share = "orders_held" if row["scope"] == "protection" else "pic"  # the coverage that decides breaches
+    metrics = {share: row["picp"], "mpiw": row["mpiw"], "n": row["n"], "breach": float(bool(row["breach"]))}
     files = []
     if run.drift is not None:
         metrics.update({"target_drift": run.drift.target_drift, "drifted_columns": run.drift.drifted_columns})
