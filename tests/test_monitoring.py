@@ -545,6 +545,9 @@ def test_the_protection_rule_retrains_when_the_orders_fall_short_though_the_inte
         assert runs[4].retrain.streak_start == day(2)
         assert "order-up-to levels set for 95% service held for 0.0% of the series" in runs[2].alerts[0].message
         assert runs[2].describe().startswith(f"{day(2)}: orders held for 0.0% of 4/4 series")
+        # The day's drift snapshot leads with the deciding coverage's verdict, not the intervals'.
+        decision = json.loads(Path(runs[4].drift.snapshot).read_text())["metadata"]["decision"]
+        assert decision.startswith("orders held for 0.0% of 4 series") and "BREACH, day 3 of 3" in decision
     else:
         assert claims.empty and not any(run.alerts for run in runs)
 

@@ -223,8 +223,11 @@ def _drift(config: PipelineConfig, store: ForecastStore, panel: Panel, day: dt.d
 
 
 def _verdict(store: ForecastStore, day: dt.date, config: PipelineConfig) -> str:
-    """The day's coverage verdict as one line (what a planner reads first)."""
-    coverage = store.coverage(OVERALL)
+    """The day's verdict as one line (what a planner reads first), on the coverage that
+    decides breaches (``BreachRule.deciding_scope``: the one-day intervals, or the order
+    levels under ``breach_rule: protection``)."""
+    scope = BreachRule.of(config).deciding_scope
+    coverage = store.coverage(scope)
     rows = coverage[coverage["day"].map(as_day) == day] if not coverage.empty else coverage
     if rows.empty or rows.iloc[0]["picp"] is None or pd.isna(rows.iloc[0]["picp"]):
         return "coverage pending (no actuals yet)"
@@ -234,8 +237,12 @@ def _verdict(store: ForecastStore, day: dt.date, config: PipelineConfig) -> str:
         breached = {as_day(d) for d, b in zip(coverage["day"], coverage["breach"], strict=True) if b}
         streak = next(k for k in range(len(breached) + 1) if day - dt.timedelta(days=k) not in breached)
         verdict = f"BREACH, day {streak} of {config.monitoring.consecutive_days} before a retrain"
+    threshold = f"threshold {config.monitoring.pic_threshold:.0%}"
+    if scope == PROTECTION:
+        return (f"orders held for {row['picp']:.1%} of {row['n']} series (order-up-to levels for "
+                f"{config.inventory.service_level:.0%} service, {threshold}): {verdict}")
     return (f"PIC {row['picp']:.1%} of the {config.evaluation.nominal_level:.0%} interval over {row['n']} series "
-            f"(threshold {config.monitoring.pic_threshold:.0%}): {verdict}")
+            f"({threshold}): {verdict}")
 
 
 def retrain_alert(request: RetrainRequest, outcome_text: str, consecutive_days: int) -> Alert:
