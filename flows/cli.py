@@ -382,6 +382,8 @@ def simulate_command(
                                  help="comma-separated maintenance policies"),
     retrain_epochs: int = typer.Option(3, "--retrain-epochs", min=1, help="every retrain's budget: epochs of a "
                                        "warm start from the current model on every day so far"),
+    retrain_budget: str = typer.Option("warm", "--retrain-budget", help="every retrain: 'warm' (--retrain-epochs "
+                                       "from the current model) or 'full' (a training run's whole protocol)"),
     out: Path | None = typer.Option(None, "--out", help="directory for simulation.md/.json and the charts "
                                     "(default: <workdir>/reports/simulation)"),
 ) -> None:
@@ -396,7 +398,7 @@ def simulate_command(
     start = last - dt.timedelta(days=days - 1)
     _say(f"[2/2] simulating {start} .. {last} ({len(panel.series)} series)")
     results = run_matrix(cfg, panel, start, days, change_after, _split(scenarios), _split(policies), retrain_epochs,
-                         out or cfg.reports_dir / "simulation", say=_say)
+                         out or cfg.reports_dir / "simulation", say=_say, retrain_budget=retrain_budget)
     report = (out or cfg.reports_dir / "simulation") / "simulation.md"
     typer.echo(report.read_text())
     typer.echo(f"report: {report}\ncharts: {', '.join(str(r.chart) for r in results)}")

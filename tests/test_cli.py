@@ -213,3 +213,7 @@ def test_simulate_compares_policies_on_the_same_days(tmp_path):
     bad = CliRunner().invoke(app, ["simulate", "--data", str(path), "--config", str(config), "--workdir",
                                    str(tmp_path / "work"), "--days", "14", "--policies", "sometimes"])
     assert bad.exit_code == 2 and "unknown scenario or policy 'sometimes'" in bad.output
+    budget = CliRunner().invoke(app, ["simulate", "--data", str(path), "--config", str(config), "--workdir",
+                                      str(tmp_path / "work"), "--days", "14", "--retrain-budget", "cold"])
+    assert budget.exit_code == 2 and "unknown retrain budget 'cold'; budgets: warm, full" in budget.output
+    assert "warm start from the current model" in (out / "simulation.md").read_text()

@@ -157,6 +157,28 @@ def test_a_warm_refit_starts_from_the_model_and_keeps_the_full_kl_weight(tmp_pat
     assert start.scalers[panel.series[0].series_id].peak < panel.series[0].target.max()  # the panel saw more
 
 
+def test_the_simulations_full_retrain_budget_is_a_training_run_on_every_day_so_far(tmp_path):
+    """``--retrain-budget full``: the retrain is what a training run on the day would serve
+    (scalers refitted on every seen day, the recalibration fitted on the evaluation fit's
+    holdout), not a warm refit of the current model; ``warm`` keeps the model's scalers."""
+    from pipeline_lib.errors import ConfigError
+    from pipeline_lib.monitoring.simulation import simulation_retrain
+
+    config = _small_default(tmp_path, epochs=2, patience=1)
+    _, panel = _synthetic("retail", n_series=4, n_days=150, seed=3)
+    start = stages.train(config, panel.until(panel.series[0].dates[99].date()), progress=False).model
+    series = panel.series[0]
+    assert start.scalers[series.series_id].peak < series.target.max()  # the record day came later
+    full = simulation_retrain(config, "full", epochs=1)(start, panel)
+    assert full.scalers[series.series_id].peak == series.target.max()
+    holdout = sum(len(d) for d in part_days(panel, config.window, "holdout").values())
+    assert full.calibration.n_calibration == holdout
+    warm = simulation_retrain(config, "warm", epochs=1)(start, panel)
+    assert warm.scalers == start.scalers and warm.calibration is start.calibration
+    with pytest.raises(ConfigError, match="unknown retrain budget 'cold'; budgets: warm, full"):
+        simulation_retrain(config, "cold", epochs=1)
+
+
 def test_auto_head_is_count_for_intermittent_whole_numbers_and_normal_otherwise():
     config = PipelineConfig()
     assert config.model.head == "auto"

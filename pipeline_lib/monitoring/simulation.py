@@ -31,11 +31,12 @@ breach when fewer than ``threshold`` of the series' demand over the lead time + 
 that ended that day stayed within the order-up-to level set at its start,
 :func:`~pipeline_lib.monitoring.coverage.protection_covered`); ``rule_rearmed`` (the rule,
 but a streak that goes on after a retrain counts afresh from the day after it, so a retrained
-model that still breaches is retrained again). Every retrain has the same budget,
-:func:`~pipeline_lib.stages.warm_refit`: ``retrain_epochs`` epochs on every day so far from
-the current model's weights, keeping its scalers and recalibration.
+model that still breaches is retrained again). Every retrain has the same budget
+(:func:`simulation_retrain`): by default ``warm``, ``retrain_epochs`` epochs on every day so
+far from the current model's weights, keeping its scalers and recalibration; ``full``, the
+training run's whole protocol on every day so far.
 
-About 480 lines: the day loop, the policies and the report (table, headline, chart) share
+About 500 lines: the day loop, the policies and the report (table, headline, chart) share
 the scenario and policy vocabulary, and a policy is only comparable with the others through
 the same loop, so they stay together.
 """
@@ -65,6 +66,8 @@ from pipeline_lib.monitoring.replay import planted
 NEVER, RULE, ONLINE_FIRST, WEEKLY, REARMED = "never", "rule", "online_first", "weekly", "rule_rearmed"
 PROTECTION = "protection"
 POLICIES = (NEVER, RULE, ONLINE_FIRST, WEEKLY, BINOMIAL, REARMED, PROTECTION)
+WARM, FULL = "warm", "full"
+RETRAIN_BUDGETS = (WARM, FULL)
 
 
 @dataclass(frozen=True)
@@ -370,16 +373,19 @@ class ScenarioResult:
 
 def run_matrix(config: PipelineConfig, panel: Panel, start: dt.date, days: int, change_after: int,
                scenarios: list[str], policies: list[str], retrain_epochs: int, out_dir: Path,
-               say: Callable[[str], None] = print) -> list[ScenarioResult]:
+               say: Callable[[str], None] = print, retrain_budget: str = WARM) -> list[ScenarioResult]:
     """Every scenario x policy on the same days, all starting from one model: the served
     model a training run on ``start - 1`` would make (``stages.fit_served``). Changes are
-    planted ``change_after`` days after ``start``. Writes a chart per scenario and
-    ``simulation.md`` / ``simulation.json`` to ``out_dir``; nothing touches MLflow or the store.
+    planted ``change_after`` days after ``start``; every retrain has ``retrain_budget``
+    (:func:`simulation_retrain`). Writes a chart per scenario and ``simulation.md`` /
+    ``simulation.json`` to ``out_dir``; nothing touches MLflow or the store.
     """
     from pipeline_lib import stages
     from pipeline_lib.evaluation.plots import simulation_plot
     from pipeline_lib.model.online import online_update, update_windows
 
+    if retrain_budget not in RETRAIN_BUDGETS:
+        raise ConfigError(f"unknown retrain budget {retrain_budget!r}; budgets: {', '.join(RETRAIN_BUDGETS)}")
     unknown = [s for s in scenarios if s not in SCENARIOS] + [p for p in policies if p not in POLICIES]
     if unknown:
         raise ConfigError(f"unknown scenario or policy {', '.join(map(repr, unknown))}; scenarios: "
@@ -396,8 +402,7 @@ def run_matrix(config: PipelineConfig, panel: Panel, start: dt.date, days: int, 
     initial = stages.fit_served(config, panel.until(start - dt.timedelta(days=1)), progress=False).model
     say(f"  trained in {time.perf_counter() - started:.0f} s")
 
-    def retrain(model, seen: Panel):
-        return stages.warm_refit(config, seen, model, retrain_epochs)
+    retrain = simulation_retrain(config, retrain_budget, retrain_epochs)
 
     def update(model, seen: Panel):
         last = max(pd.Timestamp(s.dates[-1]).date() for s in seen.series)
@@ -432,8 +437,25 @@ def run_matrix(config: PipelineConfig, panel: Panel, start: dt.date, days: int, 
             {p: sorted(r.actions) for p, r in runs.items()}, settings.breach.threshold,
             out_dir / f"simulation-{name}.png", change_day, title=f"{scenario.description}")
         results.append(ScenarioResult(scenario, change_day, rows, chart))
-    write_report(results, out_dir, start, days, retrain_epochs, len(panel.series), settings)
+    write_report(results, out_dir, start, days, retrain_epochs, len(panel.series), settings, retrain_budget)
     return results
+
+
+def simulation_retrain(config: PipelineConfig, budget: str, epochs: int) -> Callable:
+    """``retrain(model, seen) -> model``, the same for every policy. ``warm``:
+    :func:`~pipeline_lib.stages.warm_refit`, ``epochs`` epochs on every day of ``seen`` from
+    ``model``'s weights, its scalers and recalibration kept (seconds per retrain). ``full``: what
+    a training run on the day would serve (:func:`~pipeline_lib.stages.fit_served`: an
+    evaluation fit with early stopping, the refit on every day with scalers refitted, the
+    recalibration fitted on the evaluation fit's holdout), about ten times the warm cost;
+    ``model`` is not read and ``epochs`` does not apply."""
+    from pipeline_lib import stages
+
+    if budget == WARM:
+        return lambda model, seen: stages.warm_refit(config, seen, model, epochs)
+    if budget == FULL:
+        return lambda model, seen: stages.fit_served(config, seen, progress=False).model
+    raise ConfigError(f"unknown retrain budget {budget!r}; budgets: {', '.join(RETRAIN_BUDGETS)}")
 
 
 def _false_alarm_note(rows: list[dict], n_series: int, settings: SimulationSettings) -> list[str]:
@@ -452,15 +474,17 @@ def _false_alarm_note(rows: list[dict], n_series: int, settings: SimulationSetti
 
 
 def write_report(results: list[ScenarioResult], out_dir: Path, start: dt.date, days: int, retrain_epochs: int,
-                 n_series: int, settings: SimulationSettings) -> Path:
+                 n_series: int, settings: SimulationSettings, retrain_budget: str = WARM) -> Path:
     """``simulation.md`` (a table per scenario, the headline) and ``simulation.json``."""
+    budget = (f"warm start from the current model (its scalers and recalibration kept), {retrain_epochs} epochs "
+              "on every day so far" if retrain_budget == WARM else
+              "a full training run on every day so far (evaluation fit with early stopping, refit on every day, "
+              "recalibration on the evaluation fit's holdout)")
     lines = [f"# Closed-loop simulation, {start} + {days} days, {n_series} series",
              "",
-             f"Retrain budget (every policy): warm start from the current model (its scalers and recalibration "
-             f"kept), {retrain_epochs} epochs on every "
-             f"day so far. Orders: cycle service {settings.service_level:.0%}, lead time {settings.lead_time} d, "
-             f"review every {settings.review_period} d. Breach: {settings.breach.describe()}, "
-             f"{settings.consecutive_days} days in a row -> action.",
+             f"Retrain budget (every policy): {budget}. Orders: cycle service {settings.service_level:.0%}, "
+             f"lead time {settings.lead_time} d, review every {settings.review_period} d. "
+             f"Breach: {settings.breach.describe()}, {settings.consecutive_days} days in a row -> action.",
              ""]
     for result in results:
         lines += [f"## {result.scenario.name}: {result.scenario.description}"
