@@ -217,3 +217,40 @@ def test_simulate_compares_policies_on_the_same_days(tmp_path):
                                       str(tmp_path / "work"), "--days", "14", "--retrain-budget", "cold"])
     assert budget.exit_code == 2 and "unknown retrain budget 'cold'; budgets: warm, full" in budget.output
     assert "warm start from the current model" in (out / "simulation.md").read_text()
+
+
+def test_a_promotion_plan_in_the_file_reaches_the_forecasts_end_to_end(tmp_path):
+    """Train and forecast from the CLI on a file whose rows after the last actual leave the
+    target empty and give the planned promotions (``data.known_covariates``): the training
+    flow registers a model that knows them, and the forecast of the first planned day reads
+    that day's plan (the same file with the plan's promotions cleared forecasts it otherwise)."""
+    frame = synthetic_demand(n_series=3, n_days=90)
+    rng = np.random.default_rng(1)
+    frame["promo"] = (rng.random(len(frame)) < 0.2).astype(float)
+    frame.loc[frame["promo"] == 1, "units"] *= 3  # promotions triple demand on their own day
+    last = pd.Timestamp(frame["date"].max())
+    plan = pd.DataFrame([(sid, (last + pd.Timedelta(days=k)).strftime("%Y-%m-%d"), np.nan, 2.0, 1.0)
+                         for sid in frame["series_id"].unique() for k in (1, 2, 3)], columns=frame.columns)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG + "data: {known_covariates: [promo]}\nserving: {num_samples: 20}\n")
+    workdir = str(tmp_path / "work")
+
+    def run(args):
+        result = CliRunner().invoke(app, [*args, "--config", str(config), "--workdir", workdir])
+        assert result.exit_code == 0, result.output
+        return result
+
+    planned = tmp_path / "planned.csv"
+    pd.concat([frame, plan]).to_csv(planned, index=False)
+    run(["train", "--data", str(planned)])
+    forecasts = {}
+    for name, promo in (("promotions", 1.0), ("none", 0.0)):
+        path = tmp_path / f"{name}.csv"
+        pd.concat([frame, plan.assign(promo=promo)]).to_csv(path, index=False)
+        run(["forecast", "--data", str(path), "--horizon", "3", "--out", str(tmp_path / f"{name}-forecast.csv")])
+        forecasts[name] = pd.read_csv(tmp_path / f"{name}-forecast.csv").sort_values(["series_id", "date"])
+    with_plan, without = forecasts["promotions"], forecasts["none"]
+    assert sorted(with_plan["date"].unique()) == [(last + pd.Timedelta(days=k)).strftime("%Y-%m-%d") for k in (1, 2, 3)]
+    # Each planned day's forecast depends on its own day's promotion, from the first day on.
+    first = (with_plan["date"] == (last + pd.Timedelta(days=1)).strftime("%Y-%m-%d")).to_numpy()
+    assert not np.allclose(with_plan["mean"].to_numpy()[first], without["mean"].to_numpy()[first])
