@@ -216,7 +216,8 @@ def test_simulate_compares_policies_on_the_same_days(tmp_path):
     budget = CliRunner().invoke(app, ["simulate", "--data", str(path), "--config", str(config), "--workdir",
                                       str(tmp_path / "work"), "--days", "14", "--retrain-budget", "cold"])
     assert budget.exit_code == 2 and "unknown retrain budget 'cold'; budgets: warm, full" in budget.output
-    assert "warm start from the current model" in (out / "simulation.md").read_text()
+    report = (out / "simulation.md").read_text()
+    assert "warm start from the current model" in report and f"{os.cpu_count()} cores, in " in report
 
 
 def test_a_promotion_plan_in_the_file_reaches_the_forecasts_end_to_end(tmp_path):

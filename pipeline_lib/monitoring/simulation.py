@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -437,7 +439,8 @@ def run_matrix(config: PipelineConfig, panel: Panel, start: dt.date, days: int, 
             {p: sorted(r.actions) for p, r in runs.items()}, settings.breach.threshold,
             out_dir / f"simulation-{name}.png", change_day, title=f"{scenario.description}")
         results.append(ScenarioResult(scenario, change_day, rows, chart))
-    write_report(results, out_dir, start, days, retrain_epochs, len(panel.series), settings, retrain_budget)
+    write_report(results, out_dir, start, days, retrain_epochs, len(panel.series), settings, retrain_budget,
+                 seconds=time.perf_counter() - started)
     return results
 
 
@@ -474,13 +477,18 @@ def _false_alarm_note(rows: list[dict], n_series: int, settings: SimulationSetti
 
 
 def write_report(results: list[ScenarioResult], out_dir: Path, start: dt.date, days: int, retrain_epochs: int,
-                 n_series: int, settings: SimulationSettings, retrain_budget: str = WARM) -> Path:
-    """``simulation.md`` (a table per scenario, the headline) and ``simulation.json``."""
+                 n_series: int, settings: SimulationSettings, retrain_budget: str = WARM,
+                 seconds: float | None = None) -> Path:
+    """``simulation.md`` (a table per scenario, the headline) and ``simulation.json``;
+    ``seconds``: the whole run's time, stated with the date and the machine."""
     budget = (f"warm start from the current model (its scalers and recalibration kept), {retrain_epochs} epochs "
               "on every day so far" if retrain_budget == WARM else
               "a full training run on every day so far (evaluation fit with early stopping, refit on every day, "
               "recalibration on the evaluation fit's holdout)")
     lines = [f"# Closed-loop simulation, {start} + {days} days, {n_series} series",
+             "",
+             f"Run on {dt.date.today()}, {platform.machine()}, {os.cpu_count()} cores"
+             + (f", in {seconds / 60:.1f} minutes (starting model included)." if seconds is not None else "."),
              "",
              f"Retrain budget (every policy): {budget}. Orders: cycle service {settings.service_level:.0%}, "
              f"lead time {settings.lead_time} d, review every {settings.review_period} d. "
