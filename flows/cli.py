@@ -377,7 +377,8 @@ def simulate_command(
                                      "scenario's change is planted"),
     scenarios: str = typer.Option("none,shift,shift_20pct,trend,promotion", "--scenarios",
                                   help="comma-separated: none, shift, shift_20pct, trend, promotion"),
-    policies: str = typer.Option("never,rule,online_first,weekly,binomial,rule_rearmed,protection",
+    policies: str = typer.Option("never,rule,online_first,weekly,binomial,rule_rearmed,protection,"
+                                 "protection_online_first",
                                  "--policies",
                                  help="comma-separated maintenance policies"),
     retrain_epochs: int = typer.Option(3, "--retrain-epochs", min=1, help="every retrain's budget: epochs of a "

@@ -186,12 +186,17 @@ def test_the_rule_on_the_orders_sees_what_the_one_day_coverage_cannot():
 
     ops = ModelOps(forecast, retrain=lambda model, seen: LevelModel(levels), update=OPS.update)  # finds the truth
     runs = {policy: run_policy(policy, AntiCorrelatedModel(levels), panel, START, settings, ops)
-            for policy in ("rule", "protection")}
+            for policy in ("rule", "protection", "protection_online_first")}
     rows = {policy: run.summary(settings, np.zeros(N_SERIES, dtype=bool)) for policy, run in runs.items()}
     assert rows["rule"]["pic_before_change"] > 0.94 and rows["rule"]["retrains"] == 0
     # Periods end from day 1: breaches on days 1, 2, 3 retrain on day 3, and the true model holds.
-    assert list(runs["protection"].actions) == [START + dt.timedelta(days=3)]
+    assert runs["protection"].actions == {START + dt.timedelta(days=3): "retrain"}
     assert rows["protection"]["emergency_replenishments"] < 0.7 * rows["rule"]["emergency_replenishments"]
+    # The same trigger with an online update first: the update on day 3, a retrain only if
+    # the orders keep breaching for three more days.
+    online = runs["protection_online_first"].actions
+    assert sorted(online.items())[0] == (START + dt.timedelta(days=3), "online_update")
+    assert all(action == "online_update" or day >= START + dt.timedelta(days=6) for day, action in online.items())
 
 
 def test_protection_coverage_matches_a_loop_over_the_periods():

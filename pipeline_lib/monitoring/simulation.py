@@ -29,7 +29,9 @@ function); ``online_first`` (an online update first, a retrain if the streak goe
 with the binomial breach test); ``protection`` (the rule on the orders' coverage: a day is a
 breach when fewer than ``threshold`` of the series' demand over the lead time + review period
 that ended that day stayed within the order-up-to level set at its start,
-:func:`~pipeline_lib.monitoring.coverage.protection_covered`); ``rule_rearmed`` (the rule,
+:func:`~pipeline_lib.monitoring.coverage.protection_covered`); ``protection_online_first``
+(that trigger with an online update on the most recent days first, a retrain if the streak
+goes on: the cheapest way to weight the days after a change); ``rule_rearmed`` (the rule,
 but a streak that goes on after a retrain counts afresh from the day after it, so a retrained
 model that still breaches is retrained again). Every retrain has the same budget
 (:func:`simulation_retrain`): by default ``warm``, ``retrain_epochs`` epochs on every day so
@@ -66,8 +68,9 @@ from pipeline_lib.monitoring.policy import ONLINE_UPDATE, RETRAIN, retrain_decis
 from pipeline_lib.monitoring.replay import planted
 
 NEVER, RULE, ONLINE_FIRST, WEEKLY, REARMED = "never", "rule", "online_first", "weekly", "rule_rearmed"
-PROTECTION = "protection"
-POLICIES = (NEVER, RULE, ONLINE_FIRST, WEEKLY, BINOMIAL, REARMED, PROTECTION)
+PROTECTION, PROTECTION_ONLINE = "protection", "protection_online_first"
+POLICIES = (NEVER, RULE, ONLINE_FIRST, WEEKLY, BINOMIAL, REARMED, PROTECTION, PROTECTION_ONLINE)
+_ON_ORDERS = (PROTECTION, PROTECTION_ONLINE)  # policies whose breaches are the orders' coverage
 WARM, FULL = "warm", "full"
 RETRAIN_BUDGETS = (WARM, FULL)
 
@@ -263,7 +266,7 @@ def run_policy(policy: str, model, panel: Panel, start: dt.date, settings: Simul
         run.covered.append(covered)
         run.levels.append(today["order_up_to"].to_numpy(dtype=float))
         run.demand.append(actual)
-        if policy != PROTECTION:
+        if policy not in _ON_ORDERS:
             breaches[day] = breach_rule(int(covered.sum()), len(covered))
         elif t + 1 >= period:  # the level set `period - 1` days ago has met all its demand today
             held = protection_covered(np.stack(run.levels[-period:]), np.stack(run.demand[-period:]), period)[0]
@@ -324,7 +327,7 @@ def _action(policy: str, t: int, day: dt.date, breaches: dict, claimed: set, set
         # is judged afresh, and retrains again after consecutive_days more breach days.
         breaches = {d: b for d, b in breaches.items() if d > last_action}
     decision = retrain_decision(breaches, day, settings.consecutive_days, claimed,
-                                online_update_first=policy == ONLINE_FIRST)
+                                online_update_first=policy in (ONLINE_FIRST, PROTECTION_ONLINE))
     if decision.response is None:
         return None
     claimed.add(decision.claim_key)
