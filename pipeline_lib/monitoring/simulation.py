@@ -389,8 +389,7 @@ def run_matrix(config: PipelineConfig, panel: Panel, start: dt.date, days: int, 
     from pipeline_lib.evaluation.plots import simulation_plot
     from pipeline_lib.model.online import online_update, update_windows
 
-    if retrain_budget not in RETRAIN_BUDGETS:
-        raise ConfigError(f"unknown retrain budget {retrain_budget!r}; budgets: {', '.join(RETRAIN_BUDGETS)}")
+    retrain = simulation_retrain(config, retrain_budget, retrain_epochs)  # refuses an unknown budget first
     unknown = [s for s in scenarios if s not in SCENARIOS] + [p for p in policies if p not in POLICIES]
     if unknown:
         raise ConfigError(f"unknown scenario or policy {', '.join(map(repr, unknown))}; scenarios: "
@@ -406,8 +405,6 @@ def run_matrix(config: PipelineConfig, panel: Panel, start: dt.date, days: int, 
     started = time.perf_counter()
     initial = stages.fit_served(config, panel.until(start - dt.timedelta(days=1)), progress=False).model
     say(f"  trained in {time.perf_counter() - started:.0f} s")
-
-    retrain = simulation_retrain(config, retrain_budget, retrain_epochs)
 
     def update(model, seen: Panel):
         last = max(pd.Timestamp(s.dates[-1]).date() for s in seen.series)
