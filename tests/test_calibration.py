@@ -73,3 +73,37 @@ def test_paths_are_recalibrated_by_days_ahead():
         assert raw < {2: 0.89, 8: 0.83, 15: 0.76}[first] and covered == pytest.approx(0.90, abs=0.02), (
             first, raw, covered)
     assert HorizonRecalibration.fit(np.full(50, 0.5), np.full(50, 3)) is None  # too few points
+
+
+def test_orders_above_what_the_samples_and_their_recalibration_resolve_are_named():
+    """A recalibration whose calibration days' actuals fell above every sample 3% of the time
+    reads the largest sample from level 0.97 up (the first grid level whose PIT quantile is
+    1, computed here directly); the forecast's order check names the tighter of that and the
+    sample count's (K - 1) / K, and only the path buckets the protection period uses."""
+    from types import SimpleNamespace
+
+    from pipeline_lib.config import PipelineConfig
+    from pipeline_lib.evaluation.calibration import HorizonRecalibration
+    from pipeline_lib.forecasting.batch import order_resolution
+
+    rng = np.random.default_rng(5)
+    pit = np.concatenate([rng.uniform(0, 0.999, 970), np.ones(30)])
+    short_tail = PitRecalibration.fit(pit)
+    grid = np.linspace(0, 1, 201)
+    expected = grid[np.argmax(np.quantile(pit, grid) >= 1.0)]
+    assert short_tail.saturation_level() == expected and 0.965 <= expected <= 0.975
+    assert PitRecalibration.identity().saturation_level() == 1.0
+    assert PitRecalibration.fit(rng.uniform(0, 0.999, 1000)).saturation_level() == 1.0
+
+    honest = PitRecalibration.fit(rng.uniform(0, 0.999, 1000))
+    paths = HorizonRecalibration((2, 8), (short_tail, honest))
+    late_only = HorizonRecalibration((2, 8), (honest, short_tail))
+    config = PipelineConfig(inventory={"service_level": 0.98})  # lead time 2 + review 1: days 1-3
+    assert order_resolution(config, SimpleNamespace(calibration=honest, path_calibration=late_only), 100) is None
+    warning = order_resolution(config, SimpleNamespace(calibration=honest, path_calibration=paths), 100)
+    assert warning.startswith(f"inventory.service_level 0.98 is above what this model's orders resolve "
+                              f"(about {expected:g}, set by the sample paths' recalibration)")
+    few = order_resolution(config, SimpleNamespace(calibration=honest, path_calibration=None), 20)
+    assert "(about 0.95, set by 20 sample paths)" in few
+    assert order_resolution(config.updated(inventory={"service_level": 0.95}),
+                            SimpleNamespace(calibration=honest, path_calibration=None), 20) is None

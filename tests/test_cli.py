@@ -233,7 +233,9 @@ def test_a_promotion_plan_in_the_file_reaches_the_forecasts_end_to_end(tmp_path)
     plan = pd.DataFrame([(sid, (last + pd.Timedelta(days=k)).strftime("%Y-%m-%d"), np.nan, 2.0, 1.0)
                          for sid in frame["series_id"].unique() for k in (1, 2, 3)], columns=frame.columns)
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG + "data: {known_covariates: [promo]}\nserving: {num_samples: 20}\n")
+    # Orders for 97% service from 20 sample paths ask for more than they resolve: the forecast says so.
+    config.write_text(CONFIG + "data: {known_covariates: [promo]}\nserving: {num_samples: 20}\n"
+                      "inventory: {service_level: 0.97}\n")
     workdir = str(tmp_path / "work")
 
     def run(args):
@@ -248,7 +250,9 @@ def test_a_promotion_plan_in_the_file_reaches_the_forecasts_end_to_end(tmp_path)
     for name, promo in (("promotions", 1.0), ("none", 0.0)):
         path = tmp_path / f"{name}.csv"
         pd.concat([frame, plan.assign(promo=promo)]).to_csv(path, index=False)
-        run(["forecast", "--data", str(path), "--horizon", "3", "--out", str(tmp_path / f"{name}-forecast.csv")])
+        result = run(["forecast", "--data", str(path), "--horizon", "3", "--out",
+                      str(tmp_path / f"{name}-forecast.csv")])
+        assert "warning: inventory.service_level 0.97 is above what this model's orders resolve" in result.output
         forecasts[name] = pd.read_csv(tmp_path / f"{name}-forecast.csv").sort_values(["series_id", "date"])
     with_plan, without = forecasts["promotions"], forecasts["none"]
     assert sorted(with_plan["date"].unique()) == [(last + pd.Timedelta(days=k)).strftime("%Y-%m-%d") for k in (1, 2, 3)]

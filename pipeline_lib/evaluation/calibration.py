@@ -48,6 +48,15 @@ class PitRecalibration:
         grid = np.linspace(0.0, 1.0, len(self.levels))
         return np.interp(tau, grid, self.levels)
 
+    def saturation_level(self) -> float:
+        """The lowest nominal level whose recalibrated quantile is the largest raw sample: from
+        there up every level reads the same value, because the calibration days' actuals fell
+        above all samples more often than ``1 - level`` (a PIT of 1 says "above", not how far).
+        1.0 when only level 1 does."""
+        levels = np.asarray(self.levels)
+        top = int(np.argmax(levels >= 1.0))  # levels end with 1.0
+        return float(np.linspace(0.0, 1.0, len(levels))[top])
+
     def apply(self, samples: np.ndarray) -> np.ndarray:
         """Recalibrated samples ``(K, N)`` from raw samples ``(K, N)``.
 
@@ -117,6 +126,12 @@ class HorizonRecalibration:
             if columns.any():
                 out[:, columns] = bucket.apply(samples[:, columns])
         return out
+
+    def saturation_level(self, last_day: int | None = None) -> float:
+        """:meth:`PitRecalibration.saturation_level` of the buckets of days ahead 2 ..
+        ``last_day`` (every bucket without it): the lowest."""
+        used = [b for d, b in zip(self.first_days, self.buckets, strict=True) if last_day is None or d <= last_day]
+        return min((b.saturation_level() for b in used), default=1.0)
 
     def to_dict(self) -> dict:
         return {"first_days": list(self.first_days), "buckets": [vars(b) for b in self.buckets]}
