@@ -251,6 +251,11 @@ class EvaluationConfig(_Strict):
                               "and serve calibrated quantiles (raw metrics are logged too)")
     recalibrate_paths: bool = Field(True, description="also recalibrate sample paths by days ahead (2-7, "
                                     "8-14, 15+), fitted on paths over unseen days from one origin")
+    recalibrate_tails: bool = Field(False, description="let the recalibration reach beyond each forecast's "
+                                    "extreme samples: exponential tails fitted to its outer 10% of samples "
+                                    "(pipeline_lib/evaluation/calibration.py), so intervals and high-service "
+                                    "orders can be wider than the raw samples' range when the calibration "
+                                    "days say so")
     max_series: int | None = Field(
         500, ge=1, description="series scored by a training run's Monte Carlo evaluation, recalibration, "
         "promotion gate and inventory backtest: a larger catalogue is scored on a fixed sample of this many "

@@ -107,3 +107,48 @@ def test_orders_above_what_the_samples_and_their_recalibration_resolve_are_named
     assert "(about 0.95, set by 20 sample paths)" in few
     assert order_resolution(config.updated(inventory={"service_level": 0.95}),
                             SimpleNamespace(calibration=honest, path_calibration=None), 20) is None
+
+
+def test_tails_let_the_recalibration_reach_beyond_the_samples_range():
+    """Truth N(mu, 2^2), forecast N(mu, 1) with 100 samples: the calibrated 95% interval
+    (+-3.92) lies beyond the samples' range (+-2.6 or so), so a remap of the samples stays
+    stuck near 78% coverage. With tails, the PITs of the actuals beyond the samples say how
+    far out they fell, and the remap extrapolates by as much: every band is met, and the
+    farthest extrapolation stays within MAX_TAIL_MULTIPLE tail scales of the largest sample."""
+    from pipeline_lib.evaluation.calibration import MAX_TAIL_MULTIPLE, recalibration_pit, tail_scales
+
+    rng = np.random.default_rng(11)
+
+    def days(n):
+        mu = rng.normal(0, 3, n)
+        return mu + 2.0 * rng.standard_normal(n), mu + rng.standard_normal((100, n))
+
+    y_fit, samples_fit = days(4000)
+    y, samples = days(4000)
+    stuck = PitRecalibration.fit(recalibration_pit(y_fit, samples_fit, tails=False))
+    reaching = PitRecalibration.fit(recalibration_pit(y_fit, samples_fit, tails=True), tails=True)
+    for level, band in ((0.8, 0.02), (0.9, 0.02), (0.95, 0.015)):
+        covered = m.prediction_interval_coverage(y, *m.interval_from_samples(reaching.apply(samples), level))
+        assert covered == pytest.approx(level, abs=band), (level, covered)
+    assert m.prediction_interval_coverage(y, *m.interval_from_samples(stuck.apply(samples), 0.95)) < 0.8
+    upper, _ = tail_scales(np.sort(samples, axis=0))
+    assert (reaching.apply(samples).max(axis=0) <= samples.max(axis=0) + MAX_TAIL_MULTIPLE * upper + 1e-9).all()
+    assert PitRecalibration.from_dict(vars(reaching)) == reaching
+    assert not PitRecalibration.from_dict({"levels": [0.0, 1.0], "n_calibration": 0}).tails  # files before tails
+
+
+def test_tails_of_count_forecasts_stay_whole_non_negative_units():
+    """Counts: the extrapolated samples are whole units, never below 0, and an actual tied
+    with the largest sample keeps a PIT below the tail's share (so it does not read as
+    "beyond")."""
+    from pipeline_lib.evaluation.calibration import recalibration_pit
+
+    rng = np.random.default_rng(12)
+    samples = rng.poisson(5, (100, 3000)).astype(float)
+    truth = rng.poisson(5, 3000) * rng.choice([1, 2], 3000)  # half of the days double: beyond the samples
+    reaching = PitRecalibration.fit(recalibration_pit(truth, samples, tails=True), tails=True)
+    out = reaching.apply(samples)
+    assert np.array_equal(out, np.round(out)) and out.min() >= 0 and out.max() > samples.max()
+    top = samples.max(axis=0)
+    pit_at_top = recalibration_pit(top, samples, tails=True)
+    assert (pit_at_top <= 1 - 0.5 / 100 + 1e-12).all() and (pit_at_top < 1).all()

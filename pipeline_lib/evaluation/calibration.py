@@ -10,6 +10,13 @@ calibration split, so ``Q_raw(R(tau))`` is a calibrated ``tau``-quantile (Kulesh
 
 ``R`` is monotone, so corrected quantiles never cross, and it wraps any model that
 produces predictive samples.
+
+A remap of ``K`` samples cannot reach beyond their range: an actual above every sample has
+PIT 1, which says "above", not how far, and a level whose calibrated quantile lies beyond the
+largest sample reads the largest sample. With ``tails`` the sample distribution of each
+forecast gets exponential tails beyond its extreme samples (:func:`recalibration_pit`), so
+the PIT of such an actual records how far out it fell and the recalibrated top (and bottom)
+levels extrapolate by as much as the calibration days needed.
 """
 
 from __future__ import annotations
@@ -19,17 +26,69 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline_lib.contract import sample_quantiles
+from pipeline_lib.evaluation.metrics import probability_integral_transform
+
+TAIL_SHARE = 0.1  # the share of samples at each end whose spread sets a tail's scale
+MAX_TAIL_MULTIPLE = 10.0  # the farthest extrapolation, in tail scales beyond the extreme sample
+
+
+def tail_scales(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scales ``(N,)`` of the upper and lower exponential tails of sorted samples ``(K, N)``.
+
+    The extreme sample sits at the Hazen level ``(K - 1/2) / K`` and the ``m``-th from the
+    end at ``(K - m - 1/2) / K``; an exponential tail ``Q(p) = x_(K) + b ln((1/2K) / (1 - p))``
+    through both has ``b = (x_(K) - x_(K-m)) / ln(2m + 1)``, with ``m`` the outer 10% of the
+    samples. Where those are tied (a count forecast's top tenth all 3 units) the whole range
+    sets the scale; a constant forecast has none (0): it does not extrapolate.
+    """
+    k = ordered.shape[0]
+    m = min(max(1, round(TAIL_SHARE * k)), k - 1)
+    whole = (ordered[-1] - ordered[0]) / np.log(2 * k - 1)
+    upper = (ordered[-1] - ordered[-1 - m]) / np.log(2 * m + 1)
+    lower = (ordered[m] - ordered[0]) / np.log(2 * m + 1)
+    return np.where(upper > 0, upper, whole), np.where(lower > 0, lower, whole)
+
+
+def recalibration_pit(y: np.ndarray, samples: np.ndarray, tails: bool,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """PIT values ``(N,)`` of actuals ``(N,)`` under samples ``(K, N)``, for fitting a
+    recalibration: the randomised PIT, with ``tails`` continued beyond the extreme samples by
+    :func:`tail_scales`' exponential tails (an actual ``d`` above the largest sample has PIT
+    ``1 - exp(-d / b) / 2K`` instead of 1), which :meth:`PitRecalibration.apply` inverts."""
+    pit = probability_integral_transform(y, samples, rng)
+    if not tails:
+        return pit
+    ordered = np.sort(samples, axis=0)
+    upper, lower = tail_scales(ordered)
+    y = np.asarray(y, dtype=float)
+    half = 0.5 / samples.shape[0]
+    beyond_top = np.divide(y - ordered[-1], upper, out=np.zeros_like(y), where=upper > 0)
+    beyond_bottom = np.divide(ordered[0] - y, lower, out=np.zeros_like(y), where=lower > 0)
+    # Ties with an extreme sample (count forecasts) keep their randomised share of the step,
+    # shrunk so the tail's 1 / 2K beyond it stays the tail's.
+    below_top = np.mean(ordered < y, axis=0)  # < 1 wherever y is the top sample
+    at_top = (y == ordered[-1]) & (upper > 0)
+    shrink = np.divide(1.0 - half - below_top, 1.0 - below_top, out=np.ones_like(y), where=at_top)
+    pit = np.where(at_top, below_top + (pit - below_top) * shrink, pit)
+    at_bottom = (y == ordered[0]) & (lower > 0)
+    tied = np.maximum(np.mean(ordered == y, axis=0), half)
+    pit = np.where(at_bottom, half + pit * (1.0 - half / tied), pit)
+    pit = np.where((y > ordered[-1]) & (upper > 0), 1.0 - half * np.exp(-beyond_top), pit)
+    return np.where((y < ordered[0]) & (lower > 0), half * np.exp(-beyond_bottom), pit)
 
 
 @dataclass(frozen=True)
 class PitRecalibration:
-    """``levels[j] = R(j / (G - 1))`` on a uniform grid of ``G`` points, ``R(0) = 0, R(1) = 1``."""
+    """``levels[j] = R(j / (G - 1))`` on a uniform grid of ``G`` points, ``R(0) = 0, R(1) = 1``;
+    ``tails``: fitted on :func:`recalibration_pit` with tails, so levels beyond the extreme
+    samples' extrapolate."""
 
     levels: tuple[float, ...]
     n_calibration: int
+    tails: bool = False
 
     @classmethod
-    def fit(cls, pit_values: np.ndarray, grid_size: int = 201) -> PitRecalibration:
+    def fit(cls, pit_values: np.ndarray, grid_size: int = 201, tails: bool = False) -> PitRecalibration:
         pit = np.asarray(pit_values, dtype=float)
         pit = pit[np.isfinite(pit)]
         if len(pit) < 20:
@@ -37,7 +96,12 @@ class PitRecalibration:
         grid = np.linspace(0.0, 1.0, grid_size)
         levels = np.quantile(pit, grid)
         levels[0], levels[-1] = 0.0, 1.0
-        return cls(levels=tuple(np.maximum.accumulate(levels).tolist()), n_calibration=len(pit))
+        return cls(levels=tuple(np.maximum.accumulate(levels).tolist()), n_calibration=len(pit), tails=tails)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PitRecalibration:
+        """From ``vars()`` of one (files written before tails existed have none)."""
+        return cls(tuple(raw["levels"]), raw["n_calibration"], bool(raw.get("tails", False)))
 
     @classmethod
     def identity(cls) -> PitRecalibration:
@@ -52,7 +116,8 @@ class PitRecalibration:
         """The lowest nominal level whose recalibrated quantile is the largest raw sample: from
         there up every level reads the same value, because the calibration days' actuals fell
         above all samples more often than ``1 - level`` (a PIT of 1 says "above", not how far).
-        1.0 when only level 1 does."""
+        1.0 when only level 1 does. With ``tails`` only actuals above constant forecasts have
+        PIT 1; the level from which every sample reads the farthest extrapolation."""
         levels = np.asarray(self.levels)
         top = int(np.argmax(levels >= 1.0))  # levels end with 1.0
         return float(np.linspace(0.0, 1.0, len(levels))[top])
@@ -73,7 +138,30 @@ class PitRecalibration:
         # samples unchanged (linear interpolation pulled every sample towards its neighbour
         # and narrowed the tails; tests/test_calibration.py).
         corrected_sorted = sample_quantiles(samples, targets, continuous_method="hazen")  # (K, N), sorted per column
+        if self.tails:
+            corrected_sorted = self._extrapolated(np.sort(samples, axis=0), targets, corrected_sorted)
         return np.take_along_axis(corrected_sorted, ranks, axis=0)
+
+    @staticmethod
+    def _extrapolated(ordered: np.ndarray, targets: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+        """``quantiles`` ``(K, N)`` with the levels beyond the extreme samples' Hazen levels read
+        off the exponential tails of :func:`tail_scales` (the inverse of
+        :func:`recalibration_pit`), at most ``MAX_TAIL_MULTIPLE`` scales out; whole numbers
+        for count samples, and no lower tail below 0 for non-negative samples."""
+        k = ordered.shape[0]
+        half = 0.5 / k
+        upper, lower = tail_scales(ordered)
+        with np.errstate(divide="ignore"):
+            up = np.minimum(np.log(half / (1.0 - targets)), MAX_TAIL_MULTIPLE)[:, None]  # (K, 1)
+            down = np.minimum(np.log(half / targets), MAX_TAIL_MULTIPLE)[:, None]
+        counts = np.array_equal(ordered, np.round(ordered))
+        above = ordered[-1] + upper * up
+        below = ordered[0] - lower * down
+        if counts:
+            above, below = np.ceil(above - 1e-9), np.floor(below + 1e-9)
+        below = np.where(ordered[0] >= 0, np.maximum(below, 0.0), below)
+        out = np.where(up > 0, np.maximum(quantiles, above), quantiles)
+        return np.where(down > 0, np.minimum(out, below), out)
 
 
 PATH_BUCKETS = (2, 8, 15)  # first day ahead of each bucket: days 2-7, 8-14, 15 and on
@@ -96,7 +184,7 @@ class HorizonRecalibration:
 
     @classmethod
     def fit(cls, pit_values: np.ndarray, days_ahead: np.ndarray, first_days: tuple[int, ...] = PATH_BUCKETS,
-            min_points: int = 100) -> HorizonRecalibration | None:
+            min_points: int = 100, tails: bool = False) -> HorizonRecalibration | None:
         """From raw PITs ``(N,)`` and their days ahead ``(N,)``; a bucket with fewer than
         ``min_points`` PITs ends the list (later days use the last bucket fitted). None when
         even the first bucket is short of points."""
@@ -108,7 +196,7 @@ class HorizonRecalibration:
             if len(chosen) < min_points:
                 break
             fitted_days.append(first)
-            buckets.append(PitRecalibration.fit(chosen))
+            buckets.append(PitRecalibration.fit(chosen, tails=tails))
         return cls(tuple(fitted_days), tuple(buckets)) if buckets else None
 
     def bucket_of(self, days_ahead: np.ndarray) -> np.ndarray:
@@ -138,7 +226,7 @@ class HorizonRecalibration:
 
     @classmethod
     def from_dict(cls, raw: dict) -> HorizonRecalibration:
-        buckets = tuple(PitRecalibration(tuple(b["levels"]), b["n_calibration"]) for b in raw["buckets"])
+        buckets = tuple(PitRecalibration.from_dict(b) for b in raw["buckets"])
         if len(buckets) != len(raw["first_days"]) or not buckets:
             raise ValueError("path calibration: one bucket per first day, at least one")
         return cls(tuple(int(d) for d in raw["first_days"]), buckets)

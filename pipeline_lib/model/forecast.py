@@ -213,7 +213,7 @@ class ForecastModel:
             model.quantized = quantized
             if (directory / CALIBRATION_FILE).exists():
                 raw = json.loads((directory / CALIBRATION_FILE).read_text())
-                model.calibration = PitRecalibration(tuple(raw["levels"]), raw["n_calibration"])
+                model.calibration = PitRecalibration.from_dict(raw)
             if (directory / PATH_CALIBRATION_FILE).exists():
                 model.path_calibration = HorizonRecalibration.from_dict(
                     json.loads((directory / PATH_CALIBRATION_FILE).read_text()))

@@ -22,8 +22,7 @@ from pipeline_lib.data.features import (
 )
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import DataValidationError, TrainingDivergedError
-from pipeline_lib.evaluation import metrics as m
-from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
+from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration, recalibration_pit
 from pipeline_lib.model.distribute import is_chief, make_strategy
 from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster
 from pipeline_lib.model.heads import HEADS
@@ -214,9 +213,10 @@ def fit_path_recalibration(config: PipelineConfig, model: ForecastModel, panel: 
         sampled = model.forecast(panel.truncate(keep), steps, config.evaluation.num_samples,
                                  seed=config.evaluation.seed + 2 + block, calibrated=False)
         actuals = np.concatenate([s.target[k:k + steps] for s, k in zip(panel.series, keep, strict=True)])
-        pits.append(m.probability_integral_transform(actuals, sampled.samples))
+        pits.append(recalibration_pit(actuals, sampled.samples, config.evaluation.recalibrate_tails))
         days_ahead.append(np.tile(np.arange(1, steps + 1), len(panel.series)))
-    return HorizonRecalibration.fit(np.concatenate(pits), np.concatenate(days_ahead))
+    return HorizonRecalibration.fit(np.concatenate(pits), np.concatenate(days_ahead),
+                                    tails=config.evaluation.recalibrate_tails)
 
 
 def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
@@ -230,5 +230,6 @@ def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: P
     sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
                              calibrated=False)
     actuals, _ = actuals_for(panel, days)
-    return PitRecalibration.fit(m.probability_integral_transform(actuals, sampled.samples))
+    tails = config.evaluation.recalibrate_tails
+    return PitRecalibration.fit(recalibration_pit(actuals, sampled.samples, tails), tails=tails)
 
