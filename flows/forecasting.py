@@ -22,6 +22,7 @@ from pipeline_lib import registry
 from pipeline_lib.config import PipelineConfig, deployed_config
 from pipeline_lib.errors import ModelLoadError
 from pipeline_lib.forecasting import daily
+from pipeline_lib.forecasting.batch import order_resolution
 from pipeline_lib.monitoring.alerts import check_destinations
 from pipeline_lib.store import ForecastStore
 
@@ -30,10 +31,13 @@ from pipeline_lib.store import ForecastStore
       **NO_CACHE_TASK)
 def resolve_champion(config: PipelineConfig) -> tuple[str, str]:
     """``models:/<name>/<version>`` of the champion (pinned, so a promotion during the run
-    cannot mix versions) and the version; loading it once here fails fast if it is corrupt."""
+    cannot mix versions) and the version; loading it once here fails fast if it is corrupt,
+    and warns when its orders cannot resolve ``inventory.service_level``."""
     registry.configure(config.tracking_uri)
     champion = registry.require_champion(config.registry.model_name)
-    _model(config.tracking_uri, champion.uri)
+    warning = order_resolution(config, _model(config.tracking_uri, champion.uri))
+    if warning:
+        get_run_logger().warning(warning)
     return champion.uri, champion.version
 
 

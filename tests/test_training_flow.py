@@ -95,6 +95,30 @@ def test_training_flow_registers_champion_then_challenger(prefect_harness, small
     check_forecast_frame(served)
     assert len(served) == 4 * 2
 
+    # The daily forecast flow says when the orders cannot resolve the service level asked
+    # for: 20 sample paths resolve 95% at most (their largest path sum), not 99%.
+    import logging
+
+    from flows.forecasting import daily_forecast_flow
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    collected = Collect()
+    logging.getLogger("prefect").addHandler(collected)
+    try:
+        daily_forecast_flow(config.updated(inventory={"service_level": 0.99}))
+    finally:
+        logging.getLogger("prefect").removeHandler(collected)
+    assert any(message.startswith("inventory.service_level 0.99 is above what this model's orders resolve "
+                                  "(about 0.95, set by 20 sample paths)") for message in collected.messages), (
+        collected.messages)
+
 
 def test_save_load_round_trip_reproduces_distribution(small_config, synthetic_csv, tmp_path):
     from pipeline_lib import stages

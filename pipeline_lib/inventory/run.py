@@ -90,6 +90,11 @@ def train_and_simulate(config: PipelineConfig, panel: Panel,
     say(f"training on {len(panel.series)} series before the last {config.window.test_days} days"
         + (" (evaluation fit, then the served refit on every day before them)" if config.train.refit else ""))
     trained = backtest_model(config, panel)
+    from pipeline_lib.forecasting.batch import order_resolution
+
+    warning = order_resolution(config, trained.model, config.evaluation.num_samples)
+    if warning:
+        say(f"warning: {warning}")
     say(f"simulating {config.window.test_days} days of ordering (lead time {inv.lead_time_days} d, "
         f"review every {inv.review_period_days} d, target {inv.service_level:.0%})")
     report = inventory_backtest(config, trained.model, panel, config.reports_dir / "inventory")
