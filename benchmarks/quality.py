@@ -31,7 +31,9 @@ Metrics: PICP 80/90/95 (pooled over folds and seeds) and the same on days with d
 its mean absolute seasonal-naive(7) error before the test window, averaged over series;
 mean and standard deviation over the fold x seed runs), ``pit_calibration_error``
 (randomised PIT, 23 levels, pooled), MASE. With ``--multi-day`` also the LSTM's sample
-paths over all 28 test days from one origin (``lstm_28d``). The run ends with a Markdown
+paths over all 28 test days from one origin (``lstm_28d``) and the peers' forecasts of the
+same days from the same origin (``naive_28d``, ``ets_28d``, ``arima_28d``; the oracle's row
+is the same for both, since it knows every day's distribution). The run ends with a Markdown
 table; ``--json`` adds one JSON object; ``--out`` writes the full result (every run) to a
 file, and ``--report FILE`` prints a saved one as Markdown again.
 """
@@ -70,15 +72,21 @@ def load_dataset(args, config):
     return load_panel(config.data, config.window), None
 
 
-def peer_samples(name, fold_panel, days, fit_end, oracle, non_negative):
+def peer_samples(name, fold_panel, days, fit_end, oracle, non_negative, from_origin=False):
+    """Samples ``(K, N)`` of a peer for ``days``: one day ahead, or with ``from_origin`` every
+    day ahead from ``fit_end`` (the oracle's are the same either way: it knows every day's
+    distribution)."""
     from pipeline_lib.evaluation import baselines
 
     if name == "naive":
-        return baselines.seasonal_naive_samples(fold_panel, days, fit_end, non_negative=non_negative)
+        return baselines.seasonal_naive_samples(fold_panel, days, fit_end, non_negative=non_negative,
+                                                from_origin=from_origin)
     if name == "ets":
-        return baselines.auto_ets_samples(fold_panel, days, fit_end, non_negative=non_negative)
+        return baselines.auto_ets_samples(fold_panel, days, fit_end, non_negative=non_negative,
+                                          from_origin=from_origin)
     if name == "arima":
-        return baselines.auto_arima_samples(fold_panel, days, fit_end, non_negative=non_negative)
+        return baselines.auto_arima_samples(fold_panel, days, fit_end, non_negative=non_negative,
+                                            from_origin=from_origin)
     if name == "oracle":
         if oracle is None:
             return None
@@ -227,6 +235,11 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
 
     peers = score_peers([m for m in models if m not in ("lstm", "lstm_8bit", "mc_dropout")], fold_panel, days,
                         fit_end, oracle, config.data.non_negative, record)
+    if args.multi_day:  # the peers of the LSTM's 28-day paths: the same days, all from the test window's origin
+        for name in [m for m in ("naive", "ets", "arima") if m in peers]:
+            start = time.perf_counter()
+            samples = peer_samples(name, fold_panel, days, fit_end, oracle, config.data.non_negative, from_origin=True)
+            record(f"{name}_28d", samples, time.perf_counter() - start)
     if not {"lstm", "lstm_8bit", "mc_dropout"} & set(models):
         return
     members: list[tuple[np.ndarray, float]] = []

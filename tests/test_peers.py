@@ -67,3 +67,41 @@ def test_auto_ets_one_step_samples_match_its_own_intervals_and_cover():
     actuals = np.concatenate([panel.series[k].target[d] for k, d in days.items()])
     lower90, upper90 = interval_from_samples(samples, 0.9)
     assert 0.75 <= prediction_interval_coverage(actuals, lower90, upper90) <= 1.0
+
+
+def test_peers_from_one_origin_read_no_actual_after_it():
+    """The 28-day peers beside the LSTM's sample paths: AutoETS from one origin is
+    statsforecast's own h-step forecast (its 95% interval, widening with days ahead), and
+    neither it nor seasonal naive reads an actual after the origin (changing them changes
+    nothing); seasonal naive takes day ``origin + 8`` from two seasons back."""
+    import pandas as pd
+    from statsforecast.models import AutoETS
+
+    from pipeline_lib.evaluation.baselines import auto_ets_samples
+    from pipeline_lib.evaluation.metrics import interval_from_samples
+
+    rng = np.random.default_rng(2)
+    n, origin = 160, 130
+    dates = pd.date_range("2024-01-01", periods=n, freq="D").strftime("%Y-%m-%d")
+    walk = 50 + np.cumsum(rng.normal(0, 1, n))  # a random walk: uncertainty grows with days ahead
+    frame = pd.DataFrame({"series_id": "a", "date": dates, "units": walk})
+    panel = validate_table(frame, DataConfig(), 1)
+    days = {0: np.arange(origin, n)}
+    samples = auto_ets_samples(panel, days, {0: origin}, num_samples=2000, from_origin=True)
+    direct = AutoETS(season_length=7).fit(panel.series[0].target[:origin]).predict(h=n - origin, level=[95])
+    lower, upper = interval_from_samples(samples, 0.95)
+    np.testing.assert_allclose(upper, direct["hi-95"], rtol=1e-3)
+    assert upper[-1] - lower[-1] > 2 * (upper[0] - lower[0])
+    changed = validate_table(frame.assign(units=np.where(np.arange(n) >= origin, 0.0, walk)), DataConfig(), 1)
+    np.testing.assert_array_equal(auto_ets_samples(changed, days, {0: origin}, num_samples=2000, from_origin=True),
+                                  samples)
+    naive = seasonal_naive_samples(panel, days, {0: origin}, num_samples=100, non_negative=False, from_origin=True)
+    np.testing.assert_array_equal(
+        seasonal_naive_samples(changed, days, {0: origin}, num_samples=100, non_negative=False, from_origin=True),
+        naive)
+    y = panel.series[0].target
+    residuals = y[14:origin] - y[:origin - 14]
+    levels = (np.arange(100) + 0.5) / 100
+    np.testing.assert_allclose(naive[:, 8], y[origin + 8 - 14] + np.quantile(residuals, levels))
+    with pytest.raises(ValueError, match="before its origin"):
+        auto_ets_samples(panel, {0: np.arange(origin - 1, n)}, {0: origin}, from_origin=True)
