@@ -134,6 +134,9 @@ def test_tails_let_the_recalibration_reach_beyond_the_samples_range():
     upper, _ = tail_scales(np.sort(samples, axis=0))
     assert (reaching.apply(samples).max(axis=0) <= samples.max(axis=0) + MAX_TAIL_MULTIPLE * upper + 1e-9).all()
     assert PitRecalibration.from_dict(vars(reaching)) == reaching
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # far beyond either end: PIT 0 or 1
+        far = recalibration_pit(np.array([-1e6, 1e6]), samples[:, :2], tails=True)
+    assert far.tolist() == [0.0, 1.0]
     assert not PitRecalibration.from_dict({"levels": [0.0, 1.0], "n_calibration": 0}).tails  # files before tails
 
 

@@ -62,8 +62,8 @@ def recalibration_pit(y: np.ndarray, samples: np.ndarray, tails: bool,
     upper, lower = tail_scales(ordered)
     y = np.asarray(y, dtype=float)
     half = 0.5 / samples.shape[0]
-    beyond_top = np.divide(y - ordered[-1], upper, out=np.zeros_like(y), where=upper > 0)
-    beyond_bottom = np.divide(ordered[0] - y, lower, out=np.zeros_like(y), where=lower > 0)
+    beyond_top = np.divide(np.maximum(y - ordered[-1], 0.0), upper, out=np.zeros_like(y), where=upper > 0)
+    beyond_bottom = np.divide(np.maximum(ordered[0] - y, 0.0), lower, out=np.zeros_like(y), where=lower > 0)
     # Ties with an extreme sample (count forecasts) keep their randomised share of the step,
     # shrunk so the tail's 1 / 2K beyond it stays the tail's.
     below_top = np.mean(ordered < y, axis=0)  # < 1 wherever y is the top sample
