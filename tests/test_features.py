@@ -70,7 +70,7 @@ def test_yearly_features_give_the_target_days_season(panel):
     assert (rows[:, spec.weekday_columns].argmax(axis=1) == dates.dayofweek).all()
 
 
-@pytest.mark.parametrize("features", ["plain", "profile", "profile+yearly"])
+@pytest.mark.parametrize("features", ["plain", "profile", "profile+yearly", "profile+trend"])
 @pytest.mark.parametrize("part", ["train", "validation", "all"])
 def test_lazy_windows_are_the_serving_paths_windows(part, features):
     """A batch assembled from the compact per-series arrays equals the windows the serving
@@ -82,7 +82,8 @@ def test_lazy_windows_are_the_serving_paths_windows(part, features):
     panel = validate_table(frame, DataConfig(), min_days=1)
     profile = features != "plain"
     scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), level_days=7 if profile else 0,
-                                weekday_profile=profile, yearly_features=features.endswith("yearly"))
+                                weekday_profile=profile, yearly_features=features.endswith("yearly"),
+                                trend_days=14 if features.endswith("trend") else 0)
     lazy = LazyWindows(panel, scalers, spec, WINDOW, part)
     index = np.random.default_rng(0).permutation(len(lazy))[:200]
     got = lazy.batch(index)
@@ -94,7 +95,7 @@ def test_lazy_windows_are_the_serving_paths_windows(part, features):
         inputs.append(windows_for_days(feature_rows(series, scaler, spec), np.array([d]), WINDOW.context_length))
         targets.append(scaler.forward(series.target[[d]]))
         offsets.append(target_offsets(scaler, spec, series, np.array([d])))
-    centred, levels = center_windows(np.concatenate(inputs), spec.level_days)
+    centred, levels, _ = center_windows(np.concatenate(inputs), spec.level_days, spec.trend_days)
     np.testing.assert_array_equal(got.inputs, centred)
     np.testing.assert_array_equal(got.levels, levels + np.concatenate(offsets))
     np.testing.assert_allclose(got.targets, np.concatenate(targets) - got.levels, rtol=1e-6, atol=1e-6)
@@ -107,6 +108,30 @@ def test_lazy_windows_are_the_serving_paths_windows(part, features):
     assert len(shared) == len(lazy)
     np.testing.assert_array_equal(shared.batch(index).inputs, got.inputs)
     np.testing.assert_array_equal(shared.batch(index).targets, got.targets)
+
+
+def test_trend_centring_extrapolates_a_line_to_the_target_day():
+    """Lags on a line ``a + b t`` (row j of a window holds day ``d - L + j``, the target day
+    sits at position L), after padding rows of a short series: the trend-centred lags are 0,
+    the slope is ``b`` and the target's centre is the line at L, from any level window;
+    without a trend the centre is the level's mean and the lags keep the line's tilt."""
+    length, a, b = 14, 0.3, 0.05
+    window = np.zeros((2, length, 4), dtype=np.float32)
+    for i, padding in enumerate((0, 5)):
+        j = np.arange(padding, length)
+        window[i, j, 0] = a + b * j
+        window[i, j, 1] = 1.0
+    for level_days in (3, 7):
+        centred, levels, slopes = center_windows(window, level_days, trend_days=10)
+        np.testing.assert_allclose(centred[:, :, 0], 0.0, atol=1e-6)
+        np.testing.assert_allclose(slopes, b, rtol=1e-5)
+        np.testing.assert_allclose(levels, a + b * length, rtol=1e-5)
+    flat, level_only, none = center_windows(window, 7)
+    np.testing.assert_allclose(level_only, a + b * (length - 4), rtol=1e-5)  # the last 7 days' mean
+    assert (none == 0).all() and np.ptp(flat[0, :, 0]) > 0.5
+    short = window.copy()
+    short[:, :-1, 1] = 0.0  # one observed day: no slope to fit
+    assert (center_windows(short, 7, trend_days=10)[2] == 0).all()
 
 
 def test_a_series_sample_is_fixed_whatever_the_order_and_size(panel):

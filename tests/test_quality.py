@@ -189,6 +189,14 @@ def test_auto_head_is_count_for_intermittent_whole_numbers_and_normal_otherwise(
     assert negative.resolved_model(targets_are_counts=True, zero_share=0.25).head == "normal"
     pinned = config.updated(model={"head": "student_t"})
     assert pinned.resolved_model(targets_are_counts=True, zero_share=0.25).head == "student_t"
+    # The trend follows: over the whole window with the Normal head, none with the others.
+    assert config.model.trend_days is None
+    assert config.resolved_model(targets_are_counts=True, zero_share=0.0).trend_days == config.window.context_length
+    assert config.resolved_model(targets_are_counts=True, zero_share=0.25).trend_days == 0
+    assert pinned.resolved_model(targets_are_counts=True, zero_share=0.25).trend_days == 0
+    assert config.updated(model={"head": "normal"}).resolved_model(True, 0.25).trend_days == 28
+    assert config.updated(model={"level_days": 0}).resolved_model(True, 0.0).trend_days == 0  # no centre to move
+    assert config.updated(model={"trend_days": 14}).resolved_model(True, 0.25).trend_days == 14
 
 
 # --- no head produces absurd samples -------------------------------------------------
@@ -260,6 +268,45 @@ def test_a_path_feeds_back_the_lag_a_one_step_forecast_reads(tmp_path):
                               num_samples=4, seed=0, calibrated=False).samples[0]
     np.testing.assert_allclose(days[:, 1], one_step, rtol=0.01)
     assert np.abs(days[:, 1] / days[:, 0] - 1).max() > 0.02  # weekday offsets differ: the check has teeth
+
+
+@pytest.mark.model
+def test_a_path_with_a_trend_follows_the_line_fitted_to_its_last_days(tmp_path):
+    """With ``trend_days`` and the network's output switched off (deterministic weights,
+    location 0, the smallest scale), a sample path is its origin window's centre carried
+    along the trend: in model space the mean of the last ``level_days`` days plus the
+    least-squares slope of the last ``trend_days`` (numpy's polyfit on the scaled series)
+    times the days from that mean's centre, and the one-day forecast of day 1 is the path's
+    day 1. Without the trend the path stays at the mean."""
+    from pipeline_lib.data.features import inverse_transform
+
+    config = _small_default(tmp_path, epochs=1).updated(
+        model={"head": "normal", "weekday_profile": False, "level_days": 7, "trend_days": 14},
+        evaluation={"recalibrate": False, "recalibrate_paths": False})
+    _, panel = _synthetic("smooth", n_series=3, n_days=160, seed=6)
+    model = stages.train(config, panel, progress=False).model
+    for layer in model.network.variational_layers():
+        for name in layer._posterior_names:
+            getattr(layer, f"{name}_rho").assign(np.full(getattr(layer, f"{name}_rho").shape, -30.0, np.float32))
+    model.network.output_layer.kernel_loc.assign(np.zeros_like(model.network.output_layer.kernel_loc.numpy()))
+    bias = np.zeros_like(model.network.output_layer.bias_loc.numpy())
+    bias[1] = -30.0  # scale = min_scale: samples are the location, 0 in the centred space
+    model.network.output_layer.bias_loc.assign(bias)
+
+    horizon = 5
+    paths = model.forecast(panel, horizon=horizon, num_samples=4, seed=0, calibrated=False)
+    days = paths.samples[0].reshape(len(panel.series), horizon)
+    for k, series in enumerate(panel.series):
+        scaler = model.scalers[series.series_id]
+        z = scaler.forward(series.target)
+        slope = np.polyfit(np.arange(14), z[-14:], 1)[0]
+        centre = z[-7:].mean() + slope * (4 + np.arange(horizon))  # the mean's centre is 4 days before day 1
+        expected = inverse_transform(centre, scaler.loc, scaler.scale, model.spec.transform)
+        np.testing.assert_allclose(days[k], expected, rtol=2e-3)
+        assert abs(slope) * horizon > 0.01  # the series move: the check has teeth
+    one_step = model.one_step(panel, {k: np.array([len(s)]) for k, s in enumerate(panel.series)}, num_samples=4,
+                              seed=0, calibrated=False).samples[0]
+    np.testing.assert_allclose(one_step, days[:, 0], rtol=2e-3)
 
 
 def test_intervals_read_off_samples_of_a_perfect_forecast_cover_their_nominal_share():

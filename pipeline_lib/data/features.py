@@ -29,7 +29,11 @@ With ``level_days > 0`` (:func:`center_windows`) each window is also centred on 
 level: the mean of its last ``level_days`` observed lags is subtracted from the lags and
 from the target (and added back to every sample). The network then forecasts demand
 *relative to the last week*, so a lasting level shift (the 1,000 -> 1,800 story) reaches
-the forecasts within days instead of waiting for a retrain to refit the scalers.
+the forecasts within days instead of waiting for a retrain to refit the scalers. With
+``trend_days > 0`` the centre also moves along the window's local linear trend (Holt's
+linear method): the lags are taken net of it and each day ahead is centred one slope
+further on, so a 28-day sample path extrapolates the trend instead of holding its origin's
+level (which a network trained one day ahead does not learn to undo).
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ class FeatureSpec:
     magnitude_loc: float
     magnitude_scale: float
     level_days: int = 0  # 0: no window centring (models saved before it existed)
+    trend_days: int = 0  # > 0: windows also centred on a local linear trend fitted to this many days
     weekday_profile: bool = False  # lags and targets net of each series' weekday offsets
     yearly_features: bool = False  # sin and cos of the target day's phase in the year
     known_covariates: tuple[str, ...] = ()  # of covariate_names: read on the target day, not a day late
@@ -239,7 +244,7 @@ def fit_scaler(series: Series, fit_end: int, transform: str, weekday_profile: bo
 
 def fit_scalers(
     panel: Panel, window: WindowConfig, transform: str, level_days: int = 0, part: str = "train",
-    weekday_profile: bool = False, yearly_features: bool = False,
+    weekday_profile: bool = False, yearly_features: bool = False, trend_days: int = 0,
 ) -> tuple[dict[str, SeriesScaler], FeatureSpec]:
     """Fit every series' scaler on its ``part`` (``train``, or ``all`` days for the refit of
     the served model) and the cross-series magnitude feature."""
@@ -258,6 +263,7 @@ def fit_scalers(
         magnitude_loc=float(magnitudes.mean()),
         magnitude_scale=float(max(magnitudes.std(), 1e-3)),
         level_days=level_days,
+        trend_days=trend_days if level_days > 0 else 0,
         weekday_profile=weekday_profile,
         yearly_features=yearly_features,
         known_covariates=panel.known_covariates,
@@ -359,22 +365,49 @@ def target_offsets(scaler: SeriesScaler, spec: FeatureSpec, series: Series, days
     return scaler.profile_at(series.dates[0].dayofweek + np.asarray(days))
 
 
-def center_windows(inputs: np.ndarray, level_days: int) -> tuple[np.ndarray, np.ndarray]:
-    """Subtract each window's recent level from its lagged target (``LAG_COLUMN``).
+def center_windows(inputs: np.ndarray, level_days: int,
+                   trend_days: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Subtract each window's recent level (and trend) from its lagged target (``LAG_COLUMN``).
 
     ``inputs``: ``(N, L, F)``; the level of a window is the mean of the lag over its last
-    ``level_days`` rows that are observed (``OBSERVED_COLUMN``), 0 when none is. Returns the
-    centred copy and the levels ``(N,)``, which the caller subtracts from targets and adds
-    to samples.
+    ``level_days`` rows that are observed (``OBSERVED_COLUMN``), 0 when none is. With
+    ``trend_days`` the window also has a local linear trend: the least-squares slope of the
+    lag over its last ``trend_days`` observed rows (per day; 0 with fewer than two), and each
+    observed lag is taken net of it too, measured from the level's centre, so the lags are
+    level- and trend-free and the target day, ``(level_days + 1) / 2`` days after that centre,
+    is centred on the level extrapolated along the trend (as Holt's linear method forecasts).
+
+    Returns the centred copy, the centre of the target day ``(N,)`` (which the caller
+    subtracts from targets and adds to samples) and the slopes ``(N,)`` (day ``h`` of a
+    path from the window is centred ``(h - 1) * slope`` further on; zeros without a trend).
     """
+    n, length = inputs.shape[:2]
     if level_days <= 0:
-        return inputs, np.zeros(len(inputs), dtype=np.float32)
+        zeros = np.zeros(n, dtype=np.float32)
+        return inputs, zeros, zeros
     recent = inputs[:, -level_days:, :]
     observed = recent[:, :, OBSERVED_COLUMN]
-    level = (recent[:, :, LAG_COLUMN] * observed).sum(axis=1) / np.maximum(observed.sum(axis=1), 1.0)
+    weight = np.maximum(observed.sum(axis=1), 1.0)
+    level = (recent[:, :, LAG_COLUMN] * observed).sum(axis=1) / weight
     centred = inputs.copy()
     centred[:, :, LAG_COLUMN] -= level[:, None] * inputs[:, :, OBSERVED_COLUMN]  # padding rows stay zero
-    return centred, level.astype(np.float32)
+    slope = np.zeros(n)
+    if trend_days > 0:
+        position = np.arange(length, dtype=float)
+        # The level's centre: the mean position of the rows it averaged (row j holds the lag
+        # of day d - L + j, so the target day d sits at position L).
+        centre = (position[-level_days:] * observed).sum(axis=1) / weight
+        fitted = inputs[:, -trend_days:, OBSERVED_COLUMN]
+        x, z = position[-trend_days:], inputs[:, -trend_days:, LAG_COLUMN]
+        count = fitted.sum(axis=1)
+        x_mean = (x * fitted).sum(axis=1) / np.maximum(count, 1.0)
+        z_mean = (z * fitted).sum(axis=1) / np.maximum(count, 1.0)
+        spread = (fitted * (x - x_mean[:, None]) ** 2).sum(axis=1)
+        covariance = (fitted * (x - x_mean[:, None]) * (z - z_mean[:, None])).sum(axis=1)
+        slope = np.divide(covariance, spread, out=np.zeros(n), where=(count >= 2) & (spread > 0))
+        centred[:, :, LAG_COLUMN] -= slope[:, None] * (position - centre[:, None]) * inputs[:, :, OBSERVED_COLUMN]
+        level = level + slope * (length - centre)
+    return centred, level.astype(np.float32), slope.astype(np.float32)
 
 
 def part_days(panel: Panel, window: WindowConfig, part: str) -> dict[int, np.ndarray]:
@@ -550,7 +583,7 @@ class LazyWindows:
         inputs = np.empty((len(k), L, spec.num_features), dtype=np.float32)
         _write_features(inputs, self._lag[flat], local >= L + 1, self._covariates[flat],
                         self._first_epoch_day[k][:, None] + local - L, self._magnitude[k][:, None], spec)
-        centred, levels = center_windows(inputs, spec.level_days)
+        centred, levels, _ = center_windows(inputs, spec.level_days, spec.trend_days)
         if spec.weekday_profile:
             offsets = self._profile[k, (self._first_epoch_day[k] + d + _THURSDAY) % N_WEEKDAYS]
         else:

@@ -274,7 +274,7 @@ class ForecastModel:
             ceilings.append(np.full(len(day_index), scaler.sample_ceiling))
             ids.append(np.full(len(day_index), series.series_id, dtype=object))
             dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
-        centred, levels = center_windows(np.concatenate(inputs), self.spec.level_days)
+        centred, levels, _ = center_windows(np.concatenate(inputs), self.spec.level_days, self.spec.trend_days)
         offsets = np.concatenate(offsets).astype(np.float32)
         return OneStepInputs(centred, levels + offsets, np.concatenate(locs), np.concatenate(scales),
                              np.concatenate(ids), np.concatenate([np.asarray(d) for d in dates]),
@@ -334,11 +334,13 @@ class ForecastModel:
         # for every day of the path, so fed-back samples stay comparable with the lags).
         # The weekday offsets of each day come on top (a path's sampled value, net of them,
         # is exactly the lag the next day reads).
-        centred, levels = center_windows(np.stack(inputs), self.spec.level_days)
+        # With a trend, day h's centre moves (h - 1) slopes on from day 1's.
+        centred, first_levels, slopes = center_windows(np.stack(inputs), self.spec.level_days, self.spec.trend_days)
+        levels = first_levels[:, None] + slopes[:, None] * np.arange(horizon, dtype=np.float32)  # (B, H)
         offsets = np.stack(offsets)  # (B, H)
-        day_levels = levels[:, None] + offsets
+        day_levels = levels + offsets
         locs, scales = np.concatenate(locs), np.concatenate(scales)  # (B * H,), constant per series
-        context = np.stack([window_context(locs[::horizon], scales[::horizon], levels, offsets[:, h])
+        context = np.stack([window_context(locs[::horizon], scales[::horizon], levels[:, h], offsets[:, h])
                             for h in range(horizon)])  # (H, B, 3)
         paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates

@@ -72,6 +72,7 @@ def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedMode
     evaluation_fit = trained.evaluation_fit or trained.training
     registry.log_params({"train.epochs_run": evaluation_fit.epochs_run, "train.best_epoch": evaluation_fit.best_epoch,
                          "model.head_resolved": trained.model.model_config.head,
+                         "model.trend_days_resolved": trained.model.spec.trend_days,
                          "served_model": "refit on all days" if trained.evaluation_fit else "evaluation fit"})
     for prefix, fit in (("train", evaluation_fit), ("refit", trained.training if trained.evaluation_fit else None)):
         for record in fit.history if fit is not None else ():

@@ -53,13 +53,14 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
                                   f"model.head {config.model.head!r} needs whole numbers (use normal or student_t)")
     zero_share = float(np.mean(np.concatenate([s.target for s in panel.series]) == 0))
     model_config = config.resolved_model(targets_are_counts=fractional is None, zero_share=zero_share)
-    if config.model.head == "auto":
-        log.info("head: %s (auto: %s targets, %.0f%% zero days)", model_config.head,
-                 "whole-number" if fractional is None else "fractional", 100 * zero_share)
+    if config.model.head == "auto" or config.model.trend_days is None:
+        log.info("head: %s, trend over %d days (auto: %s targets, %.0f%% zero days)", model_config.head,
+                 model_config.trend_days, "whole-number" if fractional is None else "fractional", 100 * zero_share)
     scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
                                 config.model.level_days,
                                 weekday_profile=config.model.weekday_profile,
-                                yearly_features=config.model.yearly_features)
+                                yearly_features=config.model.yearly_features,
+                                trend_days=model_config.trend_days)
     train_windows = LazyWindows(panel, scalers, spec, config.window, "train")
     validation_windows = train_windows.for_part(panel, config.window, "validation")
     log.info("training on %d windows (%s per epoch), validating on %s of %d", len(train_windows),
@@ -147,7 +148,8 @@ def _fit_on_every_day(config: PipelineConfig, panel: Panel, base: ForecastModel,
         scalers, spec = fit_scalers(panel, config.window, target_transform(config.data.non_negative),
                                     config.model.level_days, part="all",
                                     weekday_profile=config.model.weekday_profile,
-                                    yearly_features=config.model.yearly_features)
+                                    yearly_features=config.model.yearly_features,
+                                    trend_days=base.model_config.trend_days)
     windows = LazyWindows(panel, scalers, spec, config.window, "all")
     log.info("refitting on all %d windows (%s per epoch) for %d epochs%s", len(windows),
              _at_most(config.train.windows_per_epoch, len(windows)), epochs,
