@@ -82,16 +82,12 @@ def statsforecast_samples(make_model, panel: Panel, days: dict[int, np.ndarray],
             if ahead.min() < 0:
                 raise ValueError(f"series {k}: a day before its origin {fit_end[k]}")
             forecast = model.predict(h=int(ahead.max()) + 1, level=[95])
-            mean = np.asarray(forecast["mean"])[ahead]
-            std = np.maximum((np.asarray(forecast["hi-95"])[ahead] - mean) / z95, 1e-9)
-            samples = mean[None, :] + standard * std[None, :]
-            columns.append(np.maximum(samples, 0.0) if non_negative else samples)
-            continue
-        means, stds = [], []
-        for day in day_index:
-            forecast = model.forward(y=y[:day], h=1, level=[95])
-            means.append(forecast["mean"][0])
-            stds.append(max((forecast["hi-95"][0] - forecast["mean"][0]) / z95, 1e-9))
-        samples = np.asarray(means)[None, :] + standard * np.asarray(stds)[None, :]
+            mean, upper = np.asarray(forecast["mean"])[ahead], np.asarray(forecast["hi-95"])[ahead]
+        else:
+            steps = [model.forward(y=y[:day], h=1, level=[95]) for day in day_index]
+            mean = np.array([step["mean"][0] for step in steps])
+            upper = np.array([step["hi-95"][0] for step in steps])
+        std = np.maximum((upper - mean) / z95, 1e-9)
+        samples = mean[None, :] + standard * std[None, :]
         columns.append(np.maximum(samples, 0.0) if non_negative else samples)
     return np.concatenate(columns, axis=1)
