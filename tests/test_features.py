@@ -18,6 +18,7 @@ from pipeline_lib.data.features import (
     fit_scalers,
     forward_transform,
     inverse_transform,
+    step_sse,
     target_offsets,
     target_transform,
     windows_for_days,
@@ -132,6 +133,42 @@ def test_trend_centring_extrapolates_a_line_to_the_target_day():
     short = window.copy()
     short[:, :-1, 1] = 0.0  # one observed day: no slope to fit
     assert (center_windows(short, 7, trend_days=10)[2] == 0).all()
+
+
+def test_step_sse_is_the_best_single_break_found_by_brute_force():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(20, 12))
+    observed = (rng.random((20, 12)) > 0.25).astype(float)
+    observed[0] = 0.0
+    observed[0, :3] = 1.0  # three observed values: no break with two on each side
+
+    def brute(z, w):
+        best = np.inf
+        for k in range(1, len(z)):
+            a, b = z[:k][w[:k] > 0], z[k:][w[k:] > 0]
+            if len(a) >= 2 and len(b) >= 2:
+                best = min(best, ((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum())
+        return best
+
+    np.testing.assert_allclose(step_sse(values, observed), [brute(z, w) for z, w in zip(values, observed, strict=True)])
+    assert np.isinf(step_sse(values, observed)[0])
+
+
+def test_a_level_shift_is_not_read_as_a_trend():
+    """A window across a step gets the level alone (slope 0, the last days' mean), wherever
+    the step lies in the window; a noisy line with a clear slope keeps its trend."""
+    rng = np.random.default_rng(0)
+    length, noise = 28, 0.05
+    window = np.zeros((4, length, 4), dtype=np.float32)
+    window[:, :, 1] = 1.0
+    for i, since in enumerate((7, 10, 14, 21)):
+        window[i, :, 0] = (np.arange(length) >= length - since) + rng.normal(0, noise, length)
+    centred, levels, slopes = center_windows(window, 7, trend_days=length)
+    assert (slopes == 0).all()
+    np.testing.assert_allclose(levels, window[:, -7:, 0].mean(axis=1), rtol=1e-6)
+    line = window[:1].copy()
+    line[0, :, 0] = 0.02 * np.arange(length) + rng.normal(0, noise, length)
+    assert center_windows(line, 7, trend_days=length)[2][0] == pytest.approx(0.02, abs=0.005)
 
 
 def test_a_series_sample_is_fixed_whatever_the_order_and_size(panel):

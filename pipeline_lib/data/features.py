@@ -33,7 +33,8 @@ the forecasts within days instead of waiting for a retrain to refit the scalers.
 ``trend_days > 0`` the centre also moves along the window's local linear trend (Holt's
 linear method): the lags are taken net of it and each day ahead is centred one slope
 further on, so a 28-day sample path extrapolates the trend instead of holding its origin's
-level (which a network trained one day ahead does not learn to undo).
+level (which a network trained one day ahead does not learn to undo). A window whose days
+are better explained by one step than by a line (a level shift) keeps the level alone.
 """
 
 from __future__ import annotations
@@ -365,6 +366,24 @@ def target_offsets(scaler: SeriesScaler, spec: FeatureSpec, series: Series, days
     return scaler.profile_at(series.dates[0].dayofweek + np.asarray(days))
 
 
+def step_sse(values: np.ndarray, observed: np.ndarray, min_rows: int = 2) -> np.ndarray:
+    """``(N,)`` residual sum of squares of the best single step through each row of
+    ``values`` ``(N, T)``: the mean before and the mean after one break, the break placed
+    where the sum is least, with at least ``min_rows`` observed values (``observed`` 0/1) on
+    each side; ``inf`` where no break has that many."""
+    weights = observed.astype(float)
+    count = np.cumsum(weights, axis=1)[:, :-1]  # rows 0..k before a break after row k
+    total = np.cumsum(weights * values, axis=1)
+    squares = np.cumsum(weights * values ** 2, axis=1)
+    before, before_sq = total[:, :-1], squares[:, :-1]
+    all_count, all_total, all_sq = count[:, -1:] + weights[:, -1:], total[:, -1:], squares[:, -1:]
+    after_count = all_count - count
+    valid = (count >= min_rows) & (after_count >= min_rows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sse = (before_sq - before ** 2 / count) + (all_sq - before_sq - (all_total - before) ** 2 / after_count)
+    return np.where(valid, sse, np.inf).min(axis=1, initial=np.inf)
+
+
 def center_windows(inputs: np.ndarray, level_days: int,
                    trend_days: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Subtract each window's recent level (and trend) from its lagged target (``LAG_COLUMN``).
@@ -376,6 +395,9 @@ def center_windows(inputs: np.ndarray, level_days: int,
     observed lag is taken net of it too, measured from the level's centre, so the lags are
     level- and trend-free and the target day, ``(level_days + 1) / 2`` days after that centre,
     is centred on the level extrapolated along the trend (as Holt's linear method forecasts).
+    The slope is kept only where the line fits those rows better (smaller residual sum of
+    squares) than the best single step (:func:`step_sse`); a window across a level shift gets
+    slope 0, i.e. the level alone, which the shift's new days take over within ``level_days``.
 
     Returns the centred copy, the centre of the target day ``(N,)`` (which the caller
     subtracts from targets and adds to samples) and the slopes ``(N,)`` (day ``h`` of a
@@ -405,6 +427,12 @@ def center_windows(inputs: np.ndarray, level_days: int,
         spread = (fitted * (x - x_mean[:, None]) ** 2).sum(axis=1)
         covariance = (fitted * (x - x_mean[:, None]) * (z - z_mean[:, None])).sum(axis=1)
         slope = np.divide(covariance, spread, out=np.zeros(n), where=(count >= 2) & (spread > 0))
+        # A level shift also has a least-squares slope, and extrapolating it overshoots the
+        # new level for a window's length; so the slope is kept only where the line explains
+        # the window better than a single step does.
+        total = (fitted * (z - z_mean[:, None]) ** 2).sum(axis=1)
+        line_sse = total - np.divide(covariance ** 2, spread, out=np.zeros(n), where=spread > 0)
+        slope = np.where(line_sse < step_sse(z, fitted), slope, 0.0)
         centred[:, :, LAG_COLUMN] -= slope[:, None] * (position - centre[:, None]) * inputs[:, :, OBSERVED_COLUMN]
         level = level + slope * (length - centre)
     return centred, level.astype(np.float32), slope.astype(np.float32)
