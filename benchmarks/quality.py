@@ -146,7 +146,7 @@ def build_config(args: argparse.Namespace):
     """The defaults (or ``--config``) with 28 test days, the dataset's columns and ``--set``."""
     import yaml
 
-    from pipeline_lib.config import load_config
+    from pipeline_lib.config import load_config, parse_config
 
     overrides: dict[str, dict] = {"window": {"test_days": 28}, "train": {"epochs": args.epochs}}
     if args.dataset not in ("bundled", "retail", "smooth"):
@@ -154,11 +154,14 @@ def build_config(args: argparse.Namespace):
                              "target_col": args.target_col}
     elif args.dataset != "bundled":
         overrides["data"] = {"id_col": "series_id", "time_col": "date", "target_col": "units"}
-    for item in args.set:
+    raw = load_config(args.config).updated(**overrides).model_dump()
+    for item in args.set:  # set here, not through updated(), which reads None as "leave as is"
         key, _, value = item.partition("=")
         section, _, field = key.partition(".")
-        overrides.setdefault(section, {})[field] = yaml.safe_load(value)
-    return load_config(args.config).updated(**overrides)
+        if not isinstance(raw.get(section), dict) or field not in raw[section]:
+            raise SystemExit(f"--set {item}: no field {field!r} in section {section!r}")
+        raw[section][field] = yaml.safe_load(value)
+    return parse_config(raw)
 
 
 class Runs:

@@ -323,3 +323,25 @@ def test_intervals_read_off_samples_of_a_perfect_forecast_cover_their_nominal_sh
     for level in (0.95, 0.8):
         lower, upper = sample_quantiles(samples, [(1 - level) / 2, (1 + level) / 2])
         assert m.prediction_interval_coverage(y, lower, upper) == pytest.approx(level, abs=0.004)
+
+
+def test_the_quality_benchmark_sets_an_override_to_none_and_names_a_mistyped_one():
+    """``--set model.trend_days=null`` must reach the config as None (auto); a merge that
+    reads None as "leave as is" silently benchmarked the default instead."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def args(*overrides):
+        return argparse.Namespace(dataset="smooth", epochs=2, config=None, set=list(overrides))
+
+    config = module.build_config(args("model.trend_days=null", "window.context_length=14"))
+    assert config.model.trend_days is None and config.window.context_length == 14
+    assert config.window.test_days == 28 and config.data.target_col == "units"
+    with pytest.raises(SystemExit, match="trend_dayz"):
+        module.build_config(args("model.trend_dayz=3"))
