@@ -12,6 +12,7 @@ from pipeline_lib.data.features import (
     LAG_COLUMN,
     N_WEEKDAYS,
     OBSERVED_COLUMN,
+    STEP_TEST_LEVEL,
     LazyWindows,
     center_windows,
     feature_rows,
@@ -169,6 +170,26 @@ def test_a_level_shift_is_not_read_as_a_trend():
     line = window[:1].copy()
     line[0, :, 0] = 0.02 * np.arange(length) + rng.normal(0, noise, length)
     assert center_windows(line, 7, trend_days=length)[2][0] == pytest.approx(0.02, abs=0.005)
+
+
+def test_the_step_test_declares_a_step_in_pure_noise_at_its_level_and_finds_real_steps():
+    """Windows of noise with neither step nor slope (other draws than the critical ratio's)
+    are read as shifts about 5% of the time; a 3-sd step almost always, a line rising 4 sd
+    over the window almost never."""
+    rng = np.random.default_rng(7)
+    length, n = 28, 4000
+    days = np.arange(length)
+
+    def slopes(values):
+        window = np.zeros((n, length, 4), dtype=np.float32)
+        window[:, :, 0], window[:, :, 1] = values, 1.0
+        return center_windows(window, 7, trend_days=length)[2]
+
+    noise = rng.normal(size=(n, length))
+    flat = noise + 0.5  # a flat level: the slope is noise, and 0 where a step is declared
+    assert np.mean(slopes(flat) == 0) == pytest.approx(STEP_TEST_LEVEL, abs=0.012)
+    assert np.mean(slopes(noise + 3.0 * (days >= 18)) == 0) > 0.85
+    assert np.mean(slopes(noise + 4.0 * days / length) == 0) < 0.06
 
 
 def test_a_series_sample_is_fixed_whatever_the_order_and_size(panel):

@@ -34,12 +34,14 @@ the forecasts within days instead of waiting for a retrain to refit the scalers.
 linear method): the lags are taken net of it and each day ahead is centred one slope
 further on, so a 28-day sample path extrapolates the trend instead of holding its origin's
 level (which a network trained one day ahead does not learn to undo). A window whose days
-are better explained by one step than by a line (a level shift) keeps the level alone.
+are significantly better explained by one step than by a line (a level shift) keeps the
+level alone.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -60,6 +62,7 @@ _INPUT_CLIP = 50.0  # scaled values beyond this carry no extra signal but can bl
 # that dominate sample means, sample CRPS and any order quantity built from the paths; ten
 # times the record day is beyond any demand a planner would stock for.
 SAMPLE_CEILING_FACTOR = 10.0
+STEP_TEST_LEVEL = 0.05  # a window is read as a level shift, not a trend, at this significance
 
 
 def target_transform(non_negative: bool) -> str:
@@ -384,6 +387,37 @@ def step_sse(values: np.ndarray, observed: np.ndarray, min_rows: int = 2) -> np.
     return np.where(valid, sse, np.inf).min(axis=1, initial=np.inf)
 
 
+@functools.cache
+def step_critical_ratio(rows: int, level: float = STEP_TEST_LEVEL) -> float:
+    """The ``1 - level`` quantile of (line's residual sum of squares) / (:func:`step_sse`) over
+    windows of ``rows`` values of pure noise, neither step nor slope (the null under which a
+    step beats a line most often). A window with a larger ratio is a level shift at that
+    significance. Simulated once per length (20,000 Gaussian windows, fixed seed); ``inf``
+    below 4 rows, where no step fits."""
+    if rows < 4:
+        return float("inf")
+    noise = np.random.default_rng(0).normal(size=(20_000, rows))
+    ratio = _line_sse(noise, np.ones_like(noise))[0] / step_sse(noise, np.ones_like(noise))
+    return float(np.quantile(ratio, 1.0 - level))
+
+
+def _line_sse(values: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N,)`` residual sum of squares of the least-squares line through each row's observed
+    values (``values``, ``observed``: ``(N, T)``, row position = day) and the line's slope
+    (0 with fewer than two observed values)."""
+    n, rows = values.shape
+    x = np.arange(rows, dtype=float)
+    count = np.maximum(observed.sum(axis=1), 1.0)
+    x_mean = (x * observed).sum(axis=1) / count
+    z_mean = (values * observed).sum(axis=1) / count
+    spread = (observed * (x - x_mean[:, None]) ** 2).sum(axis=1)
+    covariance = (observed * (x - x_mean[:, None]) * (values - z_mean[:, None])).sum(axis=1)
+    fits = (observed.sum(axis=1) >= 2) & (spread > 0)
+    slope = np.divide(covariance, spread, out=np.zeros(n), where=fits)
+    total = (observed * (values - z_mean[:, None]) ** 2).sum(axis=1)
+    return total - slope * covariance, slope
+
+
 def center_windows(inputs: np.ndarray, level_days: int,
                    trend_days: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Subtract each window's recent level (and trend) from its lagged target (``LAG_COLUMN``).
@@ -395,9 +429,10 @@ def center_windows(inputs: np.ndarray, level_days: int,
     observed lag is taken net of it too, measured from the level's centre, so the lags are
     level- and trend-free and the target day, ``(level_days + 1) / 2`` days after that centre,
     is centred on the level extrapolated along the trend (as Holt's linear method forecasts).
-    The slope is kept only where the line fits those rows better (smaller residual sum of
-    squares) than the best single step (:func:`step_sse`); a window across a level shift gets
-    slope 0, i.e. the level alone, which the shift's new days take over within ``level_days``.
+    A window where the best single step (:func:`step_sse`) fits those rows significantly
+    better than the line (:func:`step_critical_ratio`, a 5% test) is a level shift, not a
+    trend: it gets slope 0, i.e. the level alone, which the shift's new days take over within
+    ``level_days``.
 
     Returns the centred copy, the centre of the target day ``(N,)`` (which the caller
     subtracts from targets and adds to samples) and the slopes ``(N,)`` (day ``h`` of a
@@ -419,20 +454,14 @@ def center_windows(inputs: np.ndarray, level_days: int,
         # The level's centre: the mean position of the rows it averaged (row j holds the lag
         # of day d - L + j, so the target day d sits at position L).
         centre = (position[-level_days:] * observed).sum(axis=1) / weight
-        fitted = inputs[:, -trend_days:, OBSERVED_COLUMN]
-        x, z = position[-trend_days:], inputs[:, -trend_days:, LAG_COLUMN]
-        count = fitted.sum(axis=1)
-        x_mean = (x * fitted).sum(axis=1) / np.maximum(count, 1.0)
-        z_mean = (z * fitted).sum(axis=1) / np.maximum(count, 1.0)
-        spread = (fitted * (x - x_mean[:, None]) ** 2).sum(axis=1)
-        covariance = (fitted * (x - x_mean[:, None]) * (z - z_mean[:, None])).sum(axis=1)
-        slope = np.divide(covariance, spread, out=np.zeros(n), where=(count >= 2) & (spread > 0))
+        fitted = inputs[:, -trend_days:, OBSERVED_COLUMN].astype(float)
+        values = inputs[:, -trend_days:, LAG_COLUMN].astype(float)
+        line_sse, slope = _line_sse(values, fitted)
         # A level shift also has a least-squares slope, and extrapolating it overshoots the
-        # new level for a window's length; so the slope is kept only where the line explains
-        # the window better than a single step does.
-        total = (fitted * (z - z_mean[:, None]) ** 2).sum(axis=1)
-        line_sse = total - np.divide(covariance ** 2, spread, out=np.zeros(n), where=spread > 0)
-        slope = np.where(line_sse < step_sse(z, fitted), slope, 0.0)
+        # new level for a window's length; so a window where one step fits significantly
+        # better than the line keeps the level alone.
+        shifted = line_sse > step_critical_ratio(values.shape[1]) * step_sse(values, fitted)
+        slope = np.where(shifted, 0.0, slope)
         centred[:, :, LAG_COLUMN] -= slope[:, None] * (position - centre[:, None]) * inputs[:, :, OBSERVED_COLUMN]
         level = level + slope * (length - centre)
     return centred, level.astype(np.float32), slope.astype(np.float32)
