@@ -178,11 +178,11 @@ class ModelConfig(_Strict):
     level_days: int = Field(7, ge=0, description="centre each window on the mean of its last N observed "
                             "days (forecasts follow level shifts); 0 = off")
     trend_days: int | None = Field(
-        0, ge=0, le=366, description="> 0 (with level_days): also centre each window on a local linear trend, "
+        None, ge=0, le=366, description="> 0 (with level_days): also centre each window on a local linear trend, "
         "the least-squares slope of its last N observed days, so one-day forecasts and sample paths extrapolate it "
-        "(Holt's linear method); None = auto: the whole window (context_length) with the Normal head, off with the "
-        "others (intermittent counts, whose slopes are mostly noise), logged. 0 (default) = off: a level shift "
-        "reads as a trend for a window's length (docs/modelling.md)")
+        "(Holt's linear method); a window where one step fits significantly better than the line (a level shift) "
+        "keeps the level alone. None (default) = auto: the whole window (context_length) with the Normal head, off "
+        "with the others (intermittent counts, whose slopes are mostly noise), logged. 0 = off (docs/modelling.md)")
     weekday_profile: bool = Field(True, description="take each series' own weekday shape (fitted with its "
                                   "scaler) out of the lags and the target, ES-RNN style; the network "
                                   "learns what is left")
@@ -434,9 +434,9 @@ class PipelineConfig(_Strict):
         demand (whole units and at least ``AUTO_COUNT_MIN_ZERO_SHARE`` of the days at zero:
         slow movers, closed days), the Normal head in log space otherwise (smooth demand,
         where a count likelihood's discreteness buys nothing and its dispersion is hard to
-        learn); and ``trend_days: None`` (auto, opt-in) resolved: a trend over the whole window
-        with the Normal head (smooth demand: 28-day paths 17% better on the synthetic smooth
-        set), none with the others (synthetic retail: 16% worse). See benchmarks/RESULTS.md."""
+        learn); and ``trend_days: None`` (auto, the default) resolved: a trend over the whole
+        window with the Normal head (smooth demand: 28-day paths 14% better on the synthetic
+        smooth set), none with the others (synthetic retail: 16% worse). See benchmarks/RESULTS.md."""
         head = self.model.head
         if head == "auto":
             counts = targets_are_counts and self.data.non_negative and zero_share >= AUTO_COUNT_MIN_ZERO_SHARE

@@ -189,15 +189,15 @@ def test_auto_head_is_count_for_intermittent_whole_numbers_and_normal_otherwise(
     assert negative.resolved_model(targets_are_counts=True, zero_share=0.25).head == "normal"
     pinned = config.updated(model={"head": "student_t"})
     assert pinned.resolved_model(targets_are_counts=True, zero_share=0.25).head == "student_t"
-    # The trend is off by default; auto (None) follows the head: over the whole window with
-    # the Normal head, none with the others.
-    assert config.model.trend_days == 0 and config.resolved_model(True, 0.0).trend_days == 0
-    auto = PipelineConfig(model={"trend_days": None})  # updated() reads None as "leave as is"
-    assert auto.resolved_model(targets_are_counts=True, zero_share=0.0).trend_days == config.window.context_length
-    assert auto.resolved_model(targets_are_counts=True, zero_share=0.25).trend_days == 0
-    assert auto.updated(model={"head": "student_t"}).resolved_model(True, 0.25).trend_days == 0
-    assert auto.updated(model={"head": "normal"}).resolved_model(True, 0.25).trend_days == 28
-    assert auto.updated(model={"level_days": 0}).resolved_model(True, 0.0).trend_days == 0  # no centre to move
+    # The trend is auto by default and follows the head: over the whole window with the
+    # Normal head, none with the others; 0 turns it off.
+    assert config.model.trend_days is None
+    assert config.updated(model={"trend_days": 0}).resolved_model(True, 0.0).trend_days == 0
+    assert config.resolved_model(targets_are_counts=True, zero_share=0.0).trend_days == config.window.context_length
+    assert config.resolved_model(targets_are_counts=True, zero_share=0.25).trend_days == 0
+    assert config.updated(model={"head": "student_t"}).resolved_model(True, 0.25).trend_days == 0
+    assert config.updated(model={"head": "normal"}).resolved_model(True, 0.25).trend_days == 28
+    assert config.updated(model={"level_days": 0}).resolved_model(True, 0.0).trend_days == 0  # no centre to move
     assert config.updated(model={"trend_days": 14}).resolved_model(True, 0.25).trend_days == 14
 
 
