@@ -13,14 +13,15 @@ from pipeline_lib.monitoring.alerts import Alert, Delivery, deliver_pending, not
 from pipeline_lib.store import ForecastStore
 
 
-def _send(alert: Alert) -> list[str]:
-    """A Prefect event (for automations) and the configured notifications; returns the
-    destinations that failed."""
-    emit_event(event=f"bayes-pipeline.alert.{alert.kind}",
-               resource={"prefect.resource.id": f"bayes-pipeline.monitoring.{alert.day}",
-                         "prefect.resource.name": f"coverage {alert.day}"},
-               payload=alert.payload())
-    return notify(alert)
+def _send(alert: Alert, only: frozenset[str] | None) -> list[str]:
+    """A Prefect event (for automations; on the first attempt only) and the configured
+    notifications (``only``: a retry's destinations); returns the destinations that failed."""
+    if only is None:
+        emit_event(event=f"bayes-pipeline.alert.{alert.kind}",
+                   resource={"prefect.resource.id": f"bayes-pipeline.monitoring.{alert.day}",
+                             "prefect.resource.name": f"coverage {alert.day}"},
+                   payload=alert.payload())
+    return notify(alert, only)
 
 
 @task(name="deliver_alerts", **NO_CACHE_TASK)

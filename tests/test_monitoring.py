@@ -250,7 +250,7 @@ def test_alert_reaches_a_local_webhook(monkeypatch):
         monkeypatch.setenv(alerts.WEBHOOKS_ENV, f"{url}, http://127.0.0.1:9/unreachable")
         message = alerts.breach_message(day(3), 0.62, 0.95, "below the 90% threshold", 2, 3, "4", "r.html")
         alert = alerts.Alert("breach", day(3), "4", message)
-        failed = alerts.notify(alert, timeout=2)
+        failed = alerts.notify(alert, timeout=2.0)
     assert failed == ["http://127.0.0.1:9"]  # the dead destination is reported, not raised
     assert len(received) == 1
     body = received[0]
@@ -413,6 +413,19 @@ def test_alerts_wait_in_the_outbox_until_every_destination_took_them(tmp_path, m
     assert row["status"] == "undeliverable" and row["attempts"] == alerts.ALERT_MAX_ATTEMPTS
     assert alerts.deliver_pending(store, alerts.notify) == alerts.Delivery()  # given up for good
     store.dispose()
+
+
+def test_a_retry_goes_only_to_the_destinations_that_failed(tmp_path, monkeypatch):
+    """Two webhooks, one down for two runs: the healthy one gets the alert once, the other
+    once when it comes back; the row is ``sent`` only then."""
+    store = ForecastStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    store.add_alert(day(0), "breach", "1", "coverage 80% below 90%")
+    with webhook_receiver() as (healthy, healthy_got), webhook_receiver(failures=2) as (flaky, flaky_got):
+        monkeypatch.setenv(alerts.WEBHOOKS_ENV, f"{healthy},{flaky}")
+        runs = [alerts.deliver_pending(store, alerts.notify) for _ in range(3)]
+    store.dispose()
+    assert [len(run.retried) for run in runs] == [1, 1, 0] and len(runs[2].sent) == 1
+    assert len(healthy_got) == 1 and len(flaky_got) == 1
 
 
 def test_a_malformed_webhook_url_is_a_configuration_error_at_start(monkeypatch):

@@ -13,7 +13,9 @@ delivered must not stop the monitoring that produced it. Alerts go through an ou
 monitoring records each one in the store's ``alerts`` table as ``pending``, and
 :func:`deliver_pending` sends every pending alert, this run's and earlier runs' undelivered
 ones, until all destinations took it (``sent``) or ``ALERT_MAX_ATTEMPTS`` runs have tried
-(``undeliverable``).
+(``undeliverable``). A retry goes only to the destinations that failed last time (recorded in
+the row's ``last_error``: a webhook by its scheme, host and port, Apprise as one), so a
+destination that took the alert does not get it twice.
 """
 
 from __future__ import annotations
@@ -102,24 +104,31 @@ class Delivery:
     undeliverable: tuple[Alert, ...] = ()
 
 
-def deliver_pending(store, send: Callable[[Alert], list[str]],
+def deliver_pending(store, send: Callable[[Alert, frozenset[str] | None], list[str]],
                     max_attempts: int = ALERT_MAX_ATTEMPTS) -> Delivery:
-    """Send every ``pending`` alert of ``store`` with ``send`` (returns the destinations that
-    failed) and record each attempt; oldest first."""
+    """Send every ``pending`` alert of ``store`` with ``send(alert, only)`` (``only``: None on
+    the first attempt, i.e. everywhere, else the destinations that failed last time; returns
+    the destinations that failed now) and record each attempt; oldest first."""
     outcome: dict[str, list[Alert]] = {"sent": [], "pending": [], "undeliverable": []}
     for row in store.undelivered_alerts().to_dict("records"):
         alert = Alert(row["kind"], pd.Timestamp(row["day"]).date(), row["model_version"], row["message"],
                       row["report"], json.loads(row["details"] or "{}"))
-        status = store.record_delivery(alert.day, alert.kind, send(alert), max_attempts)
+        only = frozenset(row["last_error"].split(", ")) if row["attempts"] and row["last_error"] else None
+        status = store.record_delivery(alert.day, alert.kind, send(alert, only), max_attempts)
         outcome[status].append(alert)
         if status == "undeliverable":
             log.error("alert %s of %s given up after %d attempts", alert.kind, alert.day, max_attempts)
     return Delivery(tuple(outcome["sent"]), tuple(outcome["pending"]), tuple(outcome["undeliverable"]))
 
 
-def notify(alert: Alert, timeout: float = 10.0) -> list[str]:
-    """Send ``alert`` everywhere configured; returns the destinations that failed."""
+def notify(alert: Alert, only: frozenset[str] | None = None, timeout: float = 10.0) -> list[str]:
+    """Send ``alert`` everywhere configured, or only to the destinations named in ``only``
+    (as this function reports them: a webhook's ``scheme://host[:port]``, ``apprise``);
+    returns the destinations that failed."""
     webhooks, apprise_urls = destinations()
+    if only is not None:
+        webhooks = [url for url in webhooks if _host(url) in only]
+        apprise_urls = apprise_urls if "apprise" in only else []
     failed = []
     body = json.dumps(alert.payload()).encode()
     for url in webhooks:
