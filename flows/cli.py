@@ -420,7 +420,9 @@ def _write_csv(frame, out: Path) -> None:
 def main() -> None:  # pragma: no cover - console entry point
     if not (set(sys.argv[1:2]) & {"--verbose", "-v"} or os.environ.get(VERBOSE_ENV)):
         _filter_native_stderr()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # The library's INFO lines are the run's choices (head, trend, windows, refit): the user's to see.
+    logging.getLogger("pipeline_lib").setLevel(logging.INFO)
     app()
 
 
