@@ -13,6 +13,7 @@ from pipeline_lib.data.features import (
     N_WEEKDAYS,
     OBSERVED_COLUMN,
     STEP_TEST_LEVEL,
+    FeatureSpec,
     LazyWindows,
     center_windows,
     feature_rows,
@@ -97,7 +98,7 @@ def test_lazy_windows_are_the_serving_paths_windows(part, features):
         inputs.append(windows_for_days(feature_rows(series, scaler, spec), np.array([d]), WINDOW.context_length))
         targets.append(scaler.forward(series.target[[d]]))
         offsets.append(target_offsets(scaler, spec, series, np.array([d])))
-    centred, levels, _ = center_windows(np.concatenate(inputs), spec.level_days, spec.trend_days)
+    centred, levels, _ = center_windows(np.concatenate(inputs), spec.level_days, spec.trend_days, spec.trend_column)
     np.testing.assert_array_equal(got.inputs, centred)
     np.testing.assert_array_equal(got.levels, levels + np.concatenate(offsets))
     np.testing.assert_allclose(got.targets, np.concatenate(targets) - got.levels, rtol=1e-6, atol=1e-6)
@@ -301,6 +302,41 @@ def test_sample_paths_read_the_calendar_of_the_days_they_forecast(panel, monkeyp
         rows = feature_rows(reached, scalers[series.series_id], spec)
         expected = rows[L + n + 1:L + n + 1 + horizon, spec.calendar_columns]  # days n+1 .. n+H
         np.testing.assert_array_equal(captured["future"][:, k, spec.calendar_columns], expected)  # (H, B, F)
+
+
+def test_every_day_of_a_path_reads_its_origin_windows_slope(panel, monkeypatch):
+    """With a trend the slope is an input: the origin window's column holds the slope of its
+    centring times the window's length on every row, and so does every fed-back row of its
+    path; without a trend there is no such column (nor in models saved before it)."""
+    from pipeline_lib.config import ModelConfig
+    from pipeline_lib.model import forecast as forecasting
+    from pipeline_lib.model.forecast import ForecastModel
+
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), level_days=7, trend_days=14)
+    model = ForecastModel.create(spec, scalers, ModelConfig(lstm_units=(4,), head="normal"))
+    captured = {}
+
+    def capture(network, centred, future, num_samples, seed, context):
+        captured["centred"], captured["future"] = centred, future
+        return np.zeros((num_samples, future.shape[1], future.shape[0]), dtype=np.float32)
+
+    monkeypatch.setattr(forecasting, "sample_paths", capture)
+    model.forecast(panel, horizon=5, num_samples=2)
+    L, column = spec.context_length, spec.trend_column
+    origins = np.stack([windows_for_days(feature_rows(s, scalers[s.series_id], spec), np.array([len(s)]), L)[0]
+                        for s in panel.series])
+    _, _, slopes = center_windows(origins, 7, 14)
+    assert np.abs(slopes).max() > 0  # the test would prove nothing on flat windows
+    np.testing.assert_allclose(captured["centred"][:, :, column], np.repeat(slopes[:, None] * L, L, axis=1),
+                               rtol=1e-6)
+    np.testing.assert_allclose(captured["future"][:, :, column], np.repeat(slopes[None, :] * L, 5, axis=0),
+                               rtol=1e-6)
+    assert spec.num_features == spec.magnitude_column + 2
+    plain = fit_scalers(panel, WINDOW, target_transform(True), level_days=7)[1]
+    assert plain.trend_column is None and plain.num_features == plain.magnitude_column + 1
+    saved = spec.to_dict()
+    del saved["trend_input"]
+    assert FeatureSpec.from_dict(saved).trend_column is None
 
 
 def test_a_saved_path_calibration_recalibrates_each_day_of_the_paths_by_its_days_ahead(panel, monkeypatch, tmp_path):

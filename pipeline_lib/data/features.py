@@ -35,7 +35,8 @@ linear method): the lags are taken net of it and each day ahead is centred one s
 further on, so a 28-day sample path extrapolates the trend instead of holding its origin's
 level (which a network trained one day ahead does not learn to undo). A window whose days
 are significantly better explained by one step than by a line (a level shift) keeps the
-level alone.
+level alone. The slope is also an input (``FeatureSpec.trend_column``), the same on every
+row of a window and of the path that starts from it.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class FeatureSpec:
     weekday_profile: bool = False  # lags and targets net of each series' weekday offsets
     yearly_features: bool = False  # sin and cos of the target day's phase in the year
     known_covariates: tuple[str, ...] = ()  # of covariate_names: read on the target day, not a day late
+    trend_input: bool = False  # with trend_days: the window's slope is also an input (models saved before: no)
 
     @property
     def known_covariate_index(self) -> list[int]:
@@ -184,8 +186,14 @@ class FeatureSpec:
         return self.yearly_columns.stop
 
     @property
+    def trend_column(self) -> int | None:
+        """The window's slope times its length (the trend's rise over the window, scaled), the
+        same on every row, so the network can weigh the extrapolated trend; None without it."""
+        return self.magnitude_column + 1 if self.trend_input and self.trend_days > 0 else None
+
+    @property
     def num_features(self) -> int:
-        return self.magnitude_column + 1
+        return self.magnitude_column + (2 if self.trend_column is not None else 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -268,6 +276,7 @@ def fit_scalers(
         magnitude_scale=float(max(magnitudes.std(), 1e-3)),
         level_days=level_days,
         trend_days=trend_days if level_days > 0 else 0,
+        trend_input=level_days > 0 and trend_days > 0,
         weekday_profile=weekday_profile,
         yearly_features=yearly_features,
         known_covariates=panel.known_covariates,
@@ -312,6 +321,8 @@ def _write_features(out: np.ndarray, lag: np.ndarray, observed: np.ndarray, cova
     out[..., spec.covariate_columns] = covariates
     out[..., spec.calendar_columns] = calendar_features(days, spec)
     out[..., spec.magnitude_column] = magnitude
+    if spec.trend_column is not None:
+        out[..., spec.trend_column] = 0.0  # the window's slope, written when it is centred
 
 
 def _lag_rows(series: Series, scaler: SeriesScaler, spec: FeatureSpec, target: np.ndarray | None = None
@@ -418,8 +429,8 @@ def _line_sse(values: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.
     return total - slope * covariance, slope
 
 
-def center_windows(inputs: np.ndarray, level_days: int,
-                   trend_days: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def center_windows(inputs: np.ndarray, level_days: int, trend_days: int = 0,
+                   trend_column: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Subtract each window's recent level (and trend) from its lagged target (``LAG_COLUMN``).
 
     ``inputs``: ``(N, L, F)``; the level of a window is the mean of the lag over its last
@@ -433,6 +444,10 @@ def center_windows(inputs: np.ndarray, level_days: int,
     better than the line (:func:`step_critical_ratio`, a 5% test) is a level shift, not a
     trend: it gets slope 0, i.e. the level alone, which the shift's new days take over within
     ``level_days``.
+
+    With ``trend_column`` (``FeatureSpec.trend_column``) every row of that column gets the
+    window's slope times its length, so the network sees how far the trend it is centred on
+    carries (and can learn how far to trust it).
 
     Returns the centred copy, the centre of the target day ``(N,)`` (which the caller
     subtracts from targets and adds to samples) and the slopes ``(N,)`` (day ``h`` of a
@@ -464,6 +479,8 @@ def center_windows(inputs: np.ndarray, level_days: int,
         slope = np.where(shifted, 0.0, slope)
         centred[:, :, LAG_COLUMN] -= slope[:, None] * (position - centre[:, None]) * inputs[:, :, OBSERVED_COLUMN]
         level = level + slope * (length - centre)
+        if trend_column is not None:
+            centred[:, :, trend_column] = (slope * length)[:, None]
     return centred, level.astype(np.float32), slope.astype(np.float32)
 
 
@@ -640,7 +657,7 @@ class LazyWindows:
         inputs = np.empty((len(k), L, spec.num_features), dtype=np.float32)
         _write_features(inputs, self._lag[flat], local >= L + 1, self._covariates[flat],
                         self._first_epoch_day[k][:, None] + local - L, self._magnitude[k][:, None], spec)
-        centred, levels, _ = center_windows(inputs, spec.level_days, spec.trend_days)
+        centred, levels, _ = center_windows(inputs, spec.level_days, spec.trend_days, spec.trend_column)
         if spec.weekday_profile:
             offsets = self._profile[k, (self._first_epoch_day[k] + d + _THURSDAY) % N_WEEKDAYS]
         else:

@@ -274,7 +274,8 @@ class ForecastModel:
             ceilings.append(np.full(len(day_index), scaler.sample_ceiling))
             ids.append(np.full(len(day_index), series.series_id, dtype=object))
             dates.append(series.dates[0] + pd.to_timedelta(day_index, unit="D"))
-        centred, levels, _ = center_windows(np.concatenate(inputs), self.spec.level_days, self.spec.trend_days)
+        centred, levels, _ = center_windows(np.concatenate(inputs), self.spec.level_days, self.spec.trend_days,
+                                            self.spec.trend_column)
         offsets = np.concatenate(offsets).astype(np.float32)
         return OneStepInputs(centred, levels + offsets, np.concatenate(locs), np.concatenate(scales),
                              np.concatenate(ids), np.concatenate([np.asarray(d) for d in dates]),
@@ -335,14 +336,18 @@ class ForecastModel:
         # The weekday offsets of each day come on top (a path's sampled value, net of them,
         # is exactly the lag the next day reads).
         # With a trend, day h's centre moves (h - 1) slopes on from day 1's.
-        centred, first_levels, slopes = center_windows(np.stack(inputs), self.spec.level_days, self.spec.trend_days)
+        centred, first_levels, slopes = center_windows(np.stack(inputs), self.spec.level_days, self.spec.trend_days,
+                                                       self.spec.trend_column)
         levels = first_levels[:, None] + slopes[:, None] * np.arange(horizon, dtype=np.float32)  # (B, H)
+        future = np.stack(future, axis=1)  # (H, B, F)
+        if self.spec.trend_column is not None:  # every day of a path reads its origin's slope
+            future[:, :, self.spec.trend_column] = (slopes * L)[None, :]
         offsets = np.stack(offsets)  # (B, H)
         day_levels = levels + offsets
         locs, scales = np.concatenate(locs), np.concatenate(scales)  # (B * H,), constant per series
         context = np.stack([window_context(locs[::horizon], scales[::horizon], levels[:, h], offsets[:, h])
                             for h in range(horizon)])  # (H, B, 3)
-        paths = sample_paths(self.network, centred, np.stack(future, axis=1), num_samples, seed, context=context)
+        paths = sample_paths(self.network, centred, future, num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         units = self._to_units(flat, day_levels.reshape(-1), locs, scales, np.concatenate(ceilings))
         return SampledForecast(
