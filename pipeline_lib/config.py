@@ -435,7 +435,7 @@ class PipelineConfig(_Strict):
         slow movers, closed days), the Normal head in log space otherwise (smooth demand,
         where a count likelihood's discreteness buys nothing and its dispersion is hard to
         learn); and ``trend_days: None`` (auto, the default) resolved: a trend over the whole
-        window with the Normal head (smooth demand: 28-day paths 14% better on the synthetic
+        window with the Normal head (smooth demand: 28-day paths 18% better on the synthetic
         smooth set), none with the others (synthetic retail: 16% worse). See benchmarks/RESULTS.md."""
         head = self.model.head
         if head == "auto":
