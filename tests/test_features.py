@@ -275,44 +275,13 @@ def test_a_panel_back_in_long_format_is_the_table_it_came_from():
     assert list(replace(panel, series=()).to_frame().columns) == ["series_id", "date", "target", "price"]
 
 
-@pytest.mark.parametrize("yearly", [False, True])
-def test_sample_paths_read_the_calendar_of_the_days_they_forecast(panel, monkeypatch, yearly):
-    """The rows a path feeds back for days n+1 .. n+H carry those days' calendar (weekday and
-    season) exactly as the feature rows of a series that had reached them."""
+def _path_inputs(spec, scalers, panel, horizon, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
+    """The origin windows ``(B, L, F)`` and fed-back rows ``(H, B, F)`` a small model's
+    ``forecast`` hands to ``sample_paths`` (which is replaced by a recorder)."""
     from pipeline_lib.config import ModelConfig
     from pipeline_lib.model import forecast as forecasting
     from pipeline_lib.model.forecast import ForecastModel
 
-    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), yearly_features=yearly)
-    model = ForecastModel.create(spec, scalers, ModelConfig(lstm_units=(4,), head="normal"))
-    captured = {}
-
-    def capture(network, centred, future, num_samples, seed, context):
-        captured["future"] = future
-        return np.zeros((num_samples, future.shape[1], future.shape[0]), dtype=np.float32)
-
-    monkeypatch.setattr(forecasting, "sample_paths", capture)
-    horizon = 9
-    model.forecast(panel, horizon=horizon, num_samples=2)
-    L = spec.context_length
-    for k, series in enumerate(panel.series):
-        n = len(series)
-        reached = Series(series.series_id, pd.date_range(series.dates[0], periods=n + horizon + 1, freq="D"),
-                         np.zeros(n + horizon + 1), np.zeros((n + horizon + 1, len(panel.covariate_names))))
-        rows = feature_rows(reached, scalers[series.series_id], spec)
-        expected = rows[L + n + 1:L + n + 1 + horizon, spec.calendar_columns]  # days n+1 .. n+H
-        np.testing.assert_array_equal(captured["future"][:, k, spec.calendar_columns], expected)  # (H, B, F)
-
-
-def test_every_day_of_a_path_reads_its_origin_windows_slope(panel, monkeypatch):
-    """With a trend the slope is an input: the origin window's column holds the slope of its
-    centring times the window's length on every row, and so does every fed-back row of its
-    path; without a trend there is no such column (nor in models saved before it)."""
-    from pipeline_lib.config import ModelConfig
-    from pipeline_lib.model import forecast as forecasting
-    from pipeline_lib.model.forecast import ForecastModel
-
-    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), level_days=7, trend_days=14)
     model = ForecastModel.create(spec, scalers, ModelConfig(lstm_units=(4,), head="normal"))
     captured = {}
 
@@ -321,15 +290,41 @@ def test_every_day_of_a_path_reads_its_origin_windows_slope(panel, monkeypatch):
         return np.zeros((num_samples, future.shape[1], future.shape[0]), dtype=np.float32)
 
     monkeypatch.setattr(forecasting, "sample_paths", capture)
-    model.forecast(panel, horizon=5, num_samples=2)
+    model.forecast(panel, horizon=horizon, num_samples=2)
+    return captured["centred"], captured["future"]
+
+
+@pytest.mark.parametrize("yearly", [False, True])
+def test_sample_paths_read_the_calendar_of_the_days_they_forecast(panel, monkeypatch, yearly):
+    """The rows a path feeds back for days n+1 .. n+H carry those days' calendar (weekday and
+    season) exactly as the feature rows of a series that had reached them."""
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), yearly_features=yearly)
+    horizon = 9
+    _, future = _path_inputs(spec, scalers, panel, horizon, monkeypatch)
+    L = spec.context_length
+    for k, series in enumerate(panel.series):
+        n = len(series)
+        reached = Series(series.series_id, pd.date_range(series.dates[0], periods=n + horizon + 1, freq="D"),
+                         np.zeros(n + horizon + 1), np.zeros((n + horizon + 1, len(panel.covariate_names))))
+        rows = feature_rows(reached, scalers[series.series_id], spec)
+        expected = rows[L + n + 1:L + n + 1 + horizon, spec.calendar_columns]  # days n+1 .. n+H
+        np.testing.assert_array_equal(future[:, k, spec.calendar_columns], expected)  # (H, B, F)
+
+
+def test_every_day_of_a_path_reads_its_origin_windows_slope(panel, monkeypatch):
+    """With a trend the slope is an input: the origin window's column holds the slope of its
+    centring times the window's length on every row, and so does every fed-back row of its
+    path; without a trend there is no such column (nor in models saved before it)."""
+    scalers, spec = fit_scalers(panel, WINDOW, target_transform(True), level_days=7, trend_days=14)
+    centred, future = _path_inputs(spec, scalers, panel, 5, monkeypatch)
     L, column = spec.context_length, spec.trend_column
     origins = np.stack([windows_for_days(feature_rows(s, scalers[s.series_id], spec), np.array([len(s)]), L)[0]
                         for s in panel.series])
     _, _, slopes = center_windows(origins, 7, 14)
     assert np.abs(slopes).max() > 0  # the test would prove nothing on flat windows
-    np.testing.assert_allclose(captured["centred"][:, :, column], np.repeat(slopes[:, None] * L, L, axis=1),
+    np.testing.assert_allclose(centred[:, :, column], np.repeat(slopes[:, None] * L, L, axis=1),
                                rtol=1e-6)
-    np.testing.assert_allclose(captured["future"][:, :, column], np.repeat(slopes[None, :] * L, 5, axis=0),
+    np.testing.assert_allclose(future[:, :, column], np.repeat(slopes[None, :] * L, 5, axis=0),
                                rtol=1e-6)
     assert spec.num_features == spec.magnitude_column + 2
     plain = fit_scalers(panel, WINDOW, target_transform(True), level_days=7)[1]
@@ -394,29 +389,17 @@ def test_known_covariates_are_read_on_their_own_day_and_a_cut_series_keeps_them_
 def test_sample_paths_read_the_plan_of_the_days_they_forecast(monkeypatch):
     """The rows a path feeds back for days n+1 .. n+H carry the planned values of a known
     covariate (then the last plan value), as the rows of a series that had reached them."""
-    from pipeline_lib.config import ModelConfig
-    from pipeline_lib.model import forecast as forecasting
-    from pipeline_lib.model.forecast import ForecastModel
-
     frame = synthetic_demand(n_series=2, n_days=60)
     frame["units"] = frame["units"].astype(float)
     frame.loc[frame.groupby("series_id").tail(6).index, "units"] = np.nan  # 6 plan rows each
     panel = validate_table(frame, DataConfig(known_covariates=("price",)), min_days=1)
     scalers, spec = fit_scalers(panel, WINDOW, target_transform(True))
-    model = ForecastModel.create(spec, scalers, ModelConfig(lstm_units=(4,), head="normal"))
-    captured = {}
-
-    def capture(network, centred, future, num_samples, seed, context):
-        captured["window"], captured["future"] = centred, future
-        return np.zeros((num_samples, future.shape[1], future.shape[0]), dtype=np.float32)
-
-    monkeypatch.setattr(forecasting, "sample_paths", capture)
     horizon = 8  # beyond the 6 planned days: the last planned value is carried
-    model.forecast(panel, horizon=horizon, num_samples=2)
+    window, future = _path_inputs(spec, scalers, panel, horizon, monkeypatch)
     column = spec.covariate_columns.start
     for k, series in enumerate(panel.series):
         scaler = scalers[series.series_id]
         planned = scaler.scale_covariates(series.plan(horizon + 1))[:, 0]  # days n .. n+H
-        assert captured["window"][k, -1, column] == pytest.approx(planned[0], rel=1e-6)  # day n, in the window
-        np.testing.assert_allclose(captured["future"][:, k, column], planned[1:], rtol=1e-6)  # days n+1 .. n+H
+        assert window[k, -1, column] == pytest.approx(planned[0], rel=1e-6)  # day n, in the window
+        np.testing.assert_allclose(future[:, k, column], planned[1:], rtol=1e-6)  # days n+1 .. n+H
         assert planned[5] != planned[4]  # the plan really moves where it was given
