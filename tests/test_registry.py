@@ -4,6 +4,7 @@ registration that is all or nothing."""
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 import pytest
 
 from pipeline_lib import registry
@@ -12,8 +13,8 @@ from pipeline_lib.errors import ModelLoadError
 
 
 class _Constant(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        return model_input
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return model_input  # typed as the served model is (an untyped predict makes MLflow warn)
 
 
 @pytest.fixture
