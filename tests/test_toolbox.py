@@ -12,15 +12,11 @@ from pipeline_lib.data.features import actuals_for, build_windows, part_days
 from pipeline_lib.data.validate import load_panel
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    """A Bayesian LSTM trained on the synthetic weekly demand (module-wide, it is reused)."""
-    from support import synthetic_demand
-
+def _train_teacher(frame: pd.DataFrame, tmp):
+    """A small Bayesian LSTM (Normal head) trained on ``frame`` (``series_id, date, units``)."""
     from pipeline_lib.config import PipelineConfig
 
-    tmp = tmp_path_factory.mktemp("teacher")
-    synthetic_demand(n_series=6, n_days=150).to_csv(tmp / "demand.csv", index=False)
+    frame.to_csv(tmp / "demand.csv", index=False)
     config = PipelineConfig(
         workdir=tmp / "work", data={"path": tmp / "demand.csv"},
         window={"context_length": 14, "validation_days": 14, "test_days": 14, "min_train_days": 14},
@@ -31,11 +27,30 @@ def teacher(tmp_path_factory):
     return config, panel, stages.train(config, panel, progress=False).model
 
 
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A Bayesian LSTM trained on the synthetic weekly demand (module-wide, it is reused)."""
+    from support import synthetic_demand
+
+    return _train_teacher(synthetic_demand(n_series=6, n_days=150), tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="module")
+def smooth_teacher(tmp_path_factory):
+    """The same on smooth high-volume series with trend and yearly seasonality (the second
+    dataset distillation is checked on: where the issue saw the student drift)."""
+    from pipeline_lib.data.synthetic import synthetic_panel
+
+    frame = synthetic_panel("smooth", n_series=6, n_days=150, seed=0).frame
+    return _train_teacher(frame, tmp_path_factory.mktemp("smooth_teacher"))
+
+
 @pytest.mark.model
-def test_distilled_student_matches_the_teachers_point_forecasts(teacher):
+@pytest.mark.parametrize("trained", ["teacher", "smooth_teacher"])
+def test_distilled_student_matches_the_teachers_point_forecasts(trained, request):
     from pipeline_lib.model.distill import distill
 
-    config, panel, model = teacher
+    config, panel, model = request.getfixturevalue(trained)
     windows = {part: build_windows(panel, model.scalers, model.spec, config.window, part)
                for part in ("train", "validation")}
     student = distill(model, windows["train"], windows["validation"], progress=False)
@@ -48,6 +63,11 @@ def test_distilled_student_matches_the_teachers_point_forecasts(teacher):
     student_mae = np.abs(student_point - actuals).mean()
     assert student_mae <= 1.05 * teacher_mae, (student_mae, teacher_mae)
     assert np.corrcoef(student_point, teacher_point)[0, 1] > 0.95
+    # Fidelity, the issue's measure (18% on real smooth series with an earlier default): how
+    # far the student's median lies from the teacher's, in teacher MAEs. Trained: 0.09 / 0.07
+    # on the two datasets; a student stopped after 2 epochs: 0.30 / 0.13.
+    drift = np.abs(student_point - teacher_point).mean() / teacher_mae
+    assert drift < 0.10, drift
 
 
 def test_distillation_refuses_a_count_teacher(teacher):
