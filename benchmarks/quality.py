@@ -36,6 +36,11 @@ same days from the same origin (``naive_28d``, ``ets_28d``, ``arima_28d``; the o
 is the same for both, since it knows every day's distribution). The run ends with a Markdown
 table; ``--json`` adds one JSON object; ``--out`` writes the full result (every run) to a
 file, and ``--report FILE`` prints a saved one as Markdown again.
+
+``--paired A.json[,A2.json] B.json[,B2.json]`` compares two saved variants run by run: for
+each model in both, on the (fold, seed) runs both have, the mean difference A - B of
+``crps_scaled`` and its standard error (a paired comparison removes the fold and seed
+spread that both variants share, which the unpaired mean +- sd keeps).
 """
 
 from __future__ import annotations
@@ -139,6 +144,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=None, help="print a saved --out file as Markdown and stop")
+    parser.add_argument("--paired", nargs=2, metavar=("A", "B"), default=None,
+                        help="compare two saved variants run by run (each: comma-separated --out files)")
     return parser.parse_args()
 
 
@@ -295,6 +302,10 @@ def main() -> None:
     if args.report:
         print(markdown_report(json.loads(args.report.read_text())))
         return
+    if args.paired:
+        variants = [[json.loads(Path(f).read_text()) for f in files.split(",")] for files in args.paired]
+        print(paired_report(*variants, names=args.paired))
+        return
     config = build_config(args)
     models = args.models.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -324,6 +335,34 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(summary))
+
+
+def paired_differences(a: list[dict], b: list[dict], metric: str = "crps_scaled") -> dict[str, dict]:
+    """Per model in both variants (each a list of saved ``--out`` results): over the (fold,
+    seed) runs both have, ``n``, the mean difference ``a - b`` of ``metric`` and its standard
+    error (sample sd / sqrt(n); nan with one pair)."""
+    def by_run(results):
+        return {(r["model"], r["fold"], r["seed"]): r["metrics"][metric]
+                for result in results for r in result["runs"] if metric in r["metrics"]}
+
+    first, second = by_run(a), by_run(b)
+    out = {}
+    for model in sorted({key[0] for key in first} & {key[0] for key in second}):
+        pairs = [key for key in first if key[0] == model and key in second]
+        diff = np.array([first[key] - second[key] for key in pairs])
+        if len(diff):
+            se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+            out[model] = {"n": len(diff), "mean_difference": float(diff.mean()), "standard_error": se}
+    return out
+
+
+def paired_report(a: list[dict], b: list[dict], names: tuple[str, str] = ("A", "B")) -> str:
+    """:func:`paired_differences` as a Markdown table."""
+    lines = [f"Paired crps_scaled, A = {names[0]}, B = {names[1]} (negative: A is better)", "",
+             "| model | runs paired | A - B (mean) | standard error |", "|---|---|---|---|"]
+    for model, d in paired_differences(a, b).items():
+        lines.append(f"| {model} | {d['n']} | {d['mean_difference']:+.4f} | {d['standard_error']:.4f} |")
+    return "\n".join(lines)
 
 
 def markdown_report(result: dict) -> str:
