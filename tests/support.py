@@ -7,10 +7,13 @@ Fixtures live in conftest.py; anything a test imports lives here.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
+import sys
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -185,3 +188,14 @@ def replay_config(tmp_path, name: str, data) -> PipelineConfig:
         serving={"num_samples": 50},
         registry={"experiment_name": f"replay-{name}", "model_name": f"replay-{name}"},
     )
+
+
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` loaded as a module (the benchmarks are scripts, not part of
+    the package), registered in ``sys.modules`` so its dataclasses can look it up."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import stats
+from support import benchmark_module
 
 from pipeline_lib import stages
 from pipeline_lib.config import PipelineConfig
@@ -325,24 +326,12 @@ def test_intervals_read_off_samples_of_a_perfect_forecast_cover_their_nominal_sh
         assert m.prediction_interval_coverage(y, lower, upper) == pytest.approx(level, abs=0.004)
 
 
-def _quality_benchmark():
-    """benchmarks/quality.py as a module (it is a script, not part of the package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_quality_benchmark_sets_an_override_to_none_and_names_a_mistyped_one():
     """``--set model.trend_days=null`` must reach the config as None (auto); a merge that
     reads None as "leave as is" silently benchmarked the default instead."""
     import argparse
 
-    module = _quality_benchmark()
+    module = benchmark_module("quality")
 
     def args(*overrides):
         return argparse.Namespace(dataset="smooth", epochs=2, config=None, set=list(overrides))
@@ -364,7 +353,7 @@ def test_paired_differences_pair_runs_by_fold_and_seed_across_files():
          result([("lstm", 0, 43, 0.60), ("naive", 0, 42, 0.9)])]
     b = [result([("lstm", 0, 42, 0.52), ("lstm", 1, 42, 0.41), ("lstm", 0, 43, 0.66), ("lstm", 2, 42, 0.1),
                  ("ets", 0, 42, 0.7)])]
-    got = _quality_benchmark().paired_differences(a, b)
+    got = benchmark_module("quality").paired_differences(a, b)
     diff = np.array([-0.02, -0.01, -0.06])
     assert list(got) == ["lstm"] and got["lstm"]["n"] == 3
     assert got["lstm"]["mean_difference"] == pytest.approx(diff.mean())

@@ -4,25 +4,13 @@ benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-
-def _soak_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
-    spec = importlib.util.spec_from_file_location("soak_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from support import benchmark_module
 
 
 @pytest.mark.model
 def test_faults_leave_the_daily_loop_whole(tmp_path):
-    result = _soak_module().soak(days=30, seed=1, retrain=True, workdir=tmp_path)
+    result = benchmark_module("soak").soak(days=30, seed=1, retrain=True, workdir=tmp_path)
     faults = result["faults"]
     # The faults this seed injects did happen (else the test would prove nothing) ...
     assert faults["killed retrain"] >= 1 and faults["killed monitoring run (not rerun)"] >= 1, faults
