@@ -408,7 +408,8 @@ def step_critical_ratio(rows: int, level: float = STEP_TEST_LEVEL) -> float:
     if rows < 4:
         return float("inf")
     noise = np.random.default_rng(0).normal(size=(20_000, rows))
-    ratio = _line_sse(noise, np.ones_like(noise))[0] / step_sse(noise, np.ones_like(noise))
+    observed = np.ones_like(noise)
+    ratio = _line_sse(noise, observed)[0] / step_sse(noise, observed)
     return float(np.quantile(ratio, 1.0 - level))
 
 
