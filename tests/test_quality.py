@@ -31,6 +31,9 @@ def test_pit_calibration_error_is_zero_for_uniform_and_exact_for_a_known_distort
     tau = np.array([0.005, 0.025, *np.round(np.arange(0.05, 0.951, 0.05), 3), 0.975, 0.995])
     expected = float(np.mean(np.sqrt(tau) - tau))
     assert m.pit_calibration_error(rng.uniform(size=200_000) ** 2) == pytest.approx(expected, abs=0.003)
+    # ... and its central 80% interval holds P(0.1 < U**2 <= 0.9) = sqrt(0.9) - sqrt(0.1).
+    assert m.randomised_coverage(rng.uniform(size=200_000) ** 2, 0.8) == pytest.approx(
+        np.sqrt(0.9) - np.sqrt(0.1), abs=0.003)
 
 
 def test_randomised_pit_of_a_calibrated_count_forecast_is_uniform_where_coverage_is_not():
@@ -41,7 +44,17 @@ def test_randomised_pit_of_a_calibrated_count_forecast_is_uniform_where_coverage
     samples = rng.poisson(0.3, size=(400, 20_000)).astype(float)
     lower, upper = m.interval_from_samples(samples, 0.8)
     assert m.prediction_interval_coverage(y, lower, upper) > 0.95
-    assert m.pit_calibration_error(m.probability_integral_transform(y, samples)) < 0.01
+    pit = m.probability_integral_transform(y, samples)
+    assert m.pit_calibration_error(pit) < 0.01
+    # The interval judged by the randomised PIT covers its nominal share; an over-dispersed
+    # forecast of the same mean (negative binomial, 4x the variance) does not, although its
+    # inclusive interval covers 0.95 of these days as well.
+    for level in (0.8, 0.9, 0.95):
+        assert m.randomised_coverage(pit, level) == pytest.approx(level, abs=0.01)
+    spread = rng.negative_binomial(0.1, 0.1 / 0.4, size=(400, 20_000)).astype(float)
+    assert abs(m.randomised_coverage(m.probability_integral_transform(y, spread), 0.8) - 0.8) > 0.03
+    assert evaluate_samples(y, samples, np.zeros(len(y), dtype=int), np.ones(1))["picp_90_randomised"] == \
+        pytest.approx(0.9, abs=0.01)
 
 
 # --- the synthetic benchmark -----------------------------------------------------------

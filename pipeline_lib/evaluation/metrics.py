@@ -143,6 +143,16 @@ def probability_integral_transform(y: np.ndarray, samples: np.ndarray,
     return below + equal * rng.uniform(size=below.shape)
 
 
+def randomised_coverage(pit: np.ndarray, level: float) -> float:
+    """Coverage of the central ``level`` interval judged by the randomised PIT: the share of
+    ``pit`` values in ``((1 - level) / 2, (1 + level) / 2]``. For a calibrated forecast it is
+    ``level`` in expectation, discrete or not; inclusive intervals of whole units
+    (:func:`prediction_interval_coverage`) cover more than ``level`` even for the true
+    distribution of a count, because an actual on a bound counts as covered in full."""
+    pit = np.asarray(pit, dtype=float)
+    return float(np.mean((pit > (1.0 - level) / 2) & (pit <= (1.0 + level) / 2)))
+
+
 CALIBRATION_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 5%, 10%, .., 95% central intervals
 
 
