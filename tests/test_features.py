@@ -191,6 +191,11 @@ def test_the_step_test_declares_a_step_in_pure_noise_at_its_level_and_finds_real
     assert np.mean(slopes(flat) == 0) == pytest.approx(STEP_TEST_LEVEL, abs=0.012)
     assert np.mean(slopes(noise + 3.0 * (days >= 18)) == 0) > 0.85
     assert np.mean(slopes(noise + 4.0 * days / length) == 0) < 0.06
+    # A young series: 12 observed days after 16 rows of padding. The test keeps its level
+    # there too (the critical ratio of 12 values; 28 values' would declare a step 4x as often).
+    young = np.zeros((n, length, 4), dtype=np.float32)
+    young[:, -12:, 0], young[:, -12:, 1] = flat[:, -12:], 1.0
+    assert np.mean(center_windows(young, 7, trend_days=length)[2] == 0) == pytest.approx(STEP_TEST_LEVEL, abs=0.012)
 
 
 def test_a_series_sample_is_fixed_whatever_the_order_and_size(panel):

@@ -442,7 +442,7 @@ def center_windows(inputs: np.ndarray, level_days: int, trend_days: int = 0,
     level- and trend-free and the target day, ``(level_days + 1) / 2`` days after that centre,
     is centred on the level extrapolated along the trend (as Holt's linear method forecasts).
     A window where the best single step (:func:`step_sse`) fits those rows significantly
-    better than the line (:func:`step_critical_ratio`, a 5% test) is a level shift, not a
+    better than the line (:func:`step_critical_ratio` of their observed count, a 5% test) is a level shift, not a
     trend: it gets slope 0, i.e. the level alone, which the shift's new days take over within
     ``level_days``.
 
@@ -476,7 +476,11 @@ def center_windows(inputs: np.ndarray, level_days: int, trend_days: int = 0,
         # A level shift also has a least-squares slope, and extrapolating it overshoots the
         # new level for a window's length; so a window where one step fits significantly
         # better than the line keeps the level alone.
-        shifted = line_sse > step_critical_ratio(values.shape[1]) * step_sse(values, fitted)
+        # The critical ratio of as many values as each window observes: a young series'
+        # padded window has fewer, and by chance a step fits few values better.
+        counts, which = np.unique(fitted.sum(axis=1).astype(int), return_inverse=True)
+        critical = np.array([step_critical_ratio(int(c)) for c in counts])[which]
+        shifted = line_sse > critical * step_sse(values, fitted)
         slope = np.where(shifted, 0.0, slope)
         centred[:, :, LAG_COLUMN] -= slope[:, None] * (position - centre[:, None]) * inputs[:, :, OBSERVED_COLUMN]
         level = level + slope * (length - centre)
