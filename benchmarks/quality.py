@@ -29,10 +29,10 @@ ensemble would give, one run per fold.
 Metrics: PICP 80/90/95 (pooled over folds and seeds), the same on days with demand
 (``_nonzero``) and judged by the randomised PIT (``_randomised``: the share of PIT values in
 the central interval, nominal for a calibrated forecast of whole units, whose inclusive
-intervals over-cover even when right), ``crps_scaled`` (2 x mean pinball over the 23 levels, per series divided by
-its mean absolute seasonal-naive(7) error before the test window, averaged over series;
-mean and standard deviation over the fold x seed runs), ``pit_calibration_error``
-(randomised PIT, 23 levels, pooled), MASE. With ``--multi-day`` also the LSTM's sample
+intervals over-cover even when right), ``crps_scaled`` (2 x mean pinball over the 23
+levels, per series divided by its mean absolute seasonal-naive(7) error before the test
+window, averaged over series; mean and standard deviation over the fold x seed runs),
+``pit_calibration_error`` (randomised PIT, 23 levels, pooled), MASE. With ``--multi-day`` also the LSTM's sample
 paths over all 28 test days from one origin (``lstm_28d``) and the peers' forecasts of the
 same days from the same origin (``naive_28d``, ``ets_28d``, ``arima_28d``; the oracle's row
 is the same for both, since it knows every day's distribution). The run ends with a Markdown

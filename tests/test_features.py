@@ -192,7 +192,7 @@ def test_the_step_test_declares_a_step_in_pure_noise_at_its_level_and_finds_real
     assert np.mean(slopes(noise + 3.0 * (days >= 18)) == 0) > 0.85
     assert np.mean(slopes(noise + 4.0 * days / length) == 0) < 0.06
     # A young series: 12 observed days after 16 rows of padding. The test keeps its level
-    # there too (the critical ratio of 12 values; 28 values' would declare a step 4x as often).
+    # there too (the critical ratio of 12 values; 28 values' declared a step in 32% of them).
     young = np.zeros((n, length, 4), dtype=np.float32)
     young[:, -12:, 0], young[:, -12:, 1] = flat[:, -12:], 1.0
     assert np.mean(center_windows(young, 7, trend_days=length)[2] == 0) == pytest.approx(STEP_TEST_LEVEL, abs=0.012)
