@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py [--dataset bundled|retail|smooth|PATH] [--folds 3] [--seeds 42,43,44]
                                  [--models naive,ets,arima,oracle,lstm] [--multi-day] [--json] [--out FILE]
+                                 [--save-samples DIR]
 
 Datasets: ``bundled`` (the 50 Online Retail II SKUs), ``retail`` and ``smooth`` (synthetic
 series with a known generating process, :mod:`pipeline_lib.data.synthetic`; 730 days,
@@ -38,6 +39,8 @@ same days from the same origin (``naive_28d``, ``ets_28d``, ``arima_28d``; the o
 is the same for both, since it knows every day's distribution). The run ends with a Markdown
 table; ``--json`` adds one JSON object; ``--out`` writes the full result (every run) to a
 file, and ``--report FILE`` prints a saved one as Markdown again.
+``--save-samples DIR`` keeps every fold's samples (``DIR/fold<f>.npz``) for post-hoc
+analysis without training again (``benchmarks/headroom.py``).
 
 ``--paired A.json[,A2.json] B.json[,B2.json]`` compares two saved variants run by run: for
 each model in both, on the (fold, seed) runs both have, the mean difference A - B of
@@ -144,6 +147,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ensemble", action="store_true", help="also score the mixture of every seed's model "
                         "per fold (a seed ensemble)")
     parser.add_argument("--plots", type=Path, default=None, help="write the calibration PNG here")
+    parser.add_argument("--save-samples", type=Path, default=None, metavar="DIR",
+                        help="write each fold's actuals and every model's samples to DIR/fold<f>.npz "
+                        "(for benchmarks/headroom.py)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report", type=Path, default=None, help="print a saved --out file as Markdown and stop")
@@ -234,7 +240,6 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
     before the data's last day); each LSTM seed trains as a training run on that day would."""
     from pipeline_lib import stages
     from pipeline_lib.data.features import actuals_for, part_days, split_points
-    from pipeline_lib.evaluation.report import score_forecast_table
 
     n_test = config.window.test_days
     fold_panel = panel.truncate([len(s) - fold * n_test for s in panel.series])
@@ -243,8 +248,11 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
     scales = stages.seasonal_scales(fold_panel, config)
     fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(fold_panel.series)}
 
+    saved: dict[str, np.ndarray] = {}
+
     def record(model, samples, seconds, seed=None):
         runs.record(model, fold, seed, actuals, samples, series_index, scales, seconds)
+        saved[model if seed is None else f"{model}_seed{seed}"] = samples
 
     peers = score_peers([m for m in models if m not in ("lstm", "lstm_8bit", "mc_dropout")], fold_panel, days,
                         fit_end, oracle, config.data.non_negative, record)
@@ -253,8 +261,20 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
             start = time.perf_counter()
             samples = peer_samples(name, fold_panel, days, fit_end, oracle, config.data.non_negative, from_origin=True)
             record(f"{name}_28d", samples, time.perf_counter() - start)
-    if not {"lstm", "lstm_8bit", "mc_dropout"} & set(models):
-        return
+    if {"lstm", "lstm_8bit", "mc_dropout"} & set(models):
+        score_lstm_seeds(args, config, panel, fold_panel, fold, models, seeds, peers, record, runs)
+    if args.save_samples:
+        save_fold_samples(args.save_samples / f"fold{fold}.npz", fold_panel, days, actuals, series_index, scales, saved)
+
+
+def score_lstm_seeds(args, config, panel, fold_panel, fold: int, models: list[str], seeds: list[int], peers: dict,
+                     record, runs: Runs) -> None:
+    """Train the served LSTM for each seed on ``fold_panel`` and record its samples (and the
+    variants ``models`` asks for: raw, 8-bit, MC dropout, combinations, paths, ensemble)."""
+    from pipeline_lib import stages
+    from pipeline_lib.evaluation.report import score_forecast_table
+
+    n_test = config.window.test_days
     members: list[tuple[np.ndarray, float]] = []
     for seed in seeds:
         seeded = config.updated(train={"seed": seed})
@@ -287,6 +307,17 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
     if args.ensemble and len(members) > 1:
         record("lstm_ensemble", seed_mixture([samples for samples, _ in members]),
                sum(seconds for _, seconds in members), "+".join(map(str, seeds)))
+
+
+def save_fold_samples(path: Path, fold_panel, days, actuals, series_index, scales, samples: dict) -> None:
+    """One fold's test days and every model's ``(K, N)`` samples of them, as ``.npz``:
+    ``actuals`` ``(N,)``, ``series_index`` ``(N,)``, ``dates`` ``(N,)`` (days since 1970),
+    ``scales`` ``(S,)`` (the seasonal-naive scale of each series), then one array per model
+    (``lstm_seed42``, ``ets``, ...)."""
+    dates = np.concatenate([np.asarray(fold_panel.series[k].dates[d], dtype="datetime64[D]") for k, d in days.items()])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, actuals=actuals, series_index=series_index, dates=dates.astype(np.int64),
+                        scales=np.asarray(scales, dtype=float), **samples)
 
 
 def print_summary(summary: dict) -> None:

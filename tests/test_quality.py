@@ -371,3 +371,31 @@ def test_paired_differences_pair_runs_by_fold_and_seed_across_files():
     assert list(got) == ["lstm"] and got["lstm"]["n"] == 3
     assert got["lstm"]["mean_difference"] == pytest.approx(diff.mean())
     assert got["lstm"]["standard_error"] == pytest.approx(diff.std(ddof=1) / np.sqrt(3))
+
+
+def test_the_headroom_bounds_recover_a_known_miscalibration_and_the_weekday_shares_add_up(tmp_path):
+    """``benchmarks/headroom.py``: the in-sample recalibration of a forecast twice too wide
+    reaches the CRPS of the true distribution (and leaves a calibrated one where it is); the
+    weekday shares sum to ``crps_scaled``; the pool's end weights are its two inputs."""
+    module = benchmark_module("headroom")
+    rng = np.random.default_rng(3)
+    n_series, n_days, k = 20, 70, 400
+    series_index = np.repeat(np.arange(n_series), n_days)
+    centre = np.repeat(rng.uniform(50, 100, n_series), n_days)
+    actuals = centre + rng.normal(size=len(centre)) * 5.0
+    standard = stats.norm.ppf((np.arange(k) + 0.5) / k)[:, None]
+    true, wide = centre + 5.0 * standard, centre + 10.0 * standard
+    np.savez_compressed(tmp_path / "fold0.npz", actuals=actuals, series_index=series_index,
+                        dates=np.tile(np.arange(n_days), n_series), scales=np.full(n_series, 5.0),
+                        lstm_seed42=true, lstm_raw_seed42=wide)
+    fold = module.Fold(tmp_path / "fold0.npz")
+    everyone = np.zeros(len(actuals), int)
+    recalibrated = module.in_sample_recalibration(fold, wide, everyone)
+    assert fold.crps_of_samples(wide) > 1.15 * fold.crps_of_samples(true)  # 1.19 for twice the sd
+    assert recalibrated == pytest.approx(fold.crps_of_samples(true), rel=0.02)
+    assert module.in_sample_recalibration(fold, true, everyone) == pytest.approx(fold.crps_of_samples(true), rel=0.01)
+    assert fold.weekday_shares(true).sum() == pytest.approx(fold.crps_of_samples(true))
+    assert (fold.weekday_shares(true) > 0).all()
+    np.testing.assert_array_equal(module.linear_pool(true, wide, 0.0), np.sort(true, axis=0))
+    np.testing.assert_array_equal(module.linear_pool(true, wide, 1.0), np.sort(wide, axis=0))
+    assert module.linear_pool(true, wide, 0.3).shape == true.shape
