@@ -27,6 +27,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from quality import linear_pool  # a sibling script: run from benchmarks/ or with it on sys.path
 
 from pipeline_lib.contract import sample_quantiles
 from pipeline_lib.evaluation.metrics import CRPS_LEVELS, probability_integral_transform, scaled_crps
@@ -78,18 +79,6 @@ def in_sample_recalibration(fold: Fold, raw: np.ndarray, groups: np.ndarray) -> 
         remapped = np.clip(np.quantile(pit[inside], levels), 0.0, 1.0)
         quantiles[:, inside] = sample_quantiles(raw[:, inside], remapped, axis=0)
     return fold.crps(quantiles)
-
-
-def linear_pool(ours: np.ndarray, theirs: np.ndarray, weight: float) -> np.ndarray:
-    """``K`` samples of the mixture ``(1 - weight) ours + weight theirs``: evenly spaced order
-    statistics of each, in proportion."""
-    total = ours.shape[0]
-    n_theirs = int(round(weight * total))
-
-    def spaced(samples, n):
-        return np.sort(samples, axis=0)[np.linspace(0, samples.shape[0] - 1, n).round().astype(int)]
-
-    return np.concatenate([spaced(ours, total - n_theirs), spaced(theirs, n_theirs)])
 
 
 def main() -> None:

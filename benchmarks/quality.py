@@ -205,8 +205,15 @@ def combinations(ours: np.ndarray, theirs: np.ndarray) -> dict[str, np.ndarray]:
     ``vincent`` the average of their quantile functions (Vincentization: the mean of the
     two sorted sample sets at the same K levels; keeps the sharpness a pool loses)."""
     k = ours.shape[0]
-    pool = np.concatenate([_resample(ours, k // 2), _resample(theirs, k - k // 2)], axis=0)
-    return {"pool": pool, "vincent": 0.5 * (_resample(ours, k) + _resample(theirs, k))}
+    return {"pool": linear_pool(ours, theirs, 0.5), "vincent": 0.5 * (_resample(ours, k) + _resample(theirs, k))}
+
+
+def linear_pool(ours: np.ndarray, theirs: np.ndarray, weight: float) -> np.ndarray:
+    """The mixture ``(1 - weight) ours + weight theirs`` of two ``(K, N)`` sample sets as
+    ``K`` samples: evenly spaced order statistics of each, in proportion."""
+    k = ours.shape[0]
+    n_ours = int(round(k * (1.0 - weight)))
+    return np.concatenate([_resample(ours, n_ours), _resample(theirs, k - n_ours)], axis=0)
 
 
 def seed_mixture(members: list[np.ndarray]) -> np.ndarray:

@@ -193,7 +193,10 @@ def replay_config(tmp_path, name: str, data) -> PipelineConfig:
 def benchmark_module(name: str):
     """``benchmarks/<name>.py`` loaded as a module (the benchmarks are scripts, not part of
     the package), registered in ``sys.modules`` so its dataclasses can look it up."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    directory = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(directory) not in sys.path:  # benchmarks import their siblings, as when run as scripts
+        sys.path.append(str(directory))
+    path = directory / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
