@@ -30,7 +30,12 @@ import numpy as np
 from quality import linear_pool  # a sibling script: run from benchmarks/ or with it on sys.path
 
 from pipeline_lib.contract import sample_quantiles
-from pipeline_lib.evaluation.metrics import CRPS_LEVELS, probability_integral_transform, scaled_crps
+from pipeline_lib.evaluation.metrics import (
+    CRPS_LEVELS,
+    crps_from_quantiles,
+    probability_integral_transform,
+    scaled_crps,
+)
 
 POOL_WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -57,10 +62,7 @@ class Fold:
 
     def weekday_shares(self, samples: np.ndarray) -> np.ndarray:
         """``(7,)`` each weekday's part of ``crps_scaled`` (Monday first; they sum to it)."""
-        quantiles = sample_quantiles(samples, CRPS_LEVELS, axis=0)
-        per_target = 2.0 * np.mean(np.maximum(
-            np.asarray(CRPS_LEVELS)[:, None] * (self.actuals - quantiles),
-            (np.asarray(CRPS_LEVELS)[:, None] - 1.0) * (self.actuals - quantiles)), axis=0)
+        per_target = crps_from_quantiles(self.actuals, sample_quantiles(samples, CRPS_LEVELS, axis=0), CRPS_LEVELS)
         counts = np.bincount(self.series_index)
         weight = 1.0 / (self.scales[self.series_index] * counts[self.series_index] * (counts > 0).sum())
         weekday = (self.dates + 3) % 7  # 1970-01-01 was a Thursday
