@@ -33,6 +33,7 @@ from pipeline_lib.contract import sample_quantiles
 from pipeline_lib.evaluation.metrics import (
     CRPS_LEVELS,
     crps_from_quantiles,
+    mean_over_series,
     probability_integral_transform,
     scaled_crps,
 )
@@ -63,10 +64,11 @@ class Fold:
     def weekday_shares(self, samples: np.ndarray) -> np.ndarray:
         """``(7,)`` each weekday's part of ``crps_scaled`` (Monday first; they sum to it)."""
         per_target = crps_from_quantiles(self.actuals, sample_quantiles(samples, CRPS_LEVELS, axis=0), CRPS_LEVELS)
-        counts = np.bincount(self.series_index)
-        weight = 1.0 / (self.scales[self.series_index] * counts[self.series_index] * (counts > 0).sum())
+        scaled = per_target / self.scales[self.series_index]
         weekday = (self.dates + 3) % 7  # 1970-01-01 was a Thursday
-        return np.bincount(weekday, weights=per_target * weight, minlength=7)
+        # crps_scaled is linear in the per-target values, so masking splits it exactly.
+        return np.array([mean_over_series(np.where(weekday == day, scaled, 0.0), self.series_index)
+                         for day in range(7)])
 
 
 def in_sample_recalibration(fold: Fold, raw: np.ndarray, groups: np.ndarray) -> float:
@@ -88,7 +90,7 @@ def main() -> None:
     parser.add_argument("directory", type=Path, help="a quality.py --save-samples directory")
     parser.add_argument("--seed", type=int, default=42, help="the LSTM seed to analyse")
     args = parser.parse_args()
-    paths = sorted(args.directory.glob("fold*.npz"))
+    paths = sorted(args.directory.glob("fold*.npz"), key=lambda path: int(path.stem.removeprefix("fold")))
     if not paths:
         raise SystemExit(f"{args.directory}: no fold*.npz (write them with quality.py --save-samples)")
     folds = [Fold(path) for path in paths]
