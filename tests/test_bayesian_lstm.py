@@ -190,6 +190,39 @@ def test_cosine_learning_rate_is_what_the_optimizer_uses_in_the_fit_and_the_refi
     assert [r["learning_rate"] for r in refit.history] == pytest.approx(expected[:2])
 
 
+def test_early_stopping_ignores_improvements_smaller_than_min_delta_and_restores_the_best_epochs_weights(
+        monkeypatch):
+    """A scripted validation curve: a real 0.05-nat gain at epoch 2, then noise of +-0.004 nats
+    with a new low every other epoch. With ``min_delta=0.01`` the noise is not an improvement,
+    so epoch 2 stays the best, training stops ``patience`` epochs later and epoch 2's weights
+    are restored; with 0 each noisy low resets patience and training runs to the end."""
+    import pipeline_lib.model.training as training
+
+    curve = [1.0, 0.95, 0.945, 0.952, 0.944, 0.951, 0.943, 0.950, 0.942, 0.949]
+    (train, _), (validation, _) = _regression_data(256, 0), _regression_data(64, 1)
+
+    def fit(min_delta):
+        scores = iter(curve)
+        monkeypatch.setattr(training, "mixture_nll", lambda *args, **kwargs: next(scores))
+        model = BayesianForecaster(2, ModelConfig(head="normal", lstm_units=(4, 4))).build_for(6)
+        weights_after = []
+        original_get = model.get_weights
+        monkeypatch.setattr(model, "get_weights", lambda: weights_after.append(original_get()) or weights_after[-1])
+        config = TrainConfig(epochs=len(curve), batch_size=64, learning_rate=1e-2, patience=3, kl_ramp_epochs=1,
+                             min_delta=min_delta)
+        return model, train_model(model, train, validation, config, progress=False), weights_after
+
+    model, strict, kept = fit(0.01)
+    assert (strict.best_epoch, len(strict.history), strict.stopped_early) == (2, 5, True)
+    assert strict.best_validation_nll == 0.95
+    # kept[0] is the initial weights, kept[1] epoch 1's, kept[2] epoch 2's (the last kept).
+    assert len(kept) == 3
+    epoch_2_weights, last_weights = kept[-1], [w.numpy() for w in model.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(last_weights, epoch_2_weights, strict=True))
+    _, lenient, _ = fit(0.0)
+    assert (lenient.best_epoch, len(lenient.history), lenient.stopped_early) == (9, len(curve), False)
+
+
 def test_flipout_training_pass_draws_per_example_noise_with_the_posterior_marginals():
     """``train.weight_noise``: shared gives copies of one window the same output (one draw
     for the batch); Flipout gives each its own perturbation, distributed as the tiled

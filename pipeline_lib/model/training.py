@@ -266,7 +266,9 @@ def _train_model(model, train, validation, config, progress, strategy, epochs, d
         # Early stopping only once the KL term has reached its final weight, otherwise the
         # ramp's under-regularised first epochs would always look best.
         ramp_done = record["beta"] >= config.kl_weight * (1 - 1e-6)
-        if val_nll < result.best_validation_nll or epoch == 0:
+        # An improvement smaller than min_delta is within the epoch-to-epoch noise of the
+        # validation NLL; counting it would keep training on noise.
+        if val_nll < result.best_validation_nll - config.min_delta or epoch == 0:
             result.best_validation_nll, result.best_epoch = val_nll, epoch + 1
             best_weights = model.get_weights()
         elif ramp_done and epoch + 1 - result.best_epoch >= config.patience:
