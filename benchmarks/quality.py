@@ -116,6 +116,9 @@ def summarise(runs: list[dict]) -> dict:
         crps = np.array([r["metrics"]["crps_scaled"] for r in mine])
         row = {"runs": len(mine), "crps_scaled": float(crps.mean()), "crps_scaled_std": float(crps.std()),
                "seconds": float(np.mean([r["seconds"] for r in mine]))}
+        for key in ("epochs_evaluation_fit", "epochs_served"):
+            if all(key in r for r in mine):
+                row[key] = float(np.mean([r[key] for r in mine]))
         weights = np.array([r["n"] for r in mine], dtype=float)
         for key in POOLED:
             values = [r["metrics"].get(key) for r in mine]
@@ -187,13 +190,15 @@ class Runs:
         self.runs: list[dict] = []
         self.curves: dict[str, list] = {}
 
-    def record(self, model: str, fold: int, seed, actuals, samples, series_index, scales, seconds: float) -> None:
+    def record(self, model: str, fold: int, seed, actuals, samples, series_index, scales, seconds: float,
+               **extra) -> None:
+        """Score one model's ``(K, N)`` samples; ``extra`` (e.g. epochs trained) is stored with the run."""
         from pipeline_lib.evaluation.metrics import probability_integral_transform
         from pipeline_lib.evaluation.report import evaluate_samples
 
         metrics = evaluate_samples(actuals, samples, series_index, scales)
         self.runs.append({"model": model, "fold": fold, "seed": seed, "n": len(actuals), "seconds": seconds,
-                          "metrics": metrics, "pit": probability_integral_transform(actuals, samples)})
+                          "metrics": metrics, "pit": probability_integral_transform(actuals, samples), **extra})
         self.curves.setdefault(model, []).append((actuals, samples))
         print(f"fold {fold} seed {seed} {model:12s} crps_scaled {metrics['crps_scaled']:.4f} "
               f"picp90 {metrics['picp_90']:.3f} ({seconds:.1f} s)", file=sys.stderr, flush=True)
@@ -257,8 +262,8 @@ def run_fold(args, config, panel, oracle, fold: int, models: list[str], seeds: l
 
     saved: dict[str, np.ndarray] = {}
 
-    def record(model, samples, seconds, seed=None):
-        runs.record(model, fold, seed, actuals, samples, series_index, scales, seconds)
+    def record(model, samples, seconds, seed=None, **extra):
+        runs.record(model, fold, seed, actuals, samples, series_index, scales, seconds, **extra)
         saved[model if seed is None else f"{model}_seed{seed}"] = samples
 
     peers = score_peers([m for m in models if m not in ("lstm", "lstm_8bit", "mc_dropout")], fold_panel, days,
@@ -289,8 +294,12 @@ def score_lstm_seeds(args, config, panel, fold_panel, fold: int, models: list[st
         trained = stages.backtest_model(seeded, fold_panel, progress=sys.stderr.isatty())
         evaluation = stages.evaluate(seeded, trained.model, fold_panel, by_horizon=False)
         seconds = time.perf_counter() - start
+        # Epochs trained: the evaluation fit's (early-stopped) and the served model's (the refit
+        # runs the evaluation fit's best epoch count); the training time follows them.
+        epochs = {"epochs_evaluation_fit": (trained.evaluation_fit or trained.training).epochs_run,
+                  "epochs_served": trained.training.epochs_run}
         if "lstm" in models:
-            record("lstm", evaluation.sampled.samples, seconds, seed)
+            record("lstm", evaluation.sampled.samples, seconds, seed, **epochs)
             members.append((evaluation.sampled.samples, seconds))
             if evaluation.raw_samples is not None:
                 record("lstm_raw", evaluation.raw_samples, seconds, seed)
