@@ -67,6 +67,12 @@ def _register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evalu
 def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedModel, evaluation: Evaluation,
                       plots: list[Path], gate: GateOutcome, run: registry.TrackedRun) -> tuple[str, list[str], tuple]:
     registry.log_params(_flatten(config.model_dump(mode="json", exclude={"workdir"})))
+    # The model is logged before any metric: MLflow 3's log_model copies every metric the run
+    # already has onto the logged model, one metric-history request per metric name (about 150
+    # here, 2 minutes on an authenticated server). The run, the version's tags and its
+    # description carry the metrics.
+    sample = _input_example(panel)
+    model_uri = registry.log_forecaster(trained.model, sample, config.serving.model_dump())
     # Both fits are logged: the evaluation fit (early stopping, holdout metrics) as train_*,
     # the refit that is registered and served as refit_*.
     evaluation_fit = trained.evaluation_fit or trained.training
@@ -85,13 +91,11 @@ def _log_and_register(config: PipelineConfig, panel: Panel, trained: TrainedMode
     fingerprint = data_fingerprint(panel)
     registry.log_dict(fingerprint, "data_fingerprint.json")
     # What the served model learned from, and the days it was judged on.
-    sample = _input_example(panel)
     test = data_fingerprint(panel.tail(config.window.test_days))
     registry.log_dataset(sample, fingerprint["rows"], fingerprint["sha256"], f"{config.registry.model_name}-training",
                          panel.source, "training")
     registry.log_dataset(sample, test["rows"], test["sha256"], f"{config.registry.model_name}-test", panel.source,
                          "evaluation")
-    model_uri = registry.log_forecaster(trained.model, sample, config.serving.model_dump())
     if gate.champion_metrics is not None:
         registry.log_metrics({f"champion_{k}": v for k, v in gate.champion_metrics.items()
                               if k in ("picp_95", "picp_90", "crps_scaled", "mase", "scored_series")})
