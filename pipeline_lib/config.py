@@ -166,10 +166,11 @@ class ModelConfig(_Strict):
     mixture_weight: float = Field(0.5, gt=0, lt=1, description="scale_mixture: weight of the wide component")
     mixture_scales: tuple[float, float] = Field((1.0, 0.0025), description="scale_mixture: (wide, narrow) stds")
     posterior_init_std: float = Field(1e-3, gt=0, description="initial posterior std of every weight")
-    head: Literal["auto", "normal", "student_t", "count", "quantile"] = Field(
+    head: Literal["auto", "normal", "student_t", "count", "count_mixture", "quantile"] = Field(
         "auto", description="predictive distribution: auto (count for whole-number demand with at least "
         "5% zero days, else normal; the choice is logged) | normal | student_t (heavy tails) | "
-        "count (zero-inflated negative binomial, integer forecasts) | quantile (pinball loss)")
+        "count (zero-inflated negative binomial, integer forecasts) | count_mixture (zero-inflated mixture of "
+        "two negative binomials: everyday sales and bulk orders) | quantile (pinball loss)")
     quantile_levels: tuple[float, ...] = Field((0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975),
                                                description="quantile head: the levels it learns")
     min_scale: float = Field(1e-3, gt=0, description="floor of the predicted std (scaled units)")
@@ -410,8 +411,8 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _count_head_needs_counts(self) -> PipelineConfig:
-        if self.model.head == "count" and not self.data.non_negative:
-            raise ValueError("model.head 'count' needs non-negative demand (data.non_negative: true)")
+        if self.model.head in ("count", "count_mixture") and not self.data.non_negative:
+            raise ValueError(f"model.head {self.model.head!r} needs non-negative demand (data.non_negative: true)")
         return self
 
     @model_validator(mode="after")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ from scipy.special import logsumexp
 
 from pipeline_lib.config import ModelConfig, TrainConfig
 from pipeline_lib.data.features import WindowSet
-from pipeline_lib.model.heads import CountHead, QuantileHead
+from pipeline_lib.model.heads import HEADS, CountHead, CountMixtureHead, QuantileHead
 from pipeline_lib.model.layers import BayesianDense
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.predict import sample_one_step
@@ -109,6 +111,58 @@ def test_count_head_log_mean_follows_the_context():
     lag = head.to_lag(tf.constant([[9.0]]), shifted)
     assert np.isclose(float(lag[0, 0]), (np.log1p(9.0) - np.log(20.0)) / 0.4 + 1.5, rtol=1e-5)
     assert np.isclose(float(head.distribution(params, shifted).mean()[0]), (1 - pi) * nb_mean, rtol=1e-4)
+
+
+def test_every_registered_head_can_be_configured_and_every_configurable_head_is_registered():
+    configurable = set(get_args(ModelConfig.model_fields["head"].annotation)) - {"auto"}
+    assert configurable == set(HEADS)
+
+
+def test_count_mixture_head_probabilities_and_mean_follow_its_parameters():
+    """Zero inflation over everyday NB(mean m, r1) and bulk NB(mean m * exp(softplus(p4)), r2)
+    with weight sigmoid(p3): P(0), P(k) and the mean against the formulas in numpy."""
+    head = CountMixtureHead()
+    params = tf.constant([[0.5, 3.0, -2.0, -1.0, 1.5, 0.2]])
+    context = tf.constant([[np.log(20.0), 0.4]], tf.float32)
+    distribution = head.distribution(params, context)
+    softplus = lambda v: np.log1p(np.exp(v))  # noqa: E731
+    pi, bulk = 1 / (1 + np.exp(2.0)), 1 / (1 + np.exp(1.0))
+    m1 = 20.0 * np.exp(0.5 * 0.4)
+    m2 = m1 * np.exp(softplus(1.5))
+    r1, r2 = 1e-2 + softplus(3.0), 1e-2 + softplus(0.2)
+    nb = lambda k, m, r: stats.nbinom.pmf(k, r, r / (r + m))  # noqa: E731
+    for k in (0, 3, 25, 80):
+        expected = pi * (k == 0) + (1 - pi) * ((1 - bulk) * nb(k, m1, r1) + bulk * nb(k, m2, r2))
+        assert np.isclose(float(distribution.prob(float(k))[0]), expected, rtol=1e-4), k
+    assert np.isclose(float(distribution.mean()[0]), (1 - pi) * ((1 - bulk) * m1 + bulk * m2), rtol=1e-4)
+    samples = distribution.sample(4000, seed=tf.constant([3, 4])).numpy()
+    assert np.array_equal(samples, np.round(samples)) and samples.min() >= 0
+
+
+@pytest.mark.model
+def test_count_mixture_head_fits_bulk_orders_better_than_the_count_head():
+    """Demand: 0 on 20% of days, else Poisson(5) everyday sales, and on 15% of the open days
+    a bulk order of about 40 units: the mixture head has the lower held-out NLL and puts
+    its bulk weight near 15%."""
+    def data(n, seed):
+        rng = np.random.default_rng(seed)
+        bulk = rng.uniform(size=n) < 0.15
+        units = np.where(bulk, rng.negative_binomial(20, 20 / 60, size=n), rng.poisson(5.0, size=n))
+        units = np.where(rng.uniform(size=n) < 0.2, 0, units)
+        context = np.tile(np.array([[np.log(5.0), 1.0]], np.float32), (n, 1))
+        return _windows(_features(n, seed), np.zeros(n), units=units, context=context)
+
+    train, validation, test = data(3000, 0), data(500, 1), data(2000, 2)
+    nll = {}
+    for head in ("count", "count_mixture"):
+        network = _fit(head, train, validation)
+        nll[head] = mixture_nll(make_mixture_log_prob(network, 16), test, "units")
+        if head == "count_mixture":
+            params = network.forward(tf.constant(test.inputs[None, :200]), network.draw(1, 200, "tiled",
+                                                                                        tf.constant([1, 1])))
+            bulk_share = tf.sigmoid(params[..., 3]).numpy()
+    assert nll["count_mixture"] < nll["count"] - 0.1, nll
+    assert 0.08 < np.median(bulk_share) < 0.25, np.median(bulk_share)
 
 
 def test_quantile_head_never_crosses_and_samples_its_quantile_function():

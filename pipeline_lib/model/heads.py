@@ -23,6 +23,8 @@ Heads (``model.head``):
   (> 2, so the variance exists): heavy tails for spiky demand.
 - ``count``: zero-inflated negative binomial on counts, ``P(0) = pi + (1 - pi) NB(0)``:
   slow movers with many zero days. Samples are integers, so are the quantiles.
+- ``count_mixture``: the count head's zero inflation over a mixture of two negative
+  binomials, everyday sales and bulk orders (a mean at least the everyday one).
 - ``quantile``: quantile regression at ``model.quantile_levels`` by the pinball loss; the
   quantile nearest the median is ``p0`` and the others step away from it by positive gaps
   ``softplus(p1) * softplus(p_k)`` (a common scale times a shape), so they cannot cross.
@@ -151,6 +153,40 @@ class CountHead:
         day's weekday offset, ``context[..., 2]``, when the context carries one)."""
         lag = (tf.math.log1p(tf.maximum(y, 0.0)) - context[..., 0]) / context[..., 1]
         return lag - context[..., 2] if context.shape[-1] > 2 else lag
+
+
+@register_head("count_mixture")
+class CountMixtureHead(CountHead):
+    """Zero-inflated mixture of two negative binomials on raw counts (``space = 'units'``):
+    everyday sales and bulk orders (wholesale customers buy in packs, several times the
+    everyday level, on a few days).
+
+    Everyday part as :class:`CountHead` (``p0``, ``p1``, zero-inflation ``p2``); the bulk
+    part has weight ``sigmoid(p3)`` among the non-zero components, a mean
+    ``exp(softplus(p4))`` times the everyday mean (never below it, so the two cannot swap
+    roles) and its own ``total_count = 1e-2 + softplus(p5)``.
+    """
+
+    num_params = 6
+
+    def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
+        if context is None:
+            raise ValueError("the count mixture head needs each window's [offset, scale, shift] context")
+        log_mean = tf.minimum(params[..., 0] * context[..., 1] + context[..., 0], _MAX_LOG_MEAN)
+        bulk_log_mean = tf.minimum(log_mean + tf.nn.softplus(params[..., 4]), _MAX_LOG_MEAN)
+        everyday_count = 1e-2 + tf.nn.softplus(params[..., 1])
+        bulk_count = 1e-2 + tf.nn.softplus(params[..., 5])
+        zero_share = tf.sigmoid(params[..., 2])
+        bulk_share = tf.sigmoid(params[..., 3])
+        probs = tf.stack([zero_share, (1.0 - zero_share) * (1.0 - bulk_share), (1.0 - zero_share) * bulk_share], -1)
+        return tfd.Mixture(
+            cat=tfd.Categorical(probs=probs),
+            components=[
+                tfd.Deterministic(tf.zeros_like(log_mean)),
+                tfd.NegativeBinomial(total_count=everyday_count, logits=log_mean - tf.math.log(everyday_count)),
+                tfd.NegativeBinomial(total_count=bulk_count, logits=bulk_log_mean - tf.math.log(bulk_count)),
+            ],
+        )
 
 
 @register_head("quantile")
