@@ -32,6 +32,7 @@ from pipeline_lib.data.features import actuals_for, build_windows, part_days
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.model.forecast import SampledForecast
+from pipeline_lib.model.heads import HEADS
 
 BASE = "bayes_normal"
 # Each variant changes one thing against the Normal-head base (which the distilled student
@@ -40,6 +41,7 @@ CONFIG_VARIANTS: dict[str, dict] = {
     BASE: {"model": {"head": "normal"}},
     "head_student_t": {"model": {"head": "student_t"}},
     "head_count": {"model": {"head": "count"}},
+    "head_count_mixture": {"model": {"head": "count_mixture"}},
     "head_quantile": {"model": {"head": "quantile"}},
     "prior_student_t": {"model": {"head": "normal", "prior": "student_t"}},
     "prior_scale_mixture": {"model": {"head": "normal", "prior": "scale_mixture"}},
@@ -82,9 +84,11 @@ def compare(config: PipelineConfig, panel: Panel, variants: list[str],
             say: Callable[[str], None] = print, progress: bool = True) -> pd.DataFrame:
     """Backtest ``variants`` on ``panel``; one row per variant (see ``COLUMNS``)."""
     check_variants(variants)
-    if "head_count" in variants and not all(np.array_equal(s.target, np.round(s.target)) for s in panel.series):
-        say("skipping head_count: the targets are not whole numbers (a count head needs counts)")
-        variants = [v for v in variants if v != "head_count"]
+    heads = {v: CONFIG_VARIANTS.get(v, {}).get("model", {}).get("head") for v in variants}
+    counting = [v for v, head in heads.items() if head in HEADS and HEADS[head].needs_counts]
+    if counting and not all(np.array_equal(s.target, np.round(s.target)) for s in panel.series):
+        say(f"skipping {', '.join(counting)}: the targets are not whole numbers (a count head needs counts)")
+        variants = [v for v in variants if v not in counting]
     needs_base = any(v in DERIVED_VARIANTS for v in variants)
     ordered = ([BASE] if needs_base and BASE not in variants else []) + list(variants)
     # Every variant's configuration is validated before anything trains (e.g. the count head

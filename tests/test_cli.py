@@ -106,18 +106,19 @@ def test_backtest_summary_averages_the_folds(tmp_path):
 
 def test_compare_backtests_the_variants_on_foreign_data(foreign_data, tmp_path):
     """The comparison on data with other column names and non-integer targets: one row per
-    variant with every column, and the table files; the count head is skipped (not counts).
+    variant with every column, and the table files; the count heads are skipped (not counts).
     (Every config variant also runs the real pipeline in tests/test_heads.py.)"""
     from pipeline_lib.compare import COLUMNS
 
     path, config = foreign_data
     workdir = tmp_path / "cmp"
     result = CliRunner().invoke(app, [
-        "compare", "--variants", "bayes_normal,head_count,distilled,mcmc_output_layer", "--data", str(path),
+        "compare", "--variants", "bayes_normal,head_count,head_count_mixture,distilled,mcmc_output_layer",
+        "--data", str(path),
         "--id-col", "sku", "--time-col", "day", "--target-col", "kg", "--config", str(config),
         "--workdir", str(workdir)])
     assert result.exit_code == 0, result.output
-    assert "skipping head_count" in result.output
+    assert "skipping head_count, head_count_mixture" in result.output
     table = pd.read_csv(workdir / "compare" / "comparison.csv")
     assert list(table["variant"]) == ["bayes_normal", "distilled", "mcmc_output_layer"]
     assert list(table.columns) == list(COLUMNS)

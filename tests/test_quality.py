@@ -217,7 +217,7 @@ def test_auto_head_is_count_for_intermittent_whole_numbers_and_normal_otherwise(
 
 # --- no head produces absurd samples -------------------------------------------------
 @pytest.mark.model
-@pytest.mark.parametrize("head", ["normal", "student_t", "count", "quantile"])
+@pytest.mark.parametrize("head", ["normal", "student_t", "count", "count_mixture", "quantile"])
 def test_no_head_draws_samples_beyond_the_ceiling_even_with_exploding_tails(tmp_path, head):
     """Each head's output layer is pushed to a huge spread (and, for the Student-t, df near
     2): without the ceiling the samples reach 1e6+ units; with it, none exceeds
@@ -235,6 +235,8 @@ def test_no_head_draws_samples_beyond_the_ceiling_even_with_exploding_tails(tmp_
         spread[2] = -20.0  # df = 2 + softplus(-20): the heaviest tail the head allows
     if head == "count":
         spread[:] = (8.0, -20.0, -20.0)  # log-mean 8 standard units up, total count 0.01, no zeros
+    if head == "count_mixture":  # the same, and half the days bulk orders e^8 times larger still
+        spread[:] = (8.0, -20.0, -20.0, 0.0, 8.0, -20.0)
     bias.assign(spread)
     days = part_days(panel, config.window, "test")
     samples = model.one_step(panel, days, num_samples=200, seed=0).samples
