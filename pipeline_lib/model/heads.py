@@ -120,6 +120,13 @@ class StudentTHead(NormalHead):
                             scale=self.min_scale + tf.nn.softplus(params[..., 1]))
 
 
+def _negative_binomial(log_mean: tf.Tensor, raw_count: tf.Tensor) -> tfd.NegativeBinomial:
+    """NB with mean ``exp(log_mean)`` and ``total_count = 1e-2 + softplus(raw_count)``
+    (small = overdispersed)."""
+    total_count = 1e-2 + tf.nn.softplus(raw_count)
+    return tfd.NegativeBinomial(total_count=total_count, logits=log_mean - tf.math.log(total_count))
+
+
 @register_head("count")
 class CountHead:
     """Zero-inflated negative binomial on raw counts (``space = 'units'``).
@@ -137,16 +144,18 @@ class CountHead:
         return cls()
 
     def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
-        if context is None:
-            raise ValueError("the count head needs each window's [offset, scale, shift] context")
-        log_mean = tf.minimum(params[..., 0] * context[..., 1] + context[..., 0], _MAX_LOG_MEAN)
-        total_count = 1e-2 + tf.nn.softplus(params[..., 1])
-        negative_binomial = tfd.NegativeBinomial(total_count=total_count, logits=log_mean - tf.math.log(total_count))
+        log_mean = self._log_mean(params, context)
         zero_share = tf.sigmoid(params[..., 2])
         return tfd.Mixture(
             cat=tfd.Categorical(probs=tf.stack([zero_share, 1.0 - zero_share], axis=-1)),
-            components=[tfd.Deterministic(tf.zeros_like(log_mean)), negative_binomial],
+            components=[tfd.Deterministic(tf.zeros_like(log_mean)), _negative_binomial(log_mean, params[..., 1])],
         )
+
+    def _log_mean(self, params: tf.Tensor, context: tf.Tensor | None) -> tf.Tensor:
+        """``p0 * scale + offset``: the NB part's log-mean in units."""
+        if context is None:
+            raise ValueError(f"the {type(self).__name__} needs each window's [offset, scale, shift] context")
+        return tf.minimum(params[..., 0] * context[..., 1] + context[..., 0], _MAX_LOG_MEAN)
 
     def to_lag(self, y: tf.Tensor, context: tf.Tensor | None = None) -> tf.Tensor:
         """Counts -> the standardised, centred log1p lag the network reads (net of the
@@ -170,22 +179,15 @@ class CountMixtureHead(CountHead):
     num_params = 6
 
     def distribution(self, params: tf.Tensor, context: tf.Tensor | None = None) -> tfd.Distribution:
-        if context is None:
-            raise ValueError("the count mixture head needs each window's [offset, scale, shift] context")
-        log_mean = tf.minimum(params[..., 0] * context[..., 1] + context[..., 0], _MAX_LOG_MEAN)
+        log_mean = self._log_mean(params, context)
         bulk_log_mean = tf.minimum(log_mean + tf.nn.softplus(params[..., 4]), _MAX_LOG_MEAN)
-        everyday_count = 1e-2 + tf.nn.softplus(params[..., 1])
-        bulk_count = 1e-2 + tf.nn.softplus(params[..., 5])
         zero_share = tf.sigmoid(params[..., 2])
         bulk_share = tf.sigmoid(params[..., 3])
         probs = tf.stack([zero_share, (1.0 - zero_share) * (1.0 - bulk_share), (1.0 - zero_share) * bulk_share], -1)
         return tfd.Mixture(
             cat=tfd.Categorical(probs=probs),
-            components=[
-                tfd.Deterministic(tf.zeros_like(log_mean)),
-                tfd.NegativeBinomial(total_count=everyday_count, logits=log_mean - tf.math.log(everyday_count)),
-                tfd.NegativeBinomial(total_count=bulk_count, logits=bulk_log_mean - tf.math.log(bulk_count)),
-            ],
+            components=[tfd.Deterministic(tf.zeros_like(log_mean)), _negative_binomial(log_mean, params[..., 1]),
+                        _negative_binomial(bulk_log_mean, params[..., 5])],
         )
 
 
