@@ -43,6 +43,18 @@ def _fit(head: str, train: WindowSet, validation: WindowSet, units: tuple[int, i
     return network
 
 
+def _held_out_nll(heads: tuple[str, ...], data, space: str) -> tuple[dict[str, float], tf.Tensor]:
+    """Each head fitted on ``data(3000, 0)`` (validation ``data(500, 1)``): its mean NLL on
+    ``data(2000, 2)``, and the last head's raw parameters on 200 of those windows (one draw)."""
+    train, validation, test = data(3000, 0), data(500, 1), data(2000, 2)
+    nll = {}
+    for head in heads:
+        network = _fit(head, train, validation)
+        nll[head] = mixture_nll(make_mixture_log_prob(network, 16), test, space)
+    params = network.forward(tf.constant(test.inputs[None, :200]), network.draw(1, 200, "tiled", tf.constant([1, 1])))
+    return nll, params
+
+
 @pytest.mark.model
 def test_student_t_head_fits_heavy_tails_better_than_normal():
     """t(2.5)-noise around a learnable signal: the Student-t head has the lower held-out NLL
@@ -52,15 +64,8 @@ def test_student_t_head_fits_heavy_tails_better_than_normal():
         noise = stats.t.rvs(df=2.5, size=n, random_state=seed) * 0.5
         return _windows(x, 0.8 * x[:, -1, 1] + noise)
 
-    train, validation, test = data(3000, 0), data(500, 1), data(2000, 2)
-    nll = {}
-    for head in ("normal", "student_t"):
-        network = _fit(head, train, validation)
-        nll[head] = mixture_nll(make_mixture_log_prob(network, 16), test, "model")
-        if head == "student_t":
-            params = network.forward(tf.constant(test.inputs[None, :200]), network.draw(1, 200, "tiled",
-                                                                                        tf.constant([1, 1])))
-            df = 2.0 + tf.nn.softplus(params[..., 2]).numpy()
+    nll, params = _held_out_nll(("normal", "student_t"), data, "model")
+    df = 2.0 + tf.nn.softplus(params[..., 2]).numpy()
     assert nll["student_t"] < nll["normal"] - 0.05, nll
     assert np.median(df) < 8, np.median(df)
 
@@ -152,15 +157,8 @@ def test_count_mixture_head_fits_bulk_orders_better_than_the_count_head():
         context = np.tile(np.array([[np.log(5.0), 1.0]], np.float32), (n, 1))
         return _windows(_features(n, seed), np.zeros(n), units=units, context=context)
 
-    train, validation, test = data(3000, 0), data(500, 1), data(2000, 2)
-    nll = {}
-    for head in ("count", "count_mixture"):
-        network = _fit(head, train, validation)
-        nll[head] = mixture_nll(make_mixture_log_prob(network, 16), test, "units")
-        if head == "count_mixture":
-            params = network.forward(tf.constant(test.inputs[None, :200]), network.draw(1, 200, "tiled",
-                                                                                        tf.constant([1, 1])))
-            bulk_share = tf.sigmoid(params[..., 3]).numpy()
+    nll, params = _held_out_nll(("count", "count_mixture"), data, "units")
+    bulk_share = tf.sigmoid(params[..., 3]).numpy()
     assert nll["count_mixture"] < nll["count"] - 0.1, nll
     assert 0.08 < np.median(bulk_share) < 0.25, np.median(bulk_share)
 
