@@ -31,18 +31,19 @@ def test_dask_runner_gives_the_default_runners_forecasts_and_evaluation(tmp_path
     from pipeline_lib.store import ForecastStore
 
     data = tmp_path / "many.csv"
-    level_following_demand(n_series=200, n_days=60).to_csv(data, index=False)
+    level_following_demand(n_series=100, n_days=60).to_csv(data, index=False)
     config = small_config.updated(data={"path": data}, train={"epochs": 1}, inventory={"in_training_run": False},
-                                  runtime={"chunk_series": 64})
+                                  runtime={"chunk_series": 32})
     panel = load_panel(config.data, config.window)
     trained = stages.train(config, panel, progress=False)
     evaluation = stages.evaluate(config, trained.model, panel)
     stages.register(config, panel, trained, evaluation, [], stages.promotion_gate(config, panel, evaluation))
 
-    # The training flow's Monte Carlo evaluation, computed in-process chunk by chunk.
+    # The training flow's Monte Carlo evaluation, computed in-process chunk by chunk by the
+    # evaluation above (its raw samples, before any recalibration).
     chunks = panel.chunks(config.runtime.chunk_series)
     assert len(chunks) == 4
-    in_process = stages.evaluate(config, trained.model, panel).raw_samples
+    in_process = evaluation.sampled.samples if evaluation.raw_samples is None else evaluation.raw_samples
 
     frames, evaluated = {}, {}
     with prefect_test_harness(server_startup_timeout=120):
@@ -50,7 +51,7 @@ def test_dask_runner_gives_the_default_runners_forecasts_and_evaluation(tmp_path
             runner_config = config.updated(runtime={"task_runner": runner, "dask_workers": 2})
             monkeypatch.setenv("BAYES_PIPELINE_STORE_URL", f"sqlite:///{tmp_path / runner}.db")
             run = daily_forecast_flow(runner_config)
-            assert run.series == 200 and run.rows == 200 * config.serving.horizon
+            assert run.series == 100 and run.rows == 100 * config.serving.horizon
             store = ForecastStore(f"sqlite:///{tmp_path / runner}.db")
             frames[runner] = store.table("forecasts")
             store.dispose()
