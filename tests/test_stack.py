@@ -162,6 +162,18 @@ def stack(tmp_path_factory):
             {"@postgres:5432/": f"@127.0.0.1:{pg_port}/", "http://mlflow:5000": f"http://127.0.0.1:{mlflow_port}",
              "http://prefect-server:4200": f"http://127.0.0.1:{prefect_port}"})
         command, worker_env = services["prefect-worker"]["command"], services["prefect-worker"]["environment"]
+        # compose's evidently-ui on the workspace volume the worker writes its snapshots to;
+        # started now so that it comes up while the flows are deployed and the worker starts
+        shell, flag, script = services["evidently-ui"]["command"]  # sh -c "create the project && exec ui"
+        evidently_port = _port()
+        workspace = Path(worker_env["BAYES_PIPELINE_EVIDENTLY_WORKSPACE"])  # the same named volume
+        for inside, here in (("python -c", f"{sys.executable} -c"),
+                             ("exec evidently ui", f"exec {BIN / 'evidently'} ui"),
+                             ("--host 0.0.0.0", "--host 127.0.0.1"), ("--port 8000", f"--port {evidently_port}"),
+                             ("/workspace", str(workspace))):
+            assert inside in script, inside  # compose's command changed: update this emulation
+            script = script.replace(inside, here)
+        evidently = start("evidently-ui", [shell, flag, script], {**os.environ})
         health_port = _port()
         in_worker = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "BAYES_"))},
                      **worker_env, "PREFECT_HOME": str(tmp / "worker-home"),
@@ -177,17 +189,6 @@ def stack(tmp_path_factory):
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         worker = start("worker", [str(BIN / command[0]), *command[1:]], in_worker)
         _wait_http(f"http://127.0.0.1:{health_port}/health", 120, worker, tmp / "worker.log")
-        # compose's evidently-ui on the workspace volume the worker writes its snapshots to
-        shell, flag, script = services["evidently-ui"]["command"]  # sh -c "create the project && exec ui"
-        evidently_port = _port()
-        workspace = Path(worker_env["BAYES_PIPELINE_EVIDENTLY_WORKSPACE"])  # the same named volume
-        for inside, here in (("python -c", f"{sys.executable} -c"),
-                             ("exec evidently ui", f"exec {BIN / 'evidently'} ui"),
-                             ("--host 0.0.0.0", "--host 127.0.0.1"), ("--port 8000", f"--port {evidently_port}"),
-                             ("/workspace", str(workspace))):
-            assert inside in script, inside  # compose's command changed: update this emulation
-            script = script.replace(inside, here)
-        evidently = start("evidently-ui", [shell, flag, script], {**os.environ})
         _wait_http(f"http://127.0.0.1:{evidently_port}/api/projects", 120, evidently, tmp / "evidently-ui.log")
         yield {"tmp": tmp, "env": client_env, "mlflow_port": mlflow_port, "prefect_port": prefect_port,
                "env_pg": env_pg, "processes": processes, "db": db, "evidently_port": evidently_port}
