@@ -18,6 +18,11 @@ served LSTM with:
    previous (earlier) fold's days applied to the next: what a stacked combination whose
    weight is fitted on past days would give.
 
+4. **Recalibration maps by series fitted on the previous (earlier) fold's days** and applied
+   to the next fold's raw samples (``PitRecalibration.fit(..., series_ids=...)``), for
+   several prior strengths ``SERIES_PRIOR_DAYS`` (0: each series on its own; a huge one: the
+   global map fitted on the earlier fold).
+
 Folds are files ``fold<f>.npz`` from ``quality.py --save-samples`` (fold 0 is the latest).
 """
 
@@ -30,6 +35,8 @@ import numpy as np
 from quality import linear_pool  # a sibling script: run from benchmarks/ or with it on sys.path
 
 from pipeline_lib.contract import sample_quantiles
+from pipeline_lib.evaluation import calibration
+from pipeline_lib.evaluation.calibration import PitRecalibration
 from pipeline_lib.evaluation.metrics import (
     CRPS_LEVELS,
     crps_from_quantiles,
@@ -39,6 +46,7 @@ from pipeline_lib.evaluation.metrics import (
 )
 
 POOL_WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
+SERIES_PRIORS = (0.0, 14.0, 28.0, 56.0, 112.0, 1e9)
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -85,6 +93,18 @@ def in_sample_recalibration(fold: Fold, raw: np.ndarray, groups: np.ndarray) -> 
     return fold.crps(quantiles)
 
 
+def series_recalibration_score(past: Fold, now: Fold, raw: str, prior_days: float) -> float:
+    """``crps_scaled`` on ``now`` of its ``raw`` samples remapped by series maps fitted on
+    ``past``'s PITs with ``SERIES_PRIOR_DAYS = prior_days``."""
+    pit = probability_integral_transform(past.actuals, past.samples[raw], np.random.default_rng(0))
+    fitted = PitRecalibration.fit(pit, series_ids=past.series_index.astype(str))
+    saved, calibration.SERIES_PRIOR_DAYS = calibration.SERIES_PRIOR_DAYS, prior_days
+    try:
+        return now.crps_of_samples(fitted.apply(now.samples[raw], now.series_index.astype(str)))
+    finally:
+        calibration.SERIES_PRIOR_DAYS = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a quality.py --save-samples directory")
@@ -118,6 +138,16 @@ def main() -> None:
                   for groups in (np.zeros(len(mean), int), quartile, fold.series_index)]
         print(f"  {fold.name}: {fold.crps_of_samples(samples):.4f} | {fold.crps_of_samples(fold.samples[served]):.4f}"
               " | " + " | ".join(f"{b:.4f}" for b in bounds))
+
+    print("\n4. recalibration fitted on the earlier fold, by series with prior strength k (days), on the next fold")
+    print("  fold: served | " + " | ".join(f"k={k:g}" for k in SERIES_PRIORS))
+    for later in range(len(folds) - 1):
+        past, now = folds[later + 1], folds[later]
+        if raw not in past.samples or raw not in now.samples:
+            continue
+        scores = [series_recalibration_score(past, now, raw, k) for k in SERIES_PRIORS]
+        print(f"  {now.name} from {past.name}: {now.crps_of_samples(now.samples[served]):.4f} | "
+              + " | ".join(f"{c:.4f}" for c in scores))
 
     if not all("ets" in fold.samples for fold in folds):
         print("\n3. skipped: no AutoETS samples saved (run quality.py with --models ets,lstm)")

@@ -262,6 +262,10 @@ class EvaluationConfig(_Strict):
                               "and serve calibrated quantiles (raw metrics are logged too)")
     recalibrate_paths: bool = Field(True, description="also recalibrate sample paths by days ahead (2-7, "
                                     "8-14, 15+), fitted on paths over unseen days from one origin")
+    recalibrate_by_series: bool = Field(False, description="give each scored series its own recalibration "
+                                        "from its own calibration days' PITs, shrunk towards the global map "
+                                        "(28 days of the global map's weight; pipeline_lib/evaluation/"
+                                        "calibration.py); other series keep the global map")
     recalibrate_tails: bool = Field(False, description="let the recalibration reach beyond each forecast's "
                                     "extreme samples: exponential tails fitted to its outer 10% of samples "
                                     "(pipeline_lib/evaluation/calibration.py), so intervals and high-service "

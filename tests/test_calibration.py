@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -155,3 +157,68 @@ def test_tails_of_count_forecasts_stay_whole_non_negative_units():
     top = samples.max(axis=0)
     pit_at_top = recalibration_pit(top, samples, tails=True)
     assert (pit_at_top <= 1 - 0.5 / 100 + 1e-12).all() and (pit_at_top < 1).all()
+
+
+def test_maps_by_series_correct_each_series_bias_shrunk_towards_the_global_map(monkeypatch):
+    """Forecast N(0, 1) for every series; series 0-19 sell N(+1, 1), series 20-39 N(-1, 1).
+    A series' PITs then have the CDF ``F_s(u) = Phi(Phi^-1(u) -+ 1)`` (closed form) and the
+    pooled ones the average ``F``; its map must invert ``w F_s + (1 - w) F`` with
+    ``w = n / (n + SERIES_PRIOR_DAYS)``. On later days its 90% intervals cover about 90% in
+    each group, where the global map, which widens every series alike, misses both ways."""
+    from scipy import optimize
+
+    from pipeline_lib.evaluation import calibration
+
+    rng = np.random.default_rng(3)
+    bias = np.repeat([1.0, -1.0], 20)
+    ids = np.array([f"sku-{s}" for s in range(40)])
+
+    def days(n):
+        series = np.repeat(np.arange(40), n)
+        return bias[series] + rng.standard_normal(len(series)), rng.standard_normal((400, len(series))), ids[series]
+
+    y, samples, series_ids = days(400)
+    pit = m.probability_integral_transform(y, samples, rng)
+    fitted = PitRecalibration.fit(pit, series_ids=series_ids)
+    assert sorted(fitted.by_series) == sorted(ids) and all(len(v) == 400 for v in fitted.by_series.values())
+    w = 400 / (400 + calibration.SERIES_PRIOR_DAYS)
+
+    def closed_form(tau, b):
+        def mixed(u):
+            return w * stats.norm.cdf(stats.norm.ppf(u) - b) + (1 - w) * np.mean(
+                [stats.norm.cdf(stats.norm.ppf(u) - c) for c in (1.0, -1.0)]) - tau
+        return optimize.brentq(mixed, 1e-9, 1 - 1e-9)
+
+    tau = np.array([0.05, 0.25, 0.5, 0.75, 0.95])
+    for group, b in ((bias > 0, 1.0), (bias < 0, -1.0)):  # averaged over a group's 20 series against the noise
+        mean_map = np.mean([fitted.level(tau, series_id) for series_id in ids[group]], axis=0)
+        np.testing.assert_allclose(mean_map, [closed_form(t, b) for t in tau], atol=0.015)
+    # A series without PITs of its own, and columns without series ids, get the global map.
+    np.testing.assert_array_equal(fitted.level(tau, "new-sku"), fitted.level(tau))
+    global_map = PitRecalibration(fitted.levels, fitted.n_calibration)
+    np.testing.assert_array_equal(fitted.apply(samples[:, :5]), global_map.apply(samples[:, :5]))
+    # Saved as JSON and read back, the maps are the same.
+    again = PitRecalibration.from_dict(json.loads(json.dumps(vars(fitted))))
+    np.testing.assert_array_equal(again.level(tau, "sku-7"), fitted.level(tau, "sku-7"))
+
+    y, samples, series_ids = days(200)
+    widths = {}
+    for name, recalibration in (("by series", fitted), ("global", global_map)):
+        lower, upper = m.interval_from_samples(recalibration.apply(samples, series_ids), 0.9)
+        widths[name] = np.mean(upper - lower)
+        for group in (bias > 0, bias < 0):
+            inside = np.isin(series_ids, ids[group])
+            # Both cover 90% in each group (the biases are symmetric, so the global map's
+            # widening covers each group alike) ...
+            assert m.prediction_interval_coverage(y[inside], lower[inside], upper[inside]) == pytest.approx(
+                0.9, abs=0.03), name
+    # ... but only the maps by series centre each interval on its series: N(0, 1)'s 90%
+    # width is 3.29, the global map's must cover N(+-1, 1) and is about 4.3.
+    assert widths["by series"] < 0.85 * widths["global"], widths
+    # With no weight on the pooled PITs a series' map is its own PITs' quantiles (read
+    # between order statistics, Hyndman and Fan's type 4).
+    monkeypatch.setattr(calibration, "SERIES_PRIOR_DAYS", 0.0)
+    own = rng.beta(2.0, 5.0, 56)  # continuous PITs: no ties
+    alone = PitRecalibration.fit(np.r_[own, rng.uniform(size=500)], series_ids=np.r_[["a"] * 56, ["b"] * 500])
+    np.testing.assert_allclose(alone.level(tau, "a"), np.quantile(own, tau, method="interpolated_inverted_cdf"),
+                               atol=1e-3)

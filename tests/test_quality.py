@@ -148,6 +148,51 @@ def test_served_model_is_refitted_on_every_day_for_the_epochs_early_stopping_cho
     assert stages.fit_served(config.updated(train={"refit": False}), panel, progress=False).evaluation_fit is None
 
 
+@pytest.mark.model
+def test_maps_by_series_are_fitted_saved_and_used_for_every_day_one_forecast(tmp_path):
+    """``evaluation.recalibrate_by_series``: every scored series keeps its calibration days'
+    PITs, the saved model reads them back, and both the one-day forecasts and day 1 of the
+    sample paths are remapped by their own series' map (the same as a global recalibration
+    whose levels are that map), not by the global one."""
+    from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
+    from pipeline_lib.model.forecast import ForecastModel
+
+    config = _small_default(tmp_path, epochs=2, patience=1, refit=False).updated(
+        evaluation={"recalibrate_by_series": True})
+    _, panel = _synthetic("retail", n_series=6, n_days=200, seed=4)
+    model = stages.train(config, panel, progress=False).model
+    calibration = model.calibration
+    validation = part_days(panel, config.window, "validation")
+    assert {sid: len(pits) for sid, pits in calibration.by_series.items()} == {
+        s.series_id: len(validation[k]) for k, s in enumerate(panel.series)}
+    loaded = ForecastModel.load(model.save(tmp_path / "model"))
+    assert loaded.calibration == calibration
+
+    grid = np.linspace(0.0, 1.0, 100_001)  # fine enough that reading the map between its points is exact
+    test = part_days(panel, config.window, "test")
+    raw_days = model.one_step(panel, test, 100, seed=config.evaluation.seed, calibrated=False)
+    served_days = loaded.one_step(panel, test, 100, seed=config.evaluation.seed)
+    # The training run's evaluation scores what is served: the same samples.
+    evaluation = stages.evaluate(config, model, panel, by_horizon=False)
+    np.testing.assert_array_equal(evaluation.sampled.samples, served_days.samples)
+    raw_paths = model.forecast(panel, 3, 100, seed=6, calibrated=False)
+    served_paths = loaded.forecast(panel, 3, 100, seed=6)
+    # Day 1 of the paths beside a recalibration of later days (too few days here to fit one)
+    assert loaded.path_calibration is None
+    loaded.path_calibration = HorizonRecalibration((2,), (PitRecalibration.identity(),))
+    served_beside = loaded.forecast(panel, 3, 100, seed=6)
+    moved = 0
+    for series in panel.series:
+        own = PitRecalibration(tuple(calibration.level(grid, series.series_id)), 1)
+        first_day = np.flatnonzero(raw_paths.series_ids == series.series_id)[:1]
+        for raw, served, columns in ((raw_days, served_days, raw_days.series_ids == series.series_id),
+                                     (raw_paths, served_paths, first_day), (raw_paths, served_beside, first_day)):
+            np.testing.assert_allclose(served.samples[:, columns], own.apply(raw.samples[:, columns]), rtol=1e-6)
+            moved += not np.allclose(served.samples[:, columns],
+                                     PitRecalibration(calibration.levels, 1).apply(raw.samples[:, columns]))
+    assert moved >= 9  # the series' maps are not the global one
+
+
 def test_a_warm_refit_starts_from_the_model_and_keeps_the_full_kl_weight(tmp_path, monkeypatch):
     """The simulation's retrain budget: the start model's weights, scalers and calibration,
     every day of the panel, and no KL ramp (the start posterior was trained at full weight)."""

@@ -17,11 +17,18 @@ largest sample reads the largest sample. With ``tails`` the sample distribution 
 forecast gets exponential tails beyond its extreme samples (:func:`recalibration_pit`), so
 the PIT of such an actual records how far out it fell and the recalibrated top (and bottom)
 levels extrapolate by as much as the calibration days needed.
+
+A global map corrects what all series share. Fitted ``by_series``, each series' own PITs
+correct what is its own (a series the network keeps forecasting too low has PITs crowding
+at 1 on every calibration day), shrunk towards the global map: its map inverts the mixture
+``w F_s + (1 - w) F`` of its PITs' empirical CDF ``F_s`` and the pooled one ``F``, with
+``w = n_s / (n_s + SERIES_PRIOR_DAYS)``. A series without PITs (new, or outside the scored
+sample) gets the global map.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +37,12 @@ from pipeline_lib.evaluation.metrics import probability_integral_transform
 
 TAIL_SHARE = 0.1  # the share of samples at each end whose spread sets a tail's scale
 MAX_TAIL_MULTIPLE = 10.0  # the farthest extrapolation, in tail scales beyond the extreme sample
+# The pooled PITs' weight in a series' map, in calibration days: a series' own 28 days (one
+# test window) weigh half. Chosen on 2026-12-01 from maps fitted on one fold's days and
+# applied to the next (benchmarks/headroom.py, section 4; RESULTS.md): 28, 56 and 112 were
+# within 0.002 of the best on all three data sets; 0 (each series on its own) was worse than
+# the global map everywhere.
+SERIES_PRIOR_DAYS = 28.0
 
 
 def tail_scales(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,53 +99,89 @@ class PitRecalibration:
     levels: tuple[float, ...]
     n_calibration: int
     tails: bool = False
+    by_series: dict[str, tuple[float, ...]] = field(default_factory=dict)  # series id -> its sorted PITs
 
     @classmethod
-    def fit(cls, pit_values: np.ndarray, grid_size: int = 201, tails: bool = False) -> PitRecalibration:
+    def fit(cls, pit_values: np.ndarray, grid_size: int = 201, tails: bool = False,
+            series_ids: np.ndarray | None = None) -> PitRecalibration:
+        """From PITs ``(N,)``; with ``series_ids`` ``(N,)`` each series also keeps its own
+        PITs for its map (module docstring)."""
         pit = np.asarray(pit_values, dtype=float)
-        pit = pit[np.isfinite(pit)]
-        if len(pit) < 20:
-            raise ValueError(f"recalibration needs at least 20 calibration points, got {len(pit)}")
+        finite = np.isfinite(pit)
+        if finite.sum() < 20:
+            raise ValueError(f"recalibration needs at least 20 calibration points, got {int(finite.sum())}")
         grid = np.linspace(0.0, 1.0, grid_size)
-        levels = np.quantile(pit, grid)
+        levels = np.quantile(pit[finite], grid)
         levels[0], levels[-1] = 0.0, 1.0
-        return cls(levels=tuple(np.maximum.accumulate(levels).tolist()), n_calibration=len(pit), tails=tails)
+        by_series = {}
+        if series_ids is not None:
+            ids = np.asarray(series_ids)[finite]
+            for series_id, own in _groups(ids, pit[finite]):
+                by_series[str(series_id)] = tuple(np.sort(own).tolist())
+        return cls(levels=tuple(np.maximum.accumulate(levels).tolist()), n_calibration=int(finite.sum()),
+                   tails=tails, by_series=by_series)
 
     @classmethod
     def from_dict(cls, raw: dict) -> PitRecalibration:
-        """From ``vars()`` of one (files written before tails existed have none)."""
-        return cls(tuple(raw["levels"]), raw["n_calibration"], bool(raw.get("tails", False)))
+        """From ``vars()`` of one (files written before tails or series maps existed have none)."""
+        return cls(tuple(raw["levels"]), raw["n_calibration"], bool(raw.get("tails", False)),
+                   {str(k): tuple(v) for k, v in raw.get("by_series", {}).items()})
 
     @classmethod
     def identity(cls) -> PitRecalibration:
         return cls(levels=(0.0, 1.0), n_calibration=0)
 
-    def level(self, tau: np.ndarray) -> np.ndarray:
-        """``R(tau)``: the raw predictive level to read for nominal level ``tau``."""
+    def level(self, tau: np.ndarray, series_id: str | None = None) -> np.ndarray:
+        """``R(tau)``: the raw predictive level to read for nominal level ``tau``; with a
+        ``series_id`` that has PITs of its own, that series' map."""
         grid = np.linspace(0.0, 1.0, len(self.levels))
-        return np.interp(tau, grid, self.levels)
+        own = self.by_series.get(series_id) if series_id is not None else None
+        if not own:
+            return np.interp(tau, grid, self.levels)
+        # Invert w F_s + (1 - w) F on a fine grid of raw levels u: F(u) is the global map's
+        # inverse (its levels are F's quantiles), F_s the series' empirical CDF.
+        u = np.linspace(0.0, 1.0, 2001)
+        pooled = np.interp(u, self.levels, grid)
+        weight = len(own) / (len(own) + SERIES_PRIOR_DAYS)
+        mixed = weight * np.searchsorted(own, u, side="right") / len(own) + (1.0 - weight) * pooled
+        # mixed is non-decreasing but may be flat: interp over its first point of each level
+        mixed, first = np.unique(mixed, return_index=True)
+        return np.interp(tau, mixed, u[first])
 
     def saturation_level(self) -> float:
         """The lowest nominal level whose recalibrated quantile is the largest raw sample: from
         there up every level reads the same value, because the calibration days' actuals fell
         above all samples more often than ``1 - level`` (a PIT of 1 says "above", not how far).
         1.0 when only level 1 does. With ``tails`` only actuals above constant forecasts have
-        PIT 1; the level from which every sample reads the farthest extrapolation."""
-        levels = np.asarray(self.levels)
-        top = int(np.argmax(levels >= 1.0))  # levels end with 1.0
-        return float(np.linspace(0.0, 1.0, len(levels))[top])
+        PIT 1; the level from which every sample reads the farthest extrapolation. With maps
+        by series, the lowest over them."""
+        grid = np.linspace(0.0, 1.0, len(self.levels))
+        lowest = 1.0
+        for series_id in (None, *self.by_series):
+            levels = self.level(grid, series_id)
+            lowest = min(lowest, float(grid[int(np.argmax(levels >= 1.0 - 1e-12))]))  # levels end with 1.0
+        return lowest
 
-    def apply(self, samples: np.ndarray) -> np.ndarray:
-        """Recalibrated samples ``(K, N)`` from raw samples ``(K, N)``.
+    def apply(self, samples: np.ndarray, series_ids: np.ndarray | None = None) -> np.ndarray:
+        """Recalibrated samples ``(K, N)`` from raw samples ``(K, N)``; ``series_ids`` ``(N,)``
+        picks each column's series map (without them, or without maps, the global one).
 
         Each sample keeps its rank within its column, so joint sample paths (columns of the
         same series on consecutive days) keep their dependence; only the marginal of every
         column is remapped: the sample of rank ``k`` becomes the raw quantile at
         ``R((k + 0.5) / K)``.
         """
+        if not self.by_series or series_ids is None:
+            return self._remap(samples, None)
+        out = np.empty(samples.shape, dtype=float)
+        for series_id, columns in _groups(np.asarray(series_ids), np.arange(samples.shape[1])):
+            out[:, columns] = self._remap(samples[:, columns], str(series_id))
+        return out
+
+    def _remap(self, samples: np.ndarray, series_id: str | None) -> np.ndarray:
         k = samples.shape[0]
         ranks = np.argsort(np.argsort(samples, axis=0, kind="stable"), axis=0, kind="stable")
-        targets = self.level((np.arange(k) + 0.5) / k)  # (K,) non-decreasing
+        targets = self.level((np.arange(k) + 0.5) / k, series_id)  # (K,) non-decreasing
         # Resampling at the K mid-levels (k + 0.5) / K: the Hazen plotting position reads
         # exactly the k-th order statistic there, so the identity recalibration returns the
         # samples unchanged (linear interpolation pulled every sample towards its neighbour
@@ -162,6 +211,16 @@ class PitRecalibration:
         below = np.where(ordered[0] >= 0, np.maximum(below, 0.0), below)
         out = np.where(up > 0, np.maximum(quantiles, above), quantiles)
         return np.where(down > 0, np.minimum(out, below), out)
+
+
+def _groups(keys: np.ndarray, values: np.ndarray):
+    """``(key, values of that key)`` for each distinct key of ``keys`` ``(N,)``, in one sort
+    (a mask per key would cost N x the number of series)."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(ordered)], strict=True):
+        yield ordered[start], values[order[start:end]]
 
 
 PATH_BUCKETS = (2, 8, 15)  # first day ahead of each bucket: days 2-7, 8-14, 15 and on

@@ -299,7 +299,7 @@ class ForecastModel:
         ``calibration`` when given (also used by models that reuse these inputs: the
         distilled student, the MCMC output layer)."""
         units = self._to_units(samples, inputs.levels, inputs.locs, inputs.scales, inputs.ceilings)
-        return SampledForecast(samples=units if calibration is None else calibration.apply(units),
+        return SampledForecast(samples=units if calibration is None else calibration.apply(units, inputs.series_ids),
                                series_ids=inputs.series_ids, dates=inputs.dates, epistemic_share=epistemic_share)
 
     def forecast(self, panel: Panel, horizon: int, num_samples: int, seed: int = 0,
@@ -351,23 +351,26 @@ class ForecastModel:
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         units = self._to_units(flat, day_levels.reshape(-1), locs, scales, np.concatenate(ceilings))
         return SampledForecast(
-            samples=self._calibrate_paths(units, np.tile(np.arange(1, horizon + 1), len(panel.series)), calibrated),
+            samples=self._calibrate_paths(units, np.tile(np.arange(1, horizon + 1), len(panel.series)),
+                                          np.concatenate(ids), calibrated),
             series_ids=np.concatenate(ids),
             dates=np.concatenate(dates),
             epistemic_share=np.full(flat.shape[1], np.nan),
         )
 
-    def _calibrate_paths(self, samples: np.ndarray, days_ahead: np.ndarray, calibrated: bool) -> np.ndarray:
-        """Path samples ``(K, N)`` recalibrated: day 1 by ``calibration``, later days by
-        ``path_calibration`` when there is one (else by ``calibration`` as well)."""
+    def _calibrate_paths(self, samples: np.ndarray, days_ahead: np.ndarray, series_ids: np.ndarray,
+                         calibrated: bool) -> np.ndarray:
+        """Path samples ``(K, N)`` recalibrated: day 1 by ``calibration`` (its series' map, if
+        it has maps by series), later days by ``path_calibration`` when there is one (else by
+        ``calibration`` as well)."""
         if not calibrated:
             return samples
         if self.path_calibration is None:
-            return samples if self.calibration is None else self.calibration.apply(samples)
+            return samples if self.calibration is None else self.calibration.apply(samples, series_ids)
         out = self.path_calibration.apply(samples, days_ahead)
         first = self.path_calibration.bucket_of(days_ahead) < 0
         if self.calibration is not None and first.any():
-            out[:, first] = self.calibration.apply(samples[:, first])
+            out[:, first] = self.calibration.apply(samples[:, first], series_ids[first])
         return out
 
     def _to_units(self, samples: np.ndarray, levels: np.ndarray, locs: np.ndarray, scales: np.ndarray,

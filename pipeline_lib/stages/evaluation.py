@@ -93,7 +93,7 @@ def evaluate(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
     served = raw
     metrics = {"epistemic_share": float(np.mean(raw.epistemic_share)), "scored_series": float(len(panel.series))}
     if model.calibration is not None:
-        served = replace(raw, samples=model.calibration.apply(raw.samples))
+        served = replace(raw, samples=model.calibration.apply(raw.samples, raw.series_ids))
         metrics.update({f"uncalibrated_{k}": v for k, v in score(raw.samples).items()})
     metrics.update(score(served.samples))
     # The simplest honest peer, on the same days, logged side by side.

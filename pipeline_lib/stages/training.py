@@ -226,12 +226,14 @@ def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: P
     """PIT recalibration from ``model``'s one-day-ahead forecasts of days it never trained
     on: the ``validation`` days (an evaluation fit, which keeps the test days for scoring),
     or the ``holdout`` (validation + test days, for the refit served in its place), of the
-    series a training run scores (:func:`scored_panel`)."""
+    series a training run scores (:func:`scored_panel`); with ``recalibrate_by_series``
+    each of them also gets its own map, shrunk towards the global one."""
     panel = scored_panel(config, panel)
     days = part_days(panel, config.window, part)
     sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
                              calibrated=False)
     actuals, _ = actuals_for(panel, days)
     tails = config.evaluation.recalibrate_tails
-    return PitRecalibration.fit(recalibration_pit(actuals, sampled.samples, tails), tails=tails)
+    return PitRecalibration.fit(recalibration_pit(actuals, sampled.samples, tails), tails=tails,
+                                series_ids=sampled.series_ids if config.evaluation.recalibrate_by_series else None)
 
