@@ -219,7 +219,7 @@ class TrainConfig(_Strict):
         "shared", description="the training pass's weight noise: shared = one draw per mini-batch; flipout = "
         "a perturbation decorrelated per example (lower-variance gradients, a slower unrolled pass)")
     patience: int = Field(5, ge=1, description="epochs without validation-NLL improvement")
-    min_delta: float = Field(0.01, ge=0, description="nats per validation window: an epoch counts as an "
+    min_delta: float = Field(0.005, ge=0, description="nats per validation window: an epoch counts as an "
                              "improvement (kept as the best and resetting patience) only if it lowers the best "
                              "validation NLL by more than this; 0 = any decrease. A difference of NLLs does not "
                              "depend on the target's units or transform, so one threshold fits every dataset")
