@@ -197,6 +197,10 @@ def test_maps_by_series_correct_each_series_bias_shrunk_towards_the_global_map(m
     np.testing.assert_array_equal(fitted.level(tau, "new-sku"), fitted.level(tau))
     global_map = PitRecalibration(fitted.levels, fitted.n_calibration)
     np.testing.assert_array_equal(fitted.apply(samples[:, :5]), global_map.apply(samples[:, :5]))
+    beside_new = fitted.apply(samples[:, :5], np.r_[series_ids[:3], ["new-sku"] * 2])
+    np.testing.assert_array_equal(beside_new[:, 3:], global_map.apply(samples[:, 3:5]))
+    np.testing.assert_array_equal(beside_new[:, :3], fitted.apply(samples[:, :3], series_ids[:3]))
+    assert not np.allclose(beside_new[:, :3], global_map.apply(samples[:, :3]))
     # Saved as JSON and read back, the maps are the same.
     again = PitRecalibration.from_dict(json.loads(json.dumps(vars(fitted))))
     np.testing.assert_array_equal(again.level(tau, "sku-7"), fitted.level(tau, "sku-7"))

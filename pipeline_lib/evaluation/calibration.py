@@ -173,8 +173,12 @@ class PitRecalibration:
         """
         if not self.by_series or series_ids is None:
             return self._remap(samples, None)
+        ids = np.asarray(series_ids).astype(str)
+        mapped = np.isin(ids, list(self.by_series))
         out = np.empty(samples.shape, dtype=float)
-        for series_id, columns in _groups(np.asarray(series_ids), np.arange(samples.shape[1])):
+        if not mapped.all():  # series without a map of their own: the global map, in one pass
+            out[:, ~mapped] = self._remap(samples[:, ~mapped], None)
+        for series_id, columns in _groups(ids[mapped], np.flatnonzero(mapped)):
             out[:, columns] = self._remap(samples[:, columns], str(series_id))
         return out
 
