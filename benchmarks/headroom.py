@@ -105,6 +105,16 @@ def series_recalibration_score(past: Fold, now: Fold, raw: str, prior_days: floa
         calibration.SERIES_PRIOR_DAYS = saved
 
 
+def mean_pit_correlation(past: Fold, now: Fold, raw: str) -> float:
+    """Correlation over series of their mean randomised PIT on ``past`` and on ``now``: how
+    much of a series' bias persists from one fold to the next."""
+    means = []
+    for fold, seed in ((past, 0), (now, 1)):
+        pit = probability_integral_transform(fold.actuals, fold.samples[raw], np.random.default_rng(seed))
+        means.append(np.bincount(fold.series_index, pit) / np.bincount(fold.series_index))
+    return float(np.corrcoef(*means)[0, 1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a quality.py --save-samples directory")
@@ -147,7 +157,8 @@ def main() -> None:
             continue
         scores = [series_recalibration_score(past, now, raw, k) for k in SERIES_PRIORS]
         print(f"  {now.name} from {past.name}: {now.crps_of_samples(now.samples[served]):.4f} | "
-              + " | ".join(f"{c:.4f}" for c in scores))
+              + " | ".join(f"{c:.4f}" for c in scores)
+              + f"; series' mean PIT, correlation between the folds {mean_pit_correlation(past, now, raw):.2f}")
 
     if not all("ets" in fold.samples for fold in folds):
         print("\n3. skipped: no AutoETS samples saved (run quality.py with --models ets,lstm)")

@@ -449,3 +449,34 @@ def test_the_headroom_bounds_recover_a_known_miscalibration_and_the_weekday_shar
     pooled = module.linear_pool(true, wide, 0.3)
     assert pooled.shape == true.shape
     assert fold.crps_of_samples(true) < fold.crps_of_samples(pooled) < fold.crps_of_samples(wide)
+
+
+def test_the_headroom_series_maps_fitted_on_one_fold_correct_a_bias_that_persists_into_the_next(tmp_path):
+    """``benchmarks/headroom.py`` section 4: when each series keeps its own bias from one fold
+    to the next, its mean PIT correlates across the folds and maps by series fitted on the
+    earlier fold beat the global map on the later one; without a bias, they cannot."""
+    module = benchmark_module("headroom")
+    rng = np.random.default_rng(4)
+    n_series, n_days, k = 30, 28, 200
+    series_index = np.repeat(np.arange(n_series), n_days)
+    standard = stats.norm.ppf((np.arange(k) + 0.5) / k)[:, None]
+    scores = {}
+    for name, spread in (("biased", 1.0), ("unbiased", 0.0)):
+        bias = np.repeat(rng.normal(0.0, spread, n_series), n_days)
+        folds = []
+        for f in range(2):
+            centre = np.repeat(rng.uniform(50, 100, n_series), n_days)
+            path = tmp_path / name / f"fold{f}.npz"
+            path.parent.mkdir(exist_ok=True)
+            np.savez_compressed(path, actuals=centre + bias + rng.normal(size=len(centre)), series_index=series_index,
+                                dates=np.tile(np.arange(n_days), n_series), scales=np.ones(n_series),
+                                lstm_raw_seed42=centre + 1.5 * standard)
+            folds.append(module.Fold(path))
+        now, past = folds
+        scores[name] = {prior: module.series_recalibration_score(past, now, "lstm_raw_seed42", prior)
+                        for prior in (28.0, 1e9)}
+        scores[name]["correlation"] = module.mean_pit_correlation(past, now, "lstm_raw_seed42")
+    assert scores["biased"]["correlation"] > 0.6
+    assert scores["biased"][28.0] < 0.9 * scores["biased"][1e9]
+    assert abs(scores["unbiased"]["correlation"]) < 0.4
+    assert scores["unbiased"][28.0] > 0.99 * scores["unbiased"][1e9]
