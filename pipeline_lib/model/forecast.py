@@ -350,10 +350,11 @@ class ForecastModel:
         paths = sample_paths(self.network, centred, future, num_samples, seed, context=context)
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         units = self._to_units(flat, day_levels.reshape(-1), locs, scales, np.concatenate(ceilings))
+        ids = np.concatenate(ids)
         return SampledForecast(
-            samples=self._calibrate_paths(units, np.tile(np.arange(1, horizon + 1), len(panel.series)),
-                                          np.concatenate(ids), calibrated),
-            series_ids=np.concatenate(ids),
+            samples=self._calibrate_paths(units, np.tile(np.arange(1, horizon + 1), len(panel.series)), ids,
+                                          calibrated),
+            series_ids=ids,
             dates=np.concatenate(dates),
             epistemic_share=np.full(flat.shape[1], np.nan),
         )
