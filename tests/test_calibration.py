@@ -164,7 +164,8 @@ def test_maps_by_series_correct_each_series_bias_shrunk_towards_the_global_map(m
     A series' PITs then have the CDF ``F_s(u) = Phi(Phi^-1(u) -+ 1)`` (closed form) and the
     pooled ones the average ``F``; its map must invert ``w F_s + (1 - w) F`` with
     ``w = n / (n + SERIES_PRIOR_DAYS)``. On later days its 90% intervals cover about 90% in
-    each group, where the global map, which widens every series alike, misses both ways."""
+    each group and are far narrower than the global map's, which must widen every series
+    alike to cover both biases."""
     from scipy import optimize
 
     from pipeline_lib.evaluation import calibration
