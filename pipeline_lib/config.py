@@ -265,8 +265,7 @@ class EvaluationConfig(_Strict):
     recalibrate_by_series: bool = Field(False, description="give each scored series its own recalibration "
                                         "from its own calibration days' PITs, shrunk towards the global map "
                                         "(28 days of the global map's weight; pipeline_lib/evaluation/"
-                                        "calibration.py), for one-day forecasts and every day of the "
-                                        "sample paths; other series keep the global maps")
+                                        "calibration.py); other series keep the global map")
     recalibrate_tails: bool = Field(False, description="let the recalibration reach beyond each forecast's "
                                     "extreme samples: exponential tails fitted to its outer 10% of samples "
                                     "(pipeline_lib/evaluation/calibration.py), so intervals and high-service "

@@ -77,47 +77,6 @@ def test_paths_are_recalibrated_by_days_ahead():
     assert HorizonRecalibration.fit(np.full(50, 0.5), np.full(50, 3)) is None  # too few points
 
 
-def test_paths_maps_by_series_correct_each_series_bias_on_every_day_ahead():
-    """Paths forecast N(0, 1) on every day; series 0-19 sell N(+b_h, 1) on day h ahead,
-    series 20-39 N(-b_h, 1), b_h = 0.5 + h / 28: a bias of each series' own that grows along
-    the path (and stays within the samples' range, which a remap cannot leave). Fitted with
-    series ids, every bucket of days ahead centres each series' 90% interval on it: about 90%
-    covered in each group on days 2-28, narrower than the buckets' global maps, which must
-    widen every series alike. Day 1 stays unchanged."""
-    from pipeline_lib.evaluation.calibration import HorizonRecalibration
-
-    rng = np.random.default_rng(5)
-    horizon, ids = 28, np.array([f"sku-{s}" for s in range(40)])
-    sign = np.repeat([1.0, -1.0], 20)
-
-    def paths(n_origins):
-        series = np.repeat(np.arange(40), horizon * n_origins)
-        days = np.tile(np.arange(1, horizon + 1), 40 * n_origins)
-        truth = sign[series] * (0.5 + days / 28) + rng.standard_normal(len(days))
-        return truth, rng.standard_normal((200, len(days))), days, ids[series]
-
-    y, samples, days, series_ids = paths(30)  # 180-420 PITs per series and bucket: weights 0.87-0.94
-    pit = m.probability_integral_transform(y, samples, rng)
-    by_series = HorizonRecalibration.fit(pit, days, series_ids=series_ids)
-    pooled = HorizonRecalibration.fit(pit, days)
-    assert all(sorted(bucket.by_series) == sorted(ids) for bucket in by_series.buckets)
-    assert not any(bucket.by_series for bucket in pooled.buckets)
-    y, samples, days, series_ids = paths(2)
-    fixed = by_series.apply(samples, days, series_ids)
-    np.testing.assert_array_equal(fixed[:, days == 1], samples[:, days == 1])
-    later = days >= 2
-    widths = {}
-    for name, paths_fixed in (("by series", fixed), ("global", pooled.apply(samples, days, series_ids))):
-        lower, upper = m.interval_from_samples(paths_fixed[:, later], 0.9)
-        widths[name] = np.mean(upper - lower)
-        if name == "by series":
-            for group in (sign > 0, sign < 0):
-                inside = np.isin(series_ids[later], ids[group])
-                assert m.prediction_interval_coverage(y[later][inside], lower[inside], upper[inside]) == pytest.approx(
-                    0.9, abs=0.03)
-    assert widths["by series"] < 0.8 * widths["global"], widths
-
-
 def test_orders_above_what_the_samples_and_their_recalibration_resolve_are_named():
     """A recalibration whose calibration days' actuals fell above every sample 3% of the time
     reads the largest sample from level 0.97 up (the first grid level whose PIT quantile is

@@ -149,29 +149,24 @@ def test_served_model_is_refitted_on_every_day_for_the_epochs_early_stopping_cho
 
 
 @pytest.mark.model
-def test_maps_by_series_are_fitted_saved_and_used_for_every_forecast_and_every_day_of_a_path(tmp_path):
+def test_maps_by_series_are_fitted_saved_and_used_for_every_day_one_forecast(tmp_path):
     """``evaluation.recalibrate_by_series``: every scored series keeps its calibration days'
-    PITs, in the one-day map and in each bucket of days ahead of the paths' map; the saved
-    model reads them back, and the one-day forecasts, day 1 of the sample paths and the
-    paths' later days are each remapped by their own series' map of that day (the same as a
-    global recalibration whose levels are that map), not by the global one."""
-    from pipeline_lib.evaluation.calibration import PitRecalibration
+    PITs, the saved model reads them back, and both the one-day forecasts and day 1 of the
+    sample paths are remapped by their own series' map (the same as a global recalibration
+    whose levels are that map), not by the global one."""
+    from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
     from pipeline_lib.model.forecast import ForecastModel
 
     config = _small_default(tmp_path, epochs=2, patience=1, refit=False).updated(
         evaluation={"recalibrate_by_series": True})
-    # 18 series: the paths' first bucket (days 2-7 of one 28-day validation block) needs 100 PITs
-    _, panel = _synthetic("retail", n_series=18, n_days=200, seed=4)
+    _, panel = _synthetic("retail", n_series=6, n_days=200, seed=4)
     model = stages.train(config, panel, progress=False).model
-    calibration, paths_calibration = model.calibration, model.path_calibration
+    calibration = model.calibration
     validation = part_days(panel, config.window, "validation")
     assert {sid: len(pits) for sid, pits in calibration.by_series.items()} == {
         s.series_id: len(validation[k]) for k, s in enumerate(panel.series)}
-    assert paths_calibration.first_days == (2, 8, 15)  # days 2-7, 8-14, 15-28 of the block
-    for bucket, days in zip(paths_calibration.buckets, (6, 7, 14), strict=True):
-        assert {sid: len(pits) for sid, pits in bucket.by_series.items()} == {s.series_id: days for s in panel.series}
     loaded = ForecastModel.load(model.save(tmp_path / "model"))
-    assert loaded.calibration == calibration and loaded.path_calibration == paths_calibration
+    assert loaded.calibration == calibration
 
     grid = np.linspace(0.0, 1.0, 100_001)  # fine enough that reading the map between its points is exact
     test = part_days(panel, config.window, "test")
@@ -180,23 +175,22 @@ def test_maps_by_series_are_fitted_saved_and_used_for_every_forecast_and_every_d
     # The training run's evaluation scores what is served: the same samples.
     evaluation = stages.evaluate(config, model, panel, by_horizon=False)
     np.testing.assert_array_equal(evaluation.sampled.samples, served_days.samples)
-    horizon = 10  # days 1, 2-7 and 8-10: every map but the last bucket's
-    raw_paths = model.forecast(panel, horizon, 100, seed=6, calibrated=False)
-    served_paths = loaded.forecast(panel, horizon, 100, seed=6)
-    day_ahead = np.tile(np.arange(1, horizon + 1), len(panel.series))
+    raw_paths = model.forecast(panel, 3, 100, seed=6, calibrated=False)
+    served_paths = loaded.forecast(panel, 3, 100, seed=6)
+    # Day 1 of the paths beside a recalibration of later days (too few days here to fit one)
+    assert loaded.path_calibration is None
+    loaded.path_calibration = HorizonRecalibration((2,), (PitRecalibration.identity(),))
+    served_beside = loaded.forecast(panel, 3, 100, seed=6)
     moved = 0
     for series in panel.series:
-        in_paths = raw_paths.series_ids == series.series_id
-        checks = [(calibration, raw_days, served_days, raw_days.series_ids == series.series_id),
-                  (calibration, raw_paths, served_paths, in_paths & (day_ahead == 1))]
-        checks += [(bucket, raw_paths, served_paths, in_paths & (day_ahead >= first) & (day_ahead < last))
-                   for bucket, first, last in zip(paths_calibration.buckets[:2], (2, 8), (8, 15), strict=True)]
-        for recalibration, raw, served, columns in checks:
-            own = PitRecalibration(tuple(recalibration.level(grid, series.series_id)), 1)
+        own = PitRecalibration(tuple(calibration.level(grid, series.series_id)), 1)
+        first_day = np.flatnonzero(raw_paths.series_ids == series.series_id)[:1]
+        for raw, served, columns in ((raw_days, served_days, raw_days.series_ids == series.series_id),
+                                     (raw_paths, served_paths, first_day), (raw_paths, served_beside, first_day)):
             np.testing.assert_allclose(served.samples[:, columns], own.apply(raw.samples[:, columns]), rtol=1e-6)
             moved += not np.allclose(served.samples[:, columns],
-                                     PitRecalibration(recalibration.levels, 1).apply(raw.samples[:, columns]))
-    assert moved >= 4 * 18 * 3 // 4  # the series' maps are not the global ones
+                                     PitRecalibration(calibration.levels, 1).apply(raw.samples[:, columns]))
+    assert moved >= 9  # the series' maps are not the global one
 
 
 def test_a_warm_refit_starts_from_the_model_and_keeps_the_full_kl_weight(tmp_path, monkeypatch):

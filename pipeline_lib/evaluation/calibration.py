@@ -239,9 +239,7 @@ class HorizonRecalibration:
     28 days from one origin: PICP90 0.76 with the one-day recalibration). Fitted on the raw
     PITs of paths from origins the model never trained on, bucket ``j`` covers days ahead
     ``first_days[j] .. first_days[j + 1] - 1`` (the last bucket every later day); day 1 is
-    the one-day forecast and keeps the one-day recalibration. Fitted with ``series_ids``,
-    every bucket also keeps each series' PITs (:class:`PitRecalibration`'s maps by series),
-    so a series' correction reaches every day of its paths, not day 1 alone.
+    the one-day forecast and keeps the one-day recalibration.
     """
 
     first_days: tuple[int, ...]
@@ -249,23 +247,19 @@ class HorizonRecalibration:
 
     @classmethod
     def fit(cls, pit_values: np.ndarray, days_ahead: np.ndarray, first_days: tuple[int, ...] = PATH_BUCKETS,
-            min_points: int = 100, tails: bool = False,
-            series_ids: np.ndarray | None = None) -> HorizonRecalibration | None:
-        """From raw PITs ``(N,)`` and their days ahead ``(N,)`` (and with ``series_ids``
-        ``(N,)``, maps by series in every bucket); a bucket with fewer than ``min_points``
-        PITs ends the list (later days use the last bucket fitted). None when even the first
-        bucket is short of points."""
+            min_points: int = 100, tails: bool = False) -> HorizonRecalibration | None:
+        """From raw PITs ``(N,)`` and their days ahead ``(N,)``; a bucket with fewer than
+        ``min_points`` PITs ends the list (later days use the last bucket fitted). None when
+        even the first bucket is short of points."""
         pit, days = np.asarray(pit_values, dtype=float), np.asarray(days_ahead)
-        ids = None if series_ids is None else np.asarray(series_ids)
         fitted_days, buckets = [], []
         for j, first in enumerate(first_days):
             last = first_days[j + 1] - 1 if j + 1 < len(first_days) else np.inf
-            chosen = (days >= first) & (days <= last) & np.isfinite(pit)
-            if chosen.sum() < min_points:
+            chosen = pit[(days >= first) & (days <= last) & np.isfinite(pit)]
+            if len(chosen) < min_points:
                 break
             fitted_days.append(first)
-            buckets.append(PitRecalibration.fit(pit[chosen], tails=tails,
-                                                series_ids=None if ids is None else ids[chosen]))
+            buckets.append(PitRecalibration.fit(chosen, tails=tails))
         return cls(tuple(fitted_days), tuple(buckets)) if buckets else None
 
     def bucket_of(self, days_ahead: np.ndarray) -> np.ndarray:
@@ -273,17 +267,15 @@ class HorizonRecalibration:
         days = np.asarray(days_ahead)
         return np.where(days >= self.first_days[0], np.searchsorted(self.first_days, days, side="right") - 1, -1)
 
-    def apply(self, samples: np.ndarray, days_ahead: np.ndarray, series_ids: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, samples: np.ndarray, days_ahead: np.ndarray) -> np.ndarray:
         """Samples ``(K, N)`` with every column of day ahead >= 2 remapped by its bucket (ranks
-        kept, as :meth:`PitRecalibration.apply`; ``series_ids`` ``(N,)`` pick the buckets'
-        maps by series); day-1 columns are returned unchanged."""
+        kept, as :meth:`PitRecalibration.apply`); day-1 columns are returned unchanged."""
         out = samples.copy()
         which = self.bucket_of(days_ahead)
         for j, bucket in enumerate(self.buckets):
             columns = which == j
             if columns.any():
-                out[:, columns] = bucket.apply(samples[:, columns],
-                                               None if series_ids is None else np.asarray(series_ids)[columns])
+                out[:, columns] = bucket.apply(samples[:, columns])
         return out
 
     def saturation_level(self, last_day: int | None = None) -> float:

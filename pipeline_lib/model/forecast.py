@@ -361,14 +361,14 @@ class ForecastModel:
 
     def _calibrate_paths(self, samples: np.ndarray, days_ahead: np.ndarray, series_ids: np.ndarray,
                          calibrated: bool) -> np.ndarray:
-        """Path samples ``(K, N)`` recalibrated: day 1 by ``calibration``, later days by
-        ``path_calibration`` when there is one (else by ``calibration`` as well); each by its
-        series' map where it has maps by series."""
+        """Path samples ``(K, N)`` recalibrated: day 1 by ``calibration`` (its series' map, if
+        it has maps by series), later days by ``path_calibration`` when there is one (else by
+        ``calibration`` as well)."""
         if not calibrated:
             return samples
         if self.path_calibration is None:
             return samples if self.calibration is None else self.calibration.apply(samples, series_ids)
-        out = self.path_calibration.apply(samples, days_ahead, series_ids)
+        out = self.path_calibration.apply(samples, days_ahead)
         first = self.path_calibration.bucket_of(days_ahead) < 0
         if self.calibration is not None and first.any():
             out[:, first] = self.calibration.apply(samples[:, first], series_ids[first])

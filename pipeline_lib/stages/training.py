@@ -204,13 +204,12 @@ def fit_path_recalibration(config: PipelineConfig, model: ForecastModel, panel: 
     """Recalibration of sample paths by days ahead (:class:`HorizonRecalibration`) from
     ``model``'s raw paths over days it never trained on: from the first day of the
     ``validation`` days through all of them, or for the ``holdout`` also from the first test
-    day through the test days; the series a training run scores, each with maps of its own
-    under ``evaluation.recalibrate_by_series``. None when too few points."""
+    day through the test days; the series a training run scores. None when too few points."""
     panel = scored_panel(config, panel)
     blocks = [(lambda p: p.validation_start, config.window.validation_days)]
     if part == "holdout":
         blocks.append((lambda p: p.test_start, config.window.test_days))
-    pits, days_ahead, series_ids = [], [], []
+    pits, days_ahead = [], []
     for block, (origin, steps) in enumerate(blocks):
         keep = [origin(split_points(s, config.window)) for s in panel.series]
         sampled = model.forecast(panel.truncate(keep), steps, config.evaluation.num_samples,
@@ -218,11 +217,8 @@ def fit_path_recalibration(config: PipelineConfig, model: ForecastModel, panel: 
         actuals = np.concatenate([s.target[k:k + steps] for s, k in zip(panel.series, keep, strict=True)])
         pits.append(recalibration_pit(actuals, sampled.samples, config.evaluation.recalibrate_tails))
         days_ahead.append(np.tile(np.arange(1, steps + 1), len(panel.series)))
-        series_ids.append(sampled.series_ids)
-    by_series = config.evaluation.recalibrate_by_series
     return HorizonRecalibration.fit(np.concatenate(pits), np.concatenate(days_ahead),
-                                    tails=config.evaluation.recalibrate_tails,
-                                    series_ids=np.concatenate(series_ids) if by_series else None)
+                                    tails=config.evaluation.recalibrate_tails)
 
 
 def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
