@@ -346,6 +346,9 @@ def inventory_backtest(
     lead_time: int | None = typer.Option(None, "--lead-time", min=0, help="lead time in days (default 2)"),
     review_period: int | None = typer.Option(None, "--review-period", min=1, help="days between orders (default 1)"),
     test_days: int | None = typer.Option(None, "--test-days", min=1, help="simulated days at the end (default 28)"),
+    days_before_end: int = typer.Option(0, "--days-before-end", min=0,
+                                        help="end the simulated days this many days before the data's last "
+                                             "day (default 0); 0, 28, 56 give three rolling test windows"),
 ) -> None:
     """Train before the test period, then simulate ordering through it with (a) our sample
     paths, (b) point forecast + safety factor, (c) seasonal naive; log to MLflow."""
@@ -360,7 +363,8 @@ def inventory_backtest(
     from pipeline_lib.inventory.run import train_and_simulate
 
     steps = iter(("[2/3]", "[3/3]"))
-    report, url = train_and_simulate(cfg, panel, say=lambda line: _say(f"{next(steps, '     ')} {line}"))
+    report, url = train_and_simulate(cfg, panel, say=lambda line: _say(f"{next(steps, '     ')} {line}"),
+                                     days_before_end=days_before_end)
     table = report.backtest.table
     typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(report.summary())

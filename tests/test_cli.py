@@ -266,14 +266,20 @@ def test_inventory_backtest_runs_from_the_cli_and_warns_about_unresolvable_servi
     """``bayes-pipeline inventory-backtest``: trains before the last test days, simulates the
     three order rules through them, prints and writes the table, and says when the target
     service asks for more than its 20 sample paths resolve (the 99th percentile of 20 path
-    sums is their largest, as is the 96th)."""
+    sums is their largest, as is the 96th). With ``--days-before-end`` the test days end that
+    many days before the data's last day; a cut that leaves too few days is refused before
+    any run or report exists."""
     data = tmp_path / "demand.csv"
-    synthetic_demand(n_series=3, n_days=90).to_csv(data, index=False)
+    synthetic_demand(n_series=3, n_days=90).to_csv(data, index=False)  # 2023-01-02 .. 2023-04-01
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
     args = ["inventory-backtest", "--data", str(data), "--config", str(config), "--workdir", str(tmp_path / "work")]
-    result = CliRunner().invoke(app, [*args, "--service-level", "0.99"])
+    refused = CliRunner().invoke(app, [*args, "--days-before-end", "60"])
+    assert refused.exit_code != 0 and "fewer than the 35 days each needs" in refused.output, refused.output
+    assert not (tmp_path / "work" / "reports").exists() and not (tmp_path / "work" / "mlflow.db").exists()
+    result = CliRunner().invoke(app, [*args, "--service-level", "0.99", "--days-before-end", "7"])
     assert result.exit_code == 0, result.output
+    assert "before the 7 test days up to 2023-03-25" in result.output
     assert ("warning: inventory.service_level 0.99 is above what this model's orders resolve (about 0.95, set by "
             "20 sample paths)") in result.output
     table = pd.read_csv(tmp_path / "work" / "reports" / "inventory" / "inventory_backtest.csv")

@@ -109,3 +109,33 @@ def test_levels_agree_with_stockpyl():
     level = fill_rate(demand, target).level[0]
     shortage, _ = normal_loss(level, mu, sigma)  # E[(D - level)+]
     assert shortage == pytest.approx((1 - target) * mu, rel=2e-2)
+
+
+def test_a_backtest_window_ends_the_given_days_before_the_data_and_a_too_short_cut_is_named(tmp_path):
+    """``inventory-backtest --days-before-end N``: every series keeps its days up to N days
+    before the data's last day (its test window ends there); a cut that leaves a series
+    shorter than the window needs is refused, naming it, before anything trains."""
+    import pandas as pd
+
+    from pipeline_lib.config import PipelineConfig
+    from pipeline_lib.data.validate import panel_from_history
+    from pipeline_lib.errors import DataValidationError
+    from pipeline_lib.inventory.run import ending_days_before
+    from tests.support import synthetic_demand
+
+    frame = synthetic_demand(n_series=3, n_days=90).rename(columns={"units": "target"})
+    # The last series starts late, on 2023-02-15: 46 days of its own.
+    frame = frame[(frame.series_id != frame.series_id.iloc[-1]) | (frame.date >= "2023-02-15")]
+    panel = panel_from_history(frame, ("price",))
+    config = PipelineConfig(window={"context_length": 14, "validation_days": 14, "test_days": 7,
+                                    "min_train_days": 14})  # 35 days needed
+    assert ending_days_before(panel, 0, config) is panel
+    cut = ending_days_before(panel, 10, config)
+    last = pd.Timestamp("2023-01-02") + pd.Timedelta(days=89 - 10)
+    assert [s.dates[-1] for s in cut.series] == [last] * 3
+    for before, after in zip(panel.series, cut.series, strict=True):
+        np.testing.assert_array_equal(after.target, before.target[:len(after)])
+        assert len(after) == len(before) - 10
+    late = panel.series_ids[-1]  # 46 - 12 days left: 35 are needed
+    with pytest.raises(DataValidationError, match=rf"leaves series \['{late}'\] with fewer than the 35 days"):
+        ending_days_before(panel, 12, config)

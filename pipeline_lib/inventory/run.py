@@ -8,8 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from pipeline_lib.config import PipelineConfig
-from pipeline_lib.data.validate import Panel
+from pipeline_lib.data.validate import Panel, minimum_series_days
+from pipeline_lib.errors import DataValidationError
 from pipeline_lib.evaluation.plots import service_inventory_plot
 from pipeline_lib.inventory.backtest import (
     InventoryBacktest,
@@ -78,16 +81,40 @@ def inventory_backtest(config: PipelineConfig, model, panel: Panel, out_dir: Pat
     return InventoryReport(result, chart, table_path)
 
 
-def train_and_simulate(config: PipelineConfig, panel: Panel,
-                       say: Callable[[str], None] = print) -> tuple[InventoryReport, str]:
+def ending_days_before(panel: Panel, days_before: int, config: PipelineConfig) -> Panel:
+    """``panel`` up to ``days_before`` days before its last day (0: all of it), so that a
+    backtest's test window, its last ``window.test_days`` days, ends there: run with 0, 28,
+    56, ... for rolling test windows. Raises :class:`DataValidationError` naming the series
+    the cut leaves shorter than the window needs; series that end before the cut keep all
+    their days."""
+    if days_before == 0:
+        return panel
+    last_day = max(s.dates[-1] for s in panel.series) - pd.Timedelta(days=days_before)
+    cut = panel.until(last_day)
+    needed = minimum_series_days(config.window)
+    short = [s.series_id for s in cut.series if len(s) < needed]
+    if len(cut.series) < len(panel.series) or short:
+        dropped = [sid for sid in panel.series_ids if sid not in set(cut.series_ids)]
+        raise DataValidationError(
+            f"{panel.source}: ending the test window {days_before} days before the last day ({last_day.date()}) "
+            f"leaves series {(dropped + short)[:5]} with fewer than the {needed} days each needs "
+            f"(window.min_train_days + validation_days + test_days)")
+    return cut
+
+
+def train_and_simulate(config: PipelineConfig, panel: Panel, say: Callable[[str], None] = print,
+                       days_before_end: int = 0) -> tuple[InventoryReport, str]:
     """``bayes-pipeline inventory-backtest``: train the model a run before the last
-    ``window.test_days`` days would have served, simulate the rules through those days,
-    write the table and chart under ``reports/inventory`` and log them as an MLflow run of
-    their own (no model is registered). Returns the report and the run's link."""
+    ``window.test_days`` days (of the panel cut :func:`ending_days_before` its end) would
+    have served, simulate the rules through those days, write the table and chart under
+    ``reports/inventory`` and log them as an MLflow run of their own (no model is
+    registered). Returns the report and the run's link."""
     from pipeline_lib.stages import backtest_model, log_inventory_run
 
     inv = config.inventory
-    say(f"training on {len(panel.series)} series before the last {config.window.test_days} days"
+    panel = ending_days_before(panel, days_before_end, config)
+    last_day = max(s.dates[-1] for s in panel.series).date()
+    say(f"training on {len(panel.series)} series before the {config.window.test_days} test days up to {last_day}"
         + (" (evaluation fit, then the served refit on every day before them)" if config.train.refit else ""))
     trained = backtest_model(config, panel)
     from pipeline_lib.forecasting.batch import order_resolution
