@@ -111,7 +111,7 @@ def test_levels_agree_with_stockpyl():
     assert shortage == pytest.approx((1 - target) * mu, rel=2e-2)
 
 
-def test_a_backtest_window_ends_the_given_days_before_the_data_and_a_too_short_cut_is_named(tmp_path):
+def test_a_backtest_window_ends_the_given_days_before_the_data_and_a_too_short_cut_is_named():
     """``inventory-backtest --days-before-end N``: every series keeps its days up to N days
     before the data's last day (its test window ends there); a cut that leaves a series
     shorter than the window needs is refused, naming it, before anything trains."""
