@@ -348,7 +348,9 @@ def inventory_backtest(
     test_days: int | None = typer.Option(None, "--test-days", min=1, help="simulated days at the end (default 28)"),
     days_before_end: int = typer.Option(0, "--days-before-end", min=0,
                                         help="end the simulated days this many days before the data's last "
-                                             "day (default 0); 0, 28, 56 give three rolling test windows"),
+                                             "day (default 0)"),
+    windows: int = typer.Option(1, "--windows", min=1, help="rolling test windows, each the test days before "
+                                "the last (default 1); prints each rule's stock over them, mean and spread"),
 ) -> None:
     """Train before the test period, then simulate ordering through it with (a) our sample
     paths, (b) point forecast + safety factor, (c) seasonal naive; log to MLflow."""
@@ -360,15 +362,19 @@ def inventory_backtest(
                                  "needs last week's demand for every protected day)")
     _say(f"[1/3] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
-    from pipeline_lib.inventory.run import train_and_simulate
+    from pipeline_lib.inventory.run import rolling_summary, train_and_simulate
 
     steps = iter(("[2/3]", "[3/3]"))
-    report, url = train_and_simulate(cfg, panel, say=lambda line: _say(f"{next(steps, '     ')} {line}"),
-                                     days_before_end=days_before_end)
-    table = report.backtest.table
-    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    typer.echo(report.summary())
-    typer.echo(f"chart: {report.chart}\ntable: {report.table_path}\nMLflow: {url}")
+    results = train_and_simulate(cfg, panel, say=lambda line: _say(f"{next(steps, '     ')} {line}"),
+                                 days_before_end=days_before_end, windows=windows)
+    for result in results:
+        report = result.report
+        typer.echo(f"test days up to {result.last_day}:")
+        typer.echo(report.backtest.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        typer.echo(report.summary())
+        typer.echo(f"chart: {report.chart}\ntable: {report.table_path}\nMLflow: {result.run_url}")
+    if len(results) > 1:
+        typer.echo(rolling_summary(results))
 
 
 @app.command("simulate")

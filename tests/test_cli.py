@@ -267,21 +267,27 @@ def test_inventory_backtest_runs_from_the_cli_and_warns_about_unresolvable_servi
     three order rules through them, prints and writes the table, and says when the target
     service asks for more than its 20 sample paths resolve (the 99th percentile of 20 path
     sums is their largest, as is the 96th). With ``--days-before-end`` the test days end that
-    many days before the data's last day; a cut that leaves too few days is refused before
-    any run or report exists."""
+    many days before the data's last day, and ``--windows`` backtests that many windows, each
+    the test days before the last, and sums them up; a window that leaves too few days is
+    refused before any window trains, run or report exists."""
     data = tmp_path / "demand.csv"
     synthetic_demand(n_series=3, n_days=90).to_csv(data, index=False)  # 2023-01-02 .. 2023-04-01
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG)
     args = ["inventory-backtest", "--data", str(data), "--config", str(config), "--workdir", str(tmp_path / "work")]
-    refused = CliRunner().invoke(app, [*args, "--days-before-end", "60"])
-    assert refused.exit_code != 0 and "fewer than the 35 days each needs" in refused.output, refused.output
+    # 90 days, 35 needed: windows ending 7, 14, ..., 56 days before the end; the last leaves 34
+    refused = CliRunner().invoke(app, [*args, "--days-before-end", "7", "--windows", "8"])
+    assert refused.exit_code != 0 and "56 days before the last day (2023-02-04) leaves series" in refused.output
+    assert "fewer than the 35 days each needs" in refused.output, refused.output
     assert not (tmp_path / "work" / "reports").exists() and not (tmp_path / "work" / "mlflow.db").exists()
-    result = CliRunner().invoke(app, [*args, "--service-level", "0.99", "--days-before-end", "7"])
+    result = CliRunner().invoke(app, [*args, "--service-level", "0.99", "--days-before-end", "7", "--windows", "2"])
     assert result.exit_code == 0, result.output
-    assert "before the 7 test days up to 2023-03-25" in result.output
+    for last_day in ("2023-03-25", "2023-03-18"):
+        assert f"before the 7 test days up to {last_day}" in result.output
+        reports = tmp_path / "work" / "reports" / "inventory" / last_day
+        table = pd.read_csv(reports / "inventory_backtest.csv")
+        assert {"(a)", "(b)", "(c)"} <= {p[:3] for p in table["policy"]}
+        assert (reports / "inventory_service_vs_stock.png").stat().st_size > 0
     assert ("warning: inventory.service_level 0.99 is above what this model's orders resolve (about 0.95, set by "
             "20 sample paths)") in result.output
-    table = pd.read_csv(tmp_path / "work" / "reports" / "inventory" / "inventory_backtest.csv")
-    assert {"(a)", "(b)", "(c)"} <= {p[:3] for p in table["policy"]}
-    assert (tmp_path / "work" / "reports" / "inventory" / "inventory_service_vs_stock.png").stat().st_size > 0
+    assert "over 2 test windows, stock for exactly 99% (mean +- sd): (a)" in result.output

@@ -139,3 +139,33 @@ def test_a_backtest_window_ends_the_given_days_before_the_data_and_a_too_short_c
     late = panel.series_ids[-1]  # 46 - 12 days left: 35 are needed
     with pytest.raises(DataValidationError, match=rf"leaves series \['{late}'\] with fewer than the 35 days"):
         ending_days_before(panel, 12, config)
+
+
+def test_the_rolling_summary_gives_each_rules_stock_for_the_target_over_windows_and_where_it_was_least():
+    """Stock for exactly 95% is read off each window's sweep by linear interpolation; the
+    summary gives its mean and sd per rule over the windows and counts the windows where each
+    rule needed the least (a rule whose sweep misses the target is never the least)."""
+    from datetime import date
+
+    import pandas as pd
+
+    from pipeline_lib.inventory.backtest import InventoryBacktest
+    from pipeline_lib.inventory.run import InventoryReport, WindowReport, rolling_summary
+
+    def sweep(stock_at_90, stock_at_100):  # linear in service from 90% to 100%: 95% is the midpoint
+        return pd.DataFrame({"cycle_service_level": [0.9, 1.0], "average_inventory": [stock_at_90, stock_at_100]})
+
+    def window(a, b, c):
+        curves = {"(a) paths": sweep(*a), "(b) point + k sigma": sweep(*b), "(c) naive": sweep(*c)}
+        backtest = InventoryBacktest(pd.DataFrame(), curves, 1.0, 0.95, 2, 1)
+        return WindowReport(date(2024, 1, 1), InventoryReport(backtest, None, None), "")
+
+    missing = pd.DataFrame({"cycle_service_level": [0.5, 0.9], "average_inventory": [1.0, 2.0]})  # never 95%
+    third = window((100, 120), (100, 140), (0, 0))
+    third.report.backtest.curves["(c) naive"] = missing
+    summary = rolling_summary([window((90, 110), (100, 120), (120, 140)), window((110, 150), (100, 120), (0, 400)),
+                               third])
+    # (a) 100, 130, 110; (b) 110, 110, 120; (c) 130, 200, NaN
+    assert summary.startswith("over 3 test windows, stock for exactly 95% (mean +- sd): (a) paths 113.3 +- 15.3, "
+                              "(b) point + k sigma 113.3 +- 5.8, (c) naive nan +- nan; least stock: (a) paths in 2 "
+                              "of 3, (b) point + k sigma in 1 of 3, (c) naive in 0 of 3"), summary

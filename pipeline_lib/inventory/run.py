@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline_lib.config import PipelineConfig
@@ -102,17 +104,57 @@ def ending_days_before(panel: Panel, days_before: int, config: PipelineConfig) -
     return cut
 
 
+@dataclass(frozen=True)
+class WindowReport:
+    """One test window of :func:`train_and_simulate`: its last day, report and MLflow run."""
+
+    last_day: date
+    report: InventoryReport
+    run_url: str
+
+
 def train_and_simulate(config: PipelineConfig, panel: Panel, say: Callable[[str], None] = print,
-                       days_before_end: int = 0) -> tuple[InventoryReport, str]:
-    """``bayes-pipeline inventory-backtest``: train the model a run before the last
-    ``window.test_days`` days (of the panel cut :func:`ending_days_before` its end) would
-    have served, simulate the rules through those days, write the table and chart under
-    ``reports/inventory`` and log them as an MLflow run of their own (no model is
-    registered). Returns the report and the run's link."""
+                       days_before_end: int = 0, windows: int = 1) -> list[WindowReport]:
+    """``bayes-pipeline inventory-backtest``: for each of ``windows`` test windows of
+    ``window.test_days`` days, the first ending ``days_before_end`` days before the data's
+    last day and each next one the test days earlier (:func:`ending_days_before`), train the
+    model a run before the window would have served, simulate the rules through it, write
+    the table and chart under ``reports/inventory`` (one folder per window's last day when
+    there are several) and log them as an MLflow run of their own (no model is registered).
+    Every window's cut is checked before the first trains."""
+    offsets = [days_before_end + k * config.window.test_days for k in range(windows)]
+    ending_days_before(panel, offsets[-1], config)  # the earliest window: the shortest history
+    results = []
+    for k, offset in enumerate(offsets):
+        if windows > 1:
+            say(f"test window {k + 1} of {windows}")
+        results.append(_train_and_simulate_window(config, ending_days_before(panel, offset, config), say,
+                                                  nested=windows > 1))
+    return results
+
+
+def rolling_summary(results: list[WindowReport]) -> str:
+    """Each rule's stock for exactly the target service over the windows, mean +- sd, and in
+    how many windows each rule needed the least."""
+    level = results[0].report.backtest.service_level
+    stocks = np.array([[stock_at_service(curve, level) for curve in r.report.backtest.curves.values()]
+                       for r in results])  # (windows, rules)
+    names = list(results[0].report.backtest.curves)
+    # A rule whose sweep never reaches the target has no stock for it (NaN): it is never the least.
+    reached = np.isfinite(stocks).any(axis=1)
+    least = np.bincount(np.argmin(np.where(np.isnan(stocks), np.inf, stocks)[reached], axis=1), minlength=len(names))
+    spread = ", ".join(f"{name} {np.mean(stocks[:, j]):.1f} +- {np.std(stocks[:, j], ddof=1):.1f}"
+                       for j, name in enumerate(names))
+    counts = ", ".join(f"{name} in {n} of {len(results)}" for name, n in zip(names, least, strict=True))
+    return (f"over {len(results)} test windows, stock for exactly {level:.0%} (mean +- sd): {spread}; "
+            f"least stock: {counts}")
+
+
+def _train_and_simulate_window(config: PipelineConfig, panel: Panel, say: Callable[[str], None],
+                               nested: bool) -> WindowReport:
     from pipeline_lib.stages import backtest_model, log_inventory_run
 
     inv = config.inventory
-    panel = ending_days_before(panel, days_before_end, config)
     last_day = max(s.dates[-1] for s in panel.series).date()
     say(f"training on {len(panel.series)} series before the {config.window.test_days} test days up to {last_day}"
         + (" (evaluation fit, then the served refit on every day before them)" if config.train.refit else ""))
@@ -124,5 +166,6 @@ def train_and_simulate(config: PipelineConfig, panel: Panel, say: Callable[[str]
         say(f"warning: {warning}")
     say(f"simulating {config.window.test_days} days of ordering (lead time {inv.lead_time_days} d, "
         f"review every {inv.review_period_days} d, target {inv.service_level:.0%})")
-    report = inventory_backtest(config, trained.model, panel, config.reports_dir / "inventory")
-    return report, log_inventory_run(config, panel, report)
+    out_dir = config.reports_dir / "inventory" / (str(last_day) if nested else "")
+    report = inventory_backtest(config, trained.model, panel, out_dir)
+    return WindowReport(last_day, report, log_inventory_run(config, panel, report))
