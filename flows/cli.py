@@ -364,7 +364,7 @@ def inventory_backtest(
     panel = load_panel(cfg.data, cfg.window)
     from pipeline_lib.inventory.run import rolling_summary, train_and_simulate
 
-    steps = iter(("[2/3]", "[3/3]"))
+    steps = iter(("[2/3]", "[3/3]") if windows == 1 else ())  # several windows: each says which it is
     results = train_and_simulate(cfg, panel, say=lambda line: _say(f"{next(steps, '     ')} {line}"),
                                  days_before_end=days_before_end, windows=windows)
     for result in results:
