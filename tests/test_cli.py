@@ -280,14 +280,20 @@ def test_inventory_backtest_runs_from_the_cli_and_warns_about_unresolvable_servi
     assert refused.exit_code != 0 and "56 days before the last day (2023-02-04) leaves series" in refused.output
     assert "fewer than the 35 days each needs" in refused.output, refused.output
     assert not (tmp_path / "work" / "reports").exists() and not (tmp_path / "work" / "mlflow.db").exists()
-    result = CliRunner().invoke(app, [*args, "--service-level", "0.99", "--days-before-end", "7", "--windows", "2"])
-    assert result.exit_code == 0, result.output
-    for last_day in ("2023-03-25", "2023-03-18"):
-        assert f"before the 7 test days up to {last_day}" in result.output
-        reports = tmp_path / "work" / "reports" / "inventory" / last_day
+    inventory = tmp_path / "work" / "reports" / "inventory"
+    single = CliRunner().invoke(app, [*args, "--service-level", "0.99"])
+    assert single.exit_code == 0, single.output
+    assert "[2/3] training on 3 series before the 7 test days up to 2023-04-01" in single.output
+    assert ("warning: inventory.service_level 0.99 is above what this model's orders resolve (about 0.95, set by "
+            "20 sample paths)") in single.output
+    assert "over 1 test windows" not in single.output
+    rolling = CliRunner().invoke(app, [*args, "--days-before-end", "7", "--windows", "2"])
+    assert rolling.exit_code == 0, rolling.output
+    for reports, last_day, output in ((inventory, "2023-04-01", single),
+                                      (inventory / "2023-03-25", "2023-03-25", rolling),
+                                      (inventory / "2023-03-18", "2023-03-18", rolling)):
+        assert f"before the 7 test days up to {last_day}" in output.output
         table = pd.read_csv(reports / "inventory_backtest.csv")
         assert {"(a)", "(b)", "(c)"} <= {p[:3] for p in table["policy"]}
         assert (reports / "inventory_service_vs_stock.png").stat().st_size > 0
-    assert ("warning: inventory.service_level 0.99 is above what this model's orders resolve (about 0.95, set by "
-            "20 sample paths)") in result.output
-    assert "over 2 test windows, stock for exactly 99% (mean +- sd): (a)" in result.output
+    assert "over 2 test windows, stock for exactly 95% (mean +- sd): (a)" in rolling.output
