@@ -303,7 +303,7 @@ def replay(
         cfg = cfg.updated(monitoring={"first_response": first_response})
     _say(f"[1/3] validating {cfg.data.source_name()}")
     panel = load_panel(cfg.data, cfg.window)
-    spec = replay_spec(min(s.dates[0] for s in panel.series).date(), max(s.dates[-1] for s in panel.series).date(),
+    spec = replay_spec(min(s.dates[0] for s in panel.series).date(), panel.last_day.date(),
                        panel.source, days, start, shift_day, shift_factor)
     shift_text = f", demand x{shift_factor:g} from {spec.shift_day}" if spec.shift_day else ""
     _say(f"[2/3] replaying {spec.start} .. {spec.end}{shift_text} (state in {cfg.workdir})")

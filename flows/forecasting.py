@@ -80,7 +80,7 @@ def daily_forecast_flow(config: PipelineConfig | None = None,
     check_destinations()
     panel = ingest(config)
     if run_date is None:
-        run_date = max(s.dates[-1] for s in panel.series).date() + dt.timedelta(days=1)
+        run_date = panel.last_day.date() + dt.timedelta(days=1)
     try:
         model_uri, version = resolve_champion(config)
     except ModelLoadError as exc:

@@ -98,6 +98,11 @@ class Panel:
     def series_ids(self) -> list[str]:
         return [s.series_id for s in self.series]
 
+    @property
+    def last_day(self) -> pd.Timestamp:
+        """The latest day of any series (series may end earlier)."""
+        return max(s.dates[-1] for s in self.series)
+
     def truncate(self, keep: Sequence[int]) -> Panel:
         """Each series ``k`` cut to its first ``keep[k]`` days (what was known at a forecast
         origin)."""

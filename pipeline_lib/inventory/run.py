@@ -91,7 +91,7 @@ def ending_days_before(panel: Panel, days_before: int, config: PipelineConfig) -
     their days."""
     if days_before == 0:
         return panel
-    last_day = max(s.dates[-1] for s in panel.series) - pd.Timedelta(days=days_before)
+    last_day = panel.last_day - pd.Timedelta(days=days_before)
     cut = panel.until(last_day)
     needed = minimum_series_days(config.window)
     short = [s.series_id for s in cut.series if len(s) < needed]
@@ -155,7 +155,7 @@ def _train_and_simulate_window(config: PipelineConfig, panel: Panel, say: Callab
     from pipeline_lib.stages import backtest_model, log_inventory_run
 
     inv = config.inventory
-    last_day = max(s.dates[-1] for s in panel.series).date()
+    last_day = panel.last_day.date()
     say(f"training on {len(panel.series)} series before the {config.window.test_days} test days up to {last_day}"
         + (" (evaluation fit, then the served refit on every day before them)" if config.train.refit else ""))
     trained = backtest_model(config, panel)
