@@ -32,7 +32,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from quality import linear_pool  # a sibling script: run from benchmarks/ or with it on sys.path
 
 from pipeline_lib.contract import sample_quantiles
 from pipeline_lib.evaluation import calibration
@@ -44,6 +43,7 @@ from pipeline_lib.evaluation.metrics import (
     probability_integral_transform,
     scaled_crps,
 )
+from pipeline_lib.model.ets_pool import linear_pool
 
 POOL_WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 SERIES_PRIORS = (0.0, 14.0, 28.0, 56.0, 112.0, 1e9)

@@ -64,6 +64,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
+from pipeline_lib.model.ets_pool import linear_pool, resample
+
 SHOWN = ("picp_80", "picp_90", "picp_95", "picp_90_nonzero", "pit_calibration_error", "mpiw_90_scaled",
          "crps_scaled", "mase")
 POOLED = ("picp_80", "picp_90", "picp_95", "picp_80_nonzero", "picp_90_nonzero", "picp_95_nonzero",
@@ -210,15 +212,7 @@ def combinations(ours: np.ndarray, theirs: np.ndarray) -> dict[str, np.ndarray]:
     ``vincent`` the average of their quantile functions (Vincentization: the mean of the
     two sorted sample sets at the same K levels; keeps the sharpness a pool loses)."""
     k = ours.shape[0]
-    return {"pool": linear_pool(ours, theirs, 0.5), "vincent": 0.5 * (_resample(ours, k) + _resample(theirs, k))}
-
-
-def linear_pool(ours: np.ndarray, theirs: np.ndarray, weight: float) -> np.ndarray:
-    """The mixture ``(1 - weight) ours + weight theirs`` of two ``(K, N)`` sample sets as
-    ``K`` samples: evenly spaced order statistics of each, in proportion."""
-    k = ours.shape[0]
-    n_ours = int(round(k * (1.0 - weight)))
-    return np.concatenate([_resample(ours, n_ours), _resample(theirs, k - n_ours)], axis=0)
+    return {"pool": linear_pool(ours, theirs, 0.5), "vincent": 0.5 * (resample(ours, k) + resample(theirs, k))}
 
 
 def seed_mixture(members: list[np.ndarray]) -> np.ndarray:
@@ -226,7 +220,7 @@ def seed_mixture(members: list[np.ndarray]) -> np.ndarray:
     statistics of each (so the ensemble is not favoured by drawing K times as many)."""
     total = members[0].shape[0]
     shares = np.diff(np.linspace(0, total, len(members) + 1).round().astype(int))
-    return np.concatenate([_resample(samples, share) for samples, share in zip(members, shares, strict=True)])
+    return np.concatenate([resample(samples, share) for samples, share in zip(members, shares, strict=True)])
 
 
 def score_peers(names: list[str], fold_panel, days, fit_end, oracle, non_negative: bool,
@@ -372,7 +366,7 @@ def main() -> None:
 
         args.plots.mkdir(parents=True, exist_ok=True)
         pooled = {name: calibration_curve(np.concatenate([a for a, _ in parts]),
-                                          np.concatenate([_resample(s, 200) for _, s in parts], axis=1))
+                                          np.concatenate([resample(s, 200) for _, s in parts], axis=1))
                   for name, parts in runs.curves.items()}
         calibration_plot(pooled, args.plots / f"quality_calibration_{Path(args.dataset).stem}.png")
     result = {"dataset": args.dataset, "folds": args.folds, "seeds": seeds,
@@ -441,13 +435,6 @@ def markdown_report(result: dict) -> str:
                      + " | ".join(f"{v:.3f}" for v in per_fold)
                      + (f" | {row['crps_scaled'] / oracle:.3f}" if oracle else "") + f" | {row['seconds']:.0f} |")
     return "\n".join(lines)
-
-
-def _resample(samples: np.ndarray, k: int) -> np.ndarray:
-    """The same number of rows for every model (evenly spaced order statistics)."""
-    from pipeline_lib.contract import sample_quantiles
-
-    return sample_quantiles(samples, (np.arange(k) + 0.5) / k)
 
 
 def mc_dropout_samples(config, model, panel) -> np.ndarray:

@@ -56,6 +56,7 @@ class DistilledStudent:
     network: tf_keras.Model
     teacher: ForecastModel
     calibration: PitRecalibration | None = None
+    pool: None = None  # no pool with ETS: the student is compared with its teacher's network
     seconds: float = 0.0
     history: dict[str, list[float]] = field(default_factory=dict)  # Keras: loss / val_loss per epoch
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -40,6 +40,7 @@ from pipeline_lib.data.features import (
 from pipeline_lib.data.validate import Panel, Series
 from pipeline_lib.errors import DataValidationError, ModelLoadError
 from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
+from pipeline_lib.model.ets_pool import POOL_FILE, EtsPool, linear_pool, pool_paths
 from pipeline_lib.model.heads import UNITS_SPACE
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.predict import sample_one_step, sample_paths
@@ -81,6 +82,16 @@ class SampledForecast:
                    epistemic_share=np.concatenate([p.epistemic_share for p in parts]))
 
 
+def pooled_one_step(model: OneStepForecaster, served: SampledForecast, panel: Panel,
+                    days: dict[int, np.ndarray]) -> SampledForecast:
+    """``served`` (the calibrated one-day samples of ``days``) mixed with ``model``'s pool of
+    per-series ETS at its weight; unchanged without one (or at weight 0)."""
+    if model.pool is None or not model.pool.active:
+        return served
+    ets = model.pool.one_day_samples(panel, days, served.samples.shape[0], served.samples)
+    return replace(served, samples=linear_pool(served.samples, ets, model.pool.weight))
+
+
 def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -> pd.DataFrame:
     """Samples ``(K, N)`` -> one contract row per column of ``samples``."""
     quantiles = sample_quantiles(samples, QUANTILE_LEVELS)  # (Q, N), monotone in level
@@ -96,10 +107,12 @@ def forecast_table(samples: np.ndarray, series_ids, dates, model_version: str) -
 
 
 class OneStepForecaster(Protocol):
-    """What the evaluation needs of a model: one-day-ahead samples and an optional
-    recalibration (a :class:`ForecastModel`, a distilled student, an MCMC output layer)."""
+    """What the evaluation needs of a model: one-day-ahead samples, an optional
+    recalibration and an optional pool with per-series ETS (a :class:`ForecastModel`, a
+    distilled student, an MCMC output layer)."""
 
     calibration: PitRecalibration | None
+    pool: EtsPool | None
 
     def one_step(self, panel: Panel, days: dict[int, np.ndarray], num_samples: int,
                  samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast: ...
@@ -155,6 +168,8 @@ class ForecastModel:
     (without it they take ``calibration`` too).
     ``quantized``: the weights are an 8-bit posterior's (:meth:`quantized_copy`) and are
     saved as such.
+    ``pool``: per-series ETS mixed into the calibrated forecast at its weight
+    (:mod:`pipeline_lib.model.ets_pool`); ``None`` or weight 0 serves the network alone.
     """
 
     network: BayesianForecaster
@@ -164,6 +179,7 @@ class ForecastModel:
     calibration: PitRecalibration | None = None
     quantized: bool = False
     path_calibration: HorizonRecalibration | None = None
+    pool: EtsPool | None = None
 
     @classmethod
     def create(cls, spec: FeatureSpec, scalers: dict[str, SeriesScaler], model_config: ModelConfig) -> ForecastModel:
@@ -187,6 +203,8 @@ class ForecastModel:
             (directory / CALIBRATION_FILE).write_text(json.dumps(vars(self.calibration)))
         if self.path_calibration is not None:
             (directory / PATH_CALIBRATION_FILE).write_text(json.dumps(self.path_calibration.to_dict()))
+        if self.pool is not None:
+            (directory / POOL_FILE).write_text(json.dumps(self.pool.to_dict()))
         return directory
 
     @classmethod
@@ -217,6 +235,8 @@ class ForecastModel:
             if (directory / PATH_CALIBRATION_FILE).exists():
                 model.path_calibration = HorizonRecalibration.from_dict(
                     json.loads((directory / PATH_CALIBRATION_FILE).read_text()))
+            if (directory / POOL_FILE).exists():
+                model.pool = EtsPool.from_dict(json.loads((directory / POOL_FILE).read_text()))
         except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
             raise ModelLoadError(
                 f"{directory}: model files missing or corrupt ({exc.__class__.__name__}: {exc})") from None
@@ -233,6 +253,7 @@ class ForecastModel:
         copy = ForecastModel.create(self.spec, self.scalers, self.model_config)
         copy.network.set_weights(dequantize(self._quantized_weights()))
         copy.calibration, copy.path_calibration, copy.quantized = self.calibration, self.path_calibration, True
+        copy.pool = self.pool
         return copy
 
     # --- inputs --------------------------------------------------------------------------
@@ -285,13 +306,15 @@ class ForecastModel:
                  samples_per_draw: int = 10, seed: int = 0, calibrated: bool = True) -> SampledForecast:
         """One-day-ahead forecasts for the given day indices of each series (by position in
         ``panel.series``), each using the actuals up to the day before (rolling origin).
-        ``calibrated=False`` returns the raw predictive samples even if a calibration exists."""
+        ``calibrated=False`` returns the raw predictive samples even if a calibration (or a
+        pool with ETS) exists."""
         inputs = self.one_step_inputs(panel, days)
         draws = sample_one_step(self.network, inputs.windows, num_samples, samples_per_draw, seed,
                                 context=inputs.context)
         total = draws.epistemic_variance + draws.aleatoric_variance
-        return self.sampled_forecast(inputs, draws.samples, draws.epistemic_variance / np.maximum(total, 1e-12),
-                                     self.calibration if calibrated else None)
+        sampled = self.sampled_forecast(inputs, draws.samples, draws.epistemic_variance / np.maximum(total, 1e-12),
+                                        self.calibration if calibrated else None)
+        return pooled_one_step(self, sampled, panel, days) if calibrated else sampled
 
     def sampled_forecast(self, inputs: OneStepInputs, samples: np.ndarray, epistemic_share: np.ndarray,
                          calibration: PitRecalibration | None) -> SampledForecast:
@@ -351,9 +374,13 @@ class ForecastModel:
         flat = paths.reshape(num_samples, -1)  # (K, B * H), series-major like ids/dates
         units = self._to_units(flat, day_levels.reshape(-1), locs, scales, np.concatenate(ceilings))
         ids = np.concatenate(ids)
+        samples = self._calibrate_paths(units, np.tile(np.arange(1, horizon + 1), len(panel.series)), ids, calibrated)
+        if calibrated and self.pool is not None and self.pool.active:
+            n_ets = num_samples - int(round(num_samples * (1.0 - self.pool.weight)))
+            samples = pool_paths(samples, self.pool.path_samples(panel, horizon, n_ets, seed, samples),
+                                 self.pool.weight)
         return SampledForecast(
-            samples=self._calibrate_paths(units, np.tile(np.arange(1, horizon + 1), len(panel.series)), ids,
-                                          calibrated),
+            samples=samples,
             series_ids=ids,
             dates=np.concatenate(dates),
             epistemic_share=np.full(flat.shape[1], np.nan),

@@ -90,6 +90,7 @@ class OutputLayerHmc:
     teacher: ForecastModel
     result: HmcResult
     calibration: object | None = None
+    pool: None = None  # no pool with ETS: the output layer is compared with the network alone
 
     @classmethod
     def fit(cls, model: ForecastModel, train: WindowSet, num_results: int = 200, num_burnin: int = 300,

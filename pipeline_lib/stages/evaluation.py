@@ -23,7 +23,7 @@ from pipeline_lib.evaluation.plots import (
     sharpness_calibration_scatter,
 )
 from pipeline_lib.evaluation.report import evaluate_samples, level_key
-from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster, SampledForecast
+from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster, SampledForecast, pooled_one_step
 
 CANDIDATE_VERSION = "candidate"
 
@@ -78,7 +78,8 @@ def evaluate(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
     ``model.forecast``; the comparison of one-day-ahead variants skips it).
 
     Metrics without prefix describe what users are served (recalibrated when the model has
-    a calibration); ``uncalibrated_*`` describe the raw predictive distribution, side by side.
+    a calibration, pooled with ETS when it has a pool); ``uncalibrated_*`` describe the raw
+    predictive distribution, side by side.
     """
     if raw is None:
         raw = SampledForecast.concat([sample_test_chunk(config, model, chunk, k)
@@ -95,6 +96,9 @@ def evaluate(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
     if model.calibration is not None:
         served = replace(raw, samples=model.calibration.apply(raw.samples, raw.series_ids))
         metrics.update({f"uncalibrated_{k}": v for k, v in score(raw.samples).items()})
+    if model.pool is not None:
+        metrics["ets_pool_weight"] = model.pool.weight
+        served = pooled_one_step(model, served, panel, days)
     metrics.update(score(served.samples))
     # The simplest honest peer, on the same days, logged side by side.
     fit_end = {k: split_points(s, config.window).test_start for k, s in enumerate(panel.series)}

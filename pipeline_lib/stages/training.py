@@ -4,7 +4,7 @@ and the PIT recalibration fitted on days the model never trained on."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -22,8 +22,10 @@ from pipeline_lib.data.features import (
 )
 from pipeline_lib.data.validate import Panel
 from pipeline_lib.errors import DataValidationError, TrainingDivergedError
+from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration, recalibration_pit
 from pipeline_lib.model.distribute import is_chief, make_strategy
+from pipeline_lib.model.ets_pool import EtsPool
 from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster
 from pipeline_lib.model.heads import HEADS
 from pipeline_lib.model.training import TrainingResult, train_model
@@ -84,6 +86,15 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
         model.calibration = fit_recalibration(config, model, panel)
     if config.evaluation.recalibrate_paths:
         model.path_calibration = fit_path_recalibration(config, model, panel)
+    if config.evaluation.pool_with_ets:
+        # ETS fitted on the days before the validation days, so its forecasts of them are
+        # out of sample like the network's; the refit chooses its weight on the holdout with
+        # it. Only the scored series need one, unless this evaluation fit is what is served.
+        fit_panel = scored_panel(config, panel) if config.train.refit else panel
+        ends = [split_points(s, config.window).validation_start for s in fit_panel.series]
+        bank = EtsPool.fit(fit_panel, ends, whole_units=HEADS[model_config.head].needs_counts,
+                           non_negative=config.data.non_negative)
+        model.pool = choose_pool_weight(config, model, model.calibration, bank, panel, "validation")
     return TrainedModel(model=model, training=result)
 
 
@@ -112,6 +123,15 @@ def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: 
         model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout")
     if config.evaluation.recalibrate_paths:
         model.path_calibration = fit_path_recalibration(config, fitted.model, panel, part="holdout")
+    if fitted.model.pool is not None:
+        # The weight from the evaluation fit's forecasts of the holdout and those of the ETS it
+        # carries (fitted before the holdout); the ETS served is refitted on every day, like
+        # the network (not at all when the weight is 0: nothing of it would be served).
+        chosen = choose_pool_weight(config, fitted.model, model.calibration, fitted.model.pool, panel, "holdout")
+        model.pool = replace(chosen, specs={})
+        if chosen.active:
+            refitted = EtsPool.fit(panel, [len(s) for s in panel.series], chosen.whole_units, chosen.non_negative)
+            model.pool = replace(refitted, weight=chosen.weight)
     return TrainedModel(model=model, training=result, evaluation_fit=fitted.training)
 
 
@@ -130,6 +150,7 @@ def warm_refit(config: PipelineConfig, panel: Panel, start_from: ForecastModel, 
     steady = config.updated(train={"kl_annealing": "none"})
     model, _ = _fit_on_every_day(steady, panel, start_from, epochs, progress, warm_start=True)
     model.calibration, model.path_calibration = start_from.calibration, start_from.path_calibration
+    model.pool = start_from.pool  # its ETS runs forward over the new days with the parameters it has
     return model
 
 
@@ -219,6 +240,23 @@ def fit_path_recalibration(config: PipelineConfig, model: ForecastModel, panel: 
         days_ahead.append(np.tile(np.arange(1, steps + 1), len(panel.series)))
     return HorizonRecalibration.fit(np.concatenate(pits), np.concatenate(days_ahead),
                                     tails=config.evaluation.recalibrate_tails)
+
+
+def choose_pool_weight(config: PipelineConfig, model: ForecastModel, calibration: PitRecalibration | None,
+                       pool: EtsPool, panel: Panel, part: str) -> EtsPool:
+    """``pool`` with the weight whose mixture with ``model``'s one-day forecasts (recalibrated
+    by ``calibration``, as served) scores best on the ``part`` days (``validation`` or
+    ``holdout``) of the series a training run scores; ``pool``'s ETS must have been fitted
+    before those days, as ``model`` was."""
+    panel = scored_panel(config, panel)
+    days = part_days(panel, config.window, part)
+    raw = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
+                         calibrated=False)
+    ours = raw.samples if calibration is None else calibration.apply(raw.samples, raw.series_ids)
+    theirs = pool.one_day_samples(panel, days, ours.shape[0], ours)
+    actuals, series_index = actuals_for(panel, days)
+    scales = m.seasonal_naive_scales([s.target for s in panel.series], [int(d[0]) for d in days.values()])
+    return pool.with_weight_chosen(ours, theirs, actuals, series_index, scales)
 
 
 def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
