@@ -43,7 +43,7 @@ from pipeline_lib.evaluation.metrics import (
     probability_integral_transform,
     scaled_crps,
 )
-from pipeline_lib.model.ets_pool import linear_pool
+from pipeline_lib.model.statistical import linear_pool
 
 POOL_WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 SERIES_PRIORS = (0.0, 14.0, 28.0, 56.0, 112.0, 1e9)

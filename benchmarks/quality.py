@@ -64,7 +64,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from pipeline_lib.model.ets_pool import linear_pool, resample
+from pipeline_lib.model.statistical import linear_pool, resample
 
 SHOWN = ("picp_80", "picp_90", "picp_95", "picp_90_nonzero", "pit_calibration_error", "mpiw_90_scaled",
          "crps_scaled", "mase")
@@ -90,16 +90,17 @@ def peer_samples(name, fold_panel, days, fit_end, oracle, non_negative, from_ori
     day ahead from ``fit_end`` (the oracle's are the same either way: it knows every day's
     distribution)."""
     from pipeline_lib.evaluation import baselines
+    from pipeline_lib.model import statistical
 
     if name == "naive":
         return baselines.seasonal_naive_samples(fold_panel, days, fit_end, non_negative=non_negative,
                                                 from_origin=from_origin)
     if name == "ets":
-        return baselines.auto_ets_samples(fold_panel, days, fit_end, non_negative=non_negative,
-                                          from_origin=from_origin)
-    if name == "arima":
-        return baselines.auto_arima_samples(fold_panel, days, fit_end, non_negative=non_negative,
+        return statistical.auto_ets_samples(fold_panel, days, fit_end, non_negative=non_negative,
                                             from_origin=from_origin)
+    if name == "arima":
+        return statistical.auto_arima_samples(fold_panel, days, fit_end, non_negative=non_negative,
+                                              from_origin=from_origin)
     if name == "oracle":
         if oracle is None:
             return None
@@ -233,7 +234,7 @@ def score_peers(names: list[str], fold_panel, days, fit_end, oracle, non_negativ
         try:
             samples = peer_samples(name, fold_panel, days, fit_end, oracle, non_negative)
         except ImportError:
-            print(f"{name} skipped: install the optional peers with pip install -e '.[bench]'", file=sys.stderr)
+            print(f"{name} skipped: install statsforecast (pip install -e .)", file=sys.stderr)
             continue
         if samples is not None:
             peers[name] = (samples, time.perf_counter() - start)
@@ -292,6 +293,8 @@ def score_lstm_seeds(args, config, panel, fold_panel, fold: int, models: list[st
         # runs the evaluation fit's best epoch count); the training time follows them.
         epochs = {"epochs_evaluation_fit": (trained.evaluation_fit or trained.training).epochs_run,
                   "epochs_served": trained.training.epochs_run}
+        if trained.model.pool is not None:  # evaluation.pool_with_ets: the weight of ETS in what is served
+            epochs["ets_pool_weight"] = trained.model.pool.weight
         if "lstm" in models:
             record("lstm", evaluation.sampled.samples, seconds, seed, **epochs)
             members.append((evaluation.sampled.samples, seconds))

@@ -269,7 +269,7 @@ class EvaluationConfig(_Strict):
     pool_with_ets: bool = Field(False, description="serve a linear pool of the network's forecast with "
                                 "per-series AutoETS (statsforecast), its weight (0-1 in steps of 0.05) chosen on "
                                 "the days the recalibration is fitted on; weight 0 serves the network alone "
-                                "(pipeline_lib/model/ets_pool.py)")
+                                "(pipeline_lib/model/statistical.py)")
     recalibrate_tails: bool = Field(False, description="let the recalibration reach beyond each forecast's "
                                     "extreme samples: exponential tails fitted to its outer 10% of samples "
                                     "(pipeline_lib/evaluation/calibration.py), so intervals and high-service "

@@ -46,8 +46,8 @@ def test_auto_ets_one_step_samples_match_its_own_intervals_and_cover():
     import pandas as pd
     from statsforecast.models import AutoETS
 
-    from pipeline_lib.evaluation.baselines import auto_ets_samples
     from pipeline_lib.evaluation.metrics import interval_from_samples, prediction_interval_coverage
+    from pipeline_lib.model.statistical import auto_ets_samples
 
     rng = np.random.default_rng(1)
     n = 160
@@ -77,8 +77,8 @@ def test_peers_from_one_origin_read_no_actual_after_it():
     import pandas as pd
     from statsforecast.models import AutoETS
 
-    from pipeline_lib.evaluation.baselines import auto_ets_samples
     from pipeline_lib.evaluation.metrics import interval_from_samples
+    from pipeline_lib.model.statistical import auto_ets_samples
 
     rng = np.random.default_rng(2)
     n, origin = 160, 130

@@ -1,8 +1,9 @@
 """A trained forecaster with its scalers, saved and loaded as plain files, producing
 forecast tables in the output contract (units, not model space).
 
-About 300 lines: ``ForecastModel`` is the one object that is served, so saving, loading,
-one-day-ahead samples and sample paths share its scalers and feature spec here.
+About 400 lines: ``ForecastModel`` is the one object that is served, so saving, loading,
+one-day-ahead samples and sample paths (recalibrated, pooled with ETS) share its scalers
+and feature spec here.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from pipeline_lib.data.features import (
 from pipeline_lib.data.validate import Panel, Series
 from pipeline_lib.errors import DataValidationError, ModelLoadError
 from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration
-from pipeline_lib.model.ets_pool import POOL_FILE, EtsPool, linear_pool, pool_paths
 from pipeline_lib.model.heads import UNITS_SPACE
 from pipeline_lib.model.network import BayesianForecaster
 from pipeline_lib.model.predict import sample_one_step, sample_paths
 from pipeline_lib.model.quantize import dequantize, quantize
+from pipeline_lib.model.statistical import POOL_FILE, EtsPool, linear_pool, pool_paths
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class ForecastModel:
     ``quantized``: the weights are an 8-bit posterior's (:meth:`quantized_copy`) and are
     saved as such.
     ``pool``: per-series ETS mixed into the calibrated forecast at its weight
-    (:mod:`pipeline_lib.model.ets_pool`); ``None`` or weight 0 serves the network alone.
+    (:mod:`pipeline_lib.model.statistical`); ``None`` or weight 0 serves the network alone.
     """
 
     network: BayesianForecaster

@@ -83,8 +83,8 @@ def online_update(model: ForecastModel, windows: WindowSet, steps: int = 60, lea
                   drift_std: float = 0.05, batch_size: int = 256, kl_weight: float = 1.0, clip_norm: float = 5.0,
                   seed: int = 0) -> ForecastModel:
     """A copy of ``model`` whose posterior is updated on ``windows`` (the new days); the
-    input model is not changed. The calibration and the 8-bit storage of a quantized model
-    are carried over.
+    input model is not changed. The calibration, the pool with ETS (which runs forward over
+    the new days itself) and the 8-bit storage of a quantized model are carried over.
 
     ``drift_std``: how far each weight may have drifted since training (the prediction step
     of a Kalman filter with random-walk weights): the prior of the update is ``q_old`` with
@@ -99,7 +99,7 @@ def online_update(model: ForecastModel, windows: WindowSet, steps: int = 60, lea
         raise ValueError("no new windows to update on")
     updated = ForecastModel.create(model.spec, model.scalers, model.model_config)
     updated.network.set_weights(model.network.get_weights())
-    updated.calibration = model.calibration
+    updated.calibration, updated.pool = model.calibration, model.pool
     network = updated.network
     tf.random.set_seed(seed)
     rng = np.random.default_rng(seed)

@@ -25,9 +25,9 @@ from pipeline_lib.errors import DataValidationError, TrainingDivergedError
 from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration, recalibration_pit
 from pipeline_lib.model.distribute import is_chief, make_strategy
-from pipeline_lib.model.ets_pool import EtsPool
 from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster
 from pipeline_lib.model.heads import HEADS
+from pipeline_lib.model.statistical import EtsPool
 from pipeline_lib.model.training import TrainingResult, train_model
 from pipeline_lib.stages.evaluation import scored_panel
 

@@ -20,7 +20,7 @@ from test_quality import _small_default, _synthetic  # noqa: E402
 from pipeline_lib import stages  # noqa: E402
 from pipeline_lib.data.features import part_days  # noqa: E402
 from pipeline_lib.data.validate import Panel, Series  # noqa: E402
-from pipeline_lib.model.ets_pool import FIT_DAYS, EtsPool, EtsSpec, linear_pool, pool_paths  # noqa: E402
+from pipeline_lib.model.statistical import FIT_DAYS, EtsPool, EtsSpec, linear_pool, pool_paths  # noqa: E402
 
 
 def _same(a: EtsSpec, b: EtsSpec) -> bool:

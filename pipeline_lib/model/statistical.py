@@ -1,5 +1,7 @@
-"""The network's forecast pooled with per-series exponential smoothing (statsforecast's
-AutoETS): the served distribution is the mixture ``(1 - w) network + w ETS``, with ``w``
+"""statsforecast in one place: per-series exponential smoothing (AutoETS) pooled with the
+network's forecast, and the AutoETS / AutoARIMA peers of ``benchmarks/quality.py``.
+
+The pool: the served distribution is the mixture ``(1 - w) network + w ETS``, with ``w``
 chosen on days the network never trained on (``evaluation.pool_with_ets``).
 
 Why: on smooth series with trend and yearly movement, per-series ETS is closer to the limit
@@ -8,10 +10,9 @@ their mixture is sharper than either (benchmarks/RESULTS.md, "Where the bundled 
 not"; the M5 uncertainty winners combined models). Where ETS adds nothing, the chosen
 weight is 0 and nothing of it is computed when serving.
 
-The one home of statsforecast in the served model: a fitted ETS is kept as its model string,
-smoothing parameters, initial states and residual variance (:class:`EtsSpec`, a few hundred
-bytes per series), and run forward over the latest actuals when it forecasts, as
-statsforecast's ``forward`` does.
+In the served model a fitted ETS is kept as its model string, smoothing parameters, initial
+states and residual variance (:class:`EtsSpec`, a few hundred bytes per series), and run
+forward over the latest actuals when it forecasts, as statsforecast's ``forward`` does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from pipeline_lib.contract import CRPS_LEVELS, sample_quantiles
 from pipeline_lib.data.validate import Panel, Series
@@ -37,6 +39,12 @@ MIN_FIT_DAYS = 2 * SEASON_LENGTH + 2  # fewer days than this: no ETS for the ser
 # more from older days, and its fit costs time in proportion to the days (0.3 s per series for
 # two years on one core, twice that for M5's five).
 FIT_DAYS = 3 * 364
+
+
+def _standard_normal_levels(k: int) -> np.ndarray:
+    """The standard Normal's quantiles ``(k, 1)`` at the evenly spaced levels ``(j + 1/2) / k``:
+    a Normal forecast as ``k`` deterministic samples."""
+    return norm.ppf((np.arange(k) + 0.5) / k)[:, None]
 
 
 def resample(samples: np.ndarray, k: int) -> np.ndarray:
@@ -199,9 +207,7 @@ class EtsPool:
         position in ``panel.series``, in the order of :meth:`ForecastModel.one_step`), each
         from the actuals before it: its Normal at evenly spaced levels. A series without an
         ETS takes the columns of ``fallback`` ``(K, N)`` (the network's own samples)."""
-        from scipy.stats import norm
-
-        standard = norm.ppf((np.arange(num_samples) + 0.5) / num_samples)[:, None]
+        standard = _standard_normal_levels(num_samples)
         columns, start = [], 0
         for k, day_index in days.items():
             stop = start + len(day_index)
@@ -249,3 +255,56 @@ class EtsPool:
         specs = {sid: None if spec is None else EtsSpec(**{**spec, "par": tuple(spec["par"])})
                  for sid, spec in raw["specs"].items()}
         return cls(float(raw["weight"]), specs, bool(raw["whole_units"]), bool(raw["non_negative"]))
+
+
+# --- the statistical peers of the benchmarks -------------------------------------------
+def auto_ets_samples(panel: Panel, days: dict[int, np.ndarray], fit_end: dict[int, int],
+                     period: int = 7, num_samples: int = 1000, non_negative: bool = True,
+                     from_origin: bool = False) -> np.ndarray:
+    """statsforecast AutoETS, one day ahead or from the origin: see :func:`statsforecast_samples`."""
+    from statsforecast.models import AutoETS
+
+    return statsforecast_samples(lambda: AutoETS(season_length=period), panel, days, fit_end, num_samples,
+                                 non_negative, from_origin)
+
+
+def auto_arima_samples(panel: Panel, days: dict[int, np.ndarray], fit_end: dict[int, int],
+                       period: int = 7, num_samples: int = 1000, non_negative: bool = True,
+                       from_origin: bool = False) -> np.ndarray:
+    """statsforecast AutoARIMA, one day ahead or from the origin: see :func:`statsforecast_samples`."""
+    from statsforecast.models import AutoARIMA
+
+    return statsforecast_samples(lambda: AutoARIMA(season_length=period), panel, days, fit_end, num_samples,
+                                 non_negative, from_origin)
+
+
+def statsforecast_samples(make_model, panel: Panel, days: dict[int, np.ndarray], fit_end: dict[int, int],
+                          num_samples: int = 1000, non_negative: bool = True, from_origin: bool = False) -> np.ndarray:
+    """A statsforecast model (``make_model()``) fitted once per series on days
+    ``[0, fit_end[k])``, then run forward (no refit) to forecast each day of ``days`` one
+    day ahead from the actuals before it, or with ``from_origin`` all of them ahead from
+    ``fit_end[k]`` (days ahead ``day - fit_end[k] + 1``, no actual after the origin read).
+    Its predictive distribution is Normal; samples ``(num_samples, N)`` are its quantiles at
+    evenly spaced levels, clipped at 0 for demand.
+
+    """
+    standard = _standard_normal_levels(num_samples)
+    z95 = norm.ppf(0.975)
+    columns = []
+    for k, day_index in days.items():
+        y = panel.series[k].target.astype(float)
+        model = make_model().fit(y[: fit_end[k]])
+        if from_origin:
+            ahead = np.asarray(day_index) - fit_end[k]
+            if ahead.min() < 0:
+                raise ValueError(f"series {k}: a day before its origin {fit_end[k]}")
+            forecast = model.predict(h=int(ahead.max()) + 1, level=[95])
+            mean, upper = np.asarray(forecast["mean"])[ahead], np.asarray(forecast["hi-95"])[ahead]
+        else:
+            steps = [model.forward(y=y[:day], h=1, level=[95]) for day in day_index]
+            mean = np.array([step["mean"][0] for step in steps])
+            upper = np.array([step["hi-95"][0] for step in steps])
+        std = np.maximum((upper - mean) / z95, 1e-9)
+        samples = mean[None, :] + standard * std[None, :]
+        columns.append(np.maximum(samples, 0.0) if non_negative else samples)
+    return np.concatenate(columns, axis=1)
