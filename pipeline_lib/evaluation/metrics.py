@@ -101,12 +101,17 @@ def seasonal_naive_scales(targets, ends) -> np.ndarray:
     return np.array([seasonal_naive_scale(np.asarray(t)[:end]) for t, end in zip(targets, ends, strict=True)])
 
 
-def mean_over_series(values: np.ndarray, series_index: np.ndarray) -> float:
-    """Mean within each series, then over series (every series weighs the same, as in M5)."""
+def means_by_series(values: np.ndarray, series_index: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` ``(N,)`` within each series that has any, ``(S,)`` in index order."""
     sums = np.bincount(series_index, weights=values)
     counts = np.bincount(series_index)
     present = counts > 0
-    return float(np.mean(sums[present] / counts[present]))
+    return sums[present] / counts[present]
+
+
+def mean_over_series(values: np.ndarray, series_index: np.ndarray) -> float:
+    """Mean within each series, then over series (every series weighs the same, as in M5)."""
+    return float(np.mean(means_by_series(values, series_index)))
 
 
 def scaled_crps(y: np.ndarray, quantiles: np.ndarray, series_index: np.ndarray, series_scales: np.ndarray) -> float:

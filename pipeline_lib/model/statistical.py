@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 POOL_FILE = "ets_pool.json"
 WEIGHT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))  # steps of 0.05
 SEASON_LENGTH = 7
+# A weight above 0 is kept only if its gain over the network alone is at least this many
+# standard errors of the per-series gains (one-sided, about 2.5% by chance).
+MIN_GAIN_T = 2.0
 MIN_FIT_DAYS = 2 * SEASON_LENGTH + 2  # fewer days than this: no ETS for the series (the network alone)
 # ETS is fitted on at most the last three years before its end: a weekly model learns nothing
 # more from older days, and its fit costs time in proportion to the days (0.3 s per series for
@@ -45,6 +48,14 @@ def _standard_normal_levels(k: int) -> np.ndarray:
     """The standard Normal's quantiles ``(k, 1)`` at the evenly spaced levels ``(j + 1/2) / k``:
     a Normal forecast as ``k`` deterministic samples."""
     return norm.ppf((np.arange(k) + 0.5) / k)[:, None]
+
+
+def _per_series_crps(actuals: np.ndarray, samples: np.ndarray, series_index: np.ndarray,
+                     scales: np.ndarray) -> np.ndarray:
+    """Scaled CRPS ``(S,)`` of each series with targets (what :func:`metrics.scaled_crps`
+    averages)."""
+    per_target = m.crps_from_quantiles(actuals, sample_quantiles(samples, CRPS_LEVELS), CRPS_LEVELS)
+    return m.means_by_series(per_target / np.asarray(scales, dtype=float)[series_index], series_index)
 
 
 def resample(samples: np.ndarray, k: int) -> np.ndarray:
@@ -235,16 +246,25 @@ class EtsPool:
         return np.concatenate(columns, axis=1)
 
     def with_weight_chosen(self, ours: np.ndarray, theirs: np.ndarray, actuals: np.ndarray,
-                           series_index: np.ndarray, scales: np.ndarray) -> EtsPool:
+                           series_index: np.ndarray, scales: np.ndarray, min_t: float = MIN_GAIN_T) -> EtsPool:
         """This pool with the weight of :data:`WEIGHT_GRID` whose mixture of ``ours`` (the
         network's served samples) and ``theirs`` (ETS's) ``(K, N)`` has the lowest scaled
-        CRPS on ``actuals`` ``(N,)`` (per series ``scales``, as the evaluation scores)."""
-        scores = [m.scaled_crps(actuals, sample_quantiles(linear_pool(ours, theirs, w), CRPS_LEVELS), series_index,
-                                scales) for w in WEIGHT_GRID]
+        CRPS on ``actuals`` ``(N,)`` (per series ``scales``, as the evaluation scores), if its
+        gain over the network alone holds across series: the mean of the per-series gains at
+        least ``min_t`` standard errors above 0; else weight 0 (a weight fitted to noise
+        costs its ETS share of every sample path for nothing)."""
+        per_series = np.stack([_per_series_crps(actuals, linear_pool(ours, theirs, w), series_index, scales)
+                               for w in WEIGHT_GRID])  # (W, S)
+        scores = per_series.mean(axis=1)
         best = int(np.argmin(scores))
-        log.info("ETS pool weight %.2f (scaled CRPS %.4f; the network alone %.4f, ETS alone %.4f) on %d days",
-                 WEIGHT_GRID[best], scores[best], scores[0], scores[-1], len(actuals))
-        return EtsPool(float(WEIGHT_GRID[best]), self.specs, self.whole_units, self.non_negative)
+        gains = per_series[0] - per_series[best]
+        spread = gains.std(ddof=1) / math.sqrt(len(gains)) if len(gains) > 1 else math.inf
+        t = gains.mean() / spread if spread > 0 else (math.inf if gains.mean() > 0 else 0.0)
+        weight = float(WEIGHT_GRID[best]) if best > 0 and t >= min_t else 0.0
+        log.info("ETS pool weight %.2f (best %.2f: scaled CRPS %.4f, its gain %.1f standard errors over %d series; "
+                 "the network alone %.4f, ETS alone %.4f) on %d days", weight, WEIGHT_GRID[best], scores[best],
+                 t if best > 0 else 0.0, len(gains), scores[0], scores[-1], len(actuals))
+        return EtsPool(weight, self.specs, self.whole_units, self.non_negative)
 
     def to_dict(self) -> dict:
         return {"weight": self.weight, "whole_units": self.whole_units, "non_negative": self.non_negative,
