@@ -266,9 +266,10 @@ class EvaluationConfig(_Strict):
                                         "from its own calibration days' PITs, shrunk towards the global map "
                                         "(28 days of the global map's weight; pipeline_lib/evaluation/"
                                         "calibration.py); other series keep the global map")
-    pool_with_ets: bool = Field(False, description="serve a linear pool of the network's forecast with "
+    pool_with_ets: bool = Field(True, description="serve a linear pool of the network's forecast with "
                                 "per-series AutoETS (statsforecast), its weight (0-1 in steps of 0.05) chosen on "
-                                "the days the recalibration is fitted on; weight 0 serves the network alone "
+                                "the days the recalibration is fitted on, kept only if its gain holds across "
+                                "series (2 standard errors), else 0: the network alone "
                                 "(pipeline_lib/model/statistical.py)")
     recalibrate_tails: bool = Field(False, description="let the recalibration reach beyond each forecast's "
                                     "extreme samples: exponential tails fitted to its outer 10% of samples "

@@ -11,16 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from statsforecast.models import AutoETS
+from test_quality import _small_default, _synthetic
 
-pytest.importorskip("statsforecast")  # in the test extra; the pool needs it
-
-from statsforecast.models import AutoETS  # noqa: E402
-from test_quality import _small_default, _synthetic  # noqa: E402
-
-from pipeline_lib import stages  # noqa: E402
-from pipeline_lib.data.features import part_days  # noqa: E402
-from pipeline_lib.data.validate import Panel, Series  # noqa: E402
-from pipeline_lib.model.statistical import FIT_DAYS, EtsPool, EtsSpec, linear_pool, pool_paths  # noqa: E402
+from pipeline_lib import stages
+from pipeline_lib.data.features import part_days
+from pipeline_lib.data.validate import Panel, Series
+from pipeline_lib.model.statistical import FIT_DAYS, EtsPool, EtsSpec, linear_pool, pool_paths
 
 
 def _same(a: EtsSpec, b: EtsSpec) -> bool:
@@ -118,7 +115,8 @@ def test_a_training_run_serves_saves_and_scores_the_pool_it_chose(tmp_path):
     evaluation scores."""
     from pipeline_lib.model.forecast import ForecastModel
 
-    config = _small_default(tmp_path, epochs=2, patience=1).updated(evaluation={"pool_with_ets": True})
+    config = _small_default(tmp_path, epochs=2, patience=1)  # the pool is on by default
+    assert config.evaluation.pool_with_ets
     _, panel = _synthetic("smooth", n_series=10, n_days=200, seed=4)
     fitted = stages.train(config, panel, progress=False)
     served = stages.refit(config, panel, fitted, progress=False).model
@@ -163,7 +161,7 @@ def test_a_training_run_serves_saves_and_scores_the_pool_it_chose(tmp_path):
 @pytest.mark.model
 def test_at_weight_zero_nothing_of_ets_is_kept_or_served(tmp_path, monkeypatch):
     """A pool whose chosen weight is 0 serves the network alone and stores no ETS."""
-    config = _small_default(tmp_path, epochs=2, patience=1).updated(evaluation={"pool_with_ets": True})
+    config = _small_default(tmp_path, epochs=2, patience=1)
     _, panel = _synthetic("retail", n_series=4, n_days=200, seed=4)
     monkeypatch.setattr(EtsPool, "with_weight_chosen", lambda self, *args: self)  # weight stays 0
     fitted = stages.train(config, panel, progress=False)
