@@ -1,6 +1,9 @@
 """statsforecast in one place: per-series exponential smoothing (AutoETS) pooled with the
 network's forecast, and the AutoETS / AutoARIMA peers of ``benchmarks/quality.py``.
 
+About 330 lines: the volatile dependency stays in one module (fitting, storing, running
+forward and simulating ETS, choosing the pool's weight, and the benchmark peers).
+
 The pool: the served distribution is the mixture ``(1 - w) network + w ETS``, with ``w``
 chosen on days the network never trained on (``evaluation.pool_with_ets``).
 
