@@ -156,6 +156,9 @@ def test_a_training_run_serves_saves_and_scores_the_pool_it_chose(tmp_path):
     mean, sd = (np.concatenate(v) for v in zip(*(served.pool.specs[s.series_id].one_day(s.target, after[j])
                                                  for j, s in enumerate(panel.series)), strict=True))
     assert (np.abs(ets_paths[:, ::5].mean(axis=0) - mean) < 3 * sd / np.sqrt(k - kept)).all()
+    # A series without an ETS keeps the network's paths, every one of them.
+    loaded.pool.specs[one.series_id] = None
+    np.testing.assert_allclose(loaded.forecast(panel, 5, k, seed=3).samples[:, :5], network[:, :5], rtol=1e-6)
 
 
 @pytest.mark.model

@@ -238,12 +238,13 @@ class EtsPool:
                      fallback: np.ndarray) -> np.ndarray:
         """ETS sample paths ``(num_paths, B * horizon)`` of the ``horizon`` days after each
         series' last day, series-major as :meth:`ForecastModel.forecast`; a series without an
-        ETS takes ``fallback``'s first rows (the network's own paths)."""
+        ETS takes ``fallback``'s last rows, the network's own paths that the pool replaces (so
+        it keeps the network's paths)."""
         columns = []
         for b, series in enumerate(panel.series):
             spec, y, _ = self._spec_and_history(series)
             if spec is None:
-                columns.append(fallback[:num_paths, b * horizon:(b + 1) * horizon])
+                columns.append(fallback[fallback.shape[0] - num_paths:, b * horizon:(b + 1) * horizon])
             else:
                 columns.append(self._as_demand(spec.paths(y, horizon, num_paths, seed + b)))
         return np.concatenate(columns, axis=1)
