@@ -25,7 +25,7 @@ from pipeline_lib.errors import DataValidationError, TrainingDivergedError
 from pipeline_lib.evaluation import metrics as m
 from pipeline_lib.evaluation.calibration import HorizonRecalibration, PitRecalibration, recalibration_pit
 from pipeline_lib.model.distribute import is_chief, make_strategy
-from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster
+from pipeline_lib.model.forecast import ForecastModel, OneStepForecaster, SampledForecast
 from pipeline_lib.model.heads import HEADS
 from pipeline_lib.model.statistical import EtsPool
 from pipeline_lib.model.training import TrainingResult, train_model
@@ -82,8 +82,11 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
         record_failure(config, "train", exc)
         raise
     model = _as_served(config, model)
+    # One Monte Carlo pass over the validation days serves the recalibration and the pool.
+    needs_raw = config.evaluation.recalibrate or config.evaluation.pool_with_ets
+    raw = calibration_days_forecast(config, model, panel, "validation") if needs_raw else None
     if config.evaluation.recalibrate:
-        model.calibration = fit_recalibration(config, model, panel)
+        model.calibration = fit_recalibration(config, model, panel, raw=raw)
     if config.evaluation.recalibrate_paths:
         model.path_calibration = fit_path_recalibration(config, model, panel)
     if config.evaluation.pool_with_ets:
@@ -94,7 +97,7 @@ def train(config: PipelineConfig, panel: Panel, progress: bool = True) -> Traine
         ends = [split_points(s, config.window).validation_start for s in fit_panel.series]
         bank = EtsPool.fit(fit_panel, ends, whole_units=HEADS[model_config.head].needs_counts,
                            non_negative=config.data.non_negative)
-        model.pool = choose_pool_weight(config, model, model.calibration, bank, panel, "validation")
+        model.pool = choose_pool_weight(config, model, model.calibration, bank, panel, "validation", raw=raw)
     return TrainedModel(model=model, training=result)
 
 
@@ -119,15 +122,18 @@ def refit(config: PipelineConfig, panel: Panel, fitted: TrainedModel, progress: 
     # The evaluation fit's model config: its resolved head.
     model, result = _fit_on_every_day(config, panel, fitted.model, fitted.training.best_epoch, progress,
                                       warm_start=False)
+    needs_raw = config.evaluation.recalibrate or fitted.model.pool is not None
+    raw = calibration_days_forecast(config, fitted.model, panel, "holdout") if needs_raw else None
     if config.evaluation.recalibrate:
-        model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout")
+        model.calibration = fit_recalibration(config, fitted.model, panel, part="holdout", raw=raw)
     if config.evaluation.recalibrate_paths:
         model.path_calibration = fit_path_recalibration(config, fitted.model, panel, part="holdout")
     if fitted.model.pool is not None:
         # The weight from the evaluation fit's forecasts of the holdout and those of the ETS it
         # carries (fitted before the holdout); the ETS served is refitted on every day, like
         # the network (not at all when the weight is 0: nothing of it would be served).
-        chosen = choose_pool_weight(config, fitted.model, model.calibration, fitted.model.pool, panel, "holdout")
+        chosen = choose_pool_weight(config, fitted.model, model.calibration, fitted.model.pool, panel, "holdout",
+                                    raw=raw)
         model.pool = replace(chosen, specs={})
         if chosen.active:
             refitted = EtsPool.fit(panel, [len(s) for s in panel.series], chosen.whole_units, chosen.non_negative)
@@ -242,16 +248,26 @@ def fit_path_recalibration(config: PipelineConfig, model: ForecastModel, panel: 
                                     tails=config.evaluation.recalibrate_tails)
 
 
+def calibration_days_forecast(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
+                              part: str) -> SampledForecast:
+    """``model``'s raw one-day forecasts of the ``part`` days (``validation`` or ``holdout``)
+    of the series a training run scores (:func:`scored_panel`), seed ``evaluation.seed + 1``:
+    what the recalibration and the pool's weight are fitted on."""
+    panel = scored_panel(config, panel)
+    return model.one_step(panel, part_days(panel, config.window, part), config.evaluation.num_samples,
+                          seed=config.evaluation.seed + 1, calibrated=False)
+
+
 def choose_pool_weight(config: PipelineConfig, model: ForecastModel, calibration: PitRecalibration | None,
-                       pool: EtsPool, panel: Panel, part: str) -> EtsPool:
+                       pool: EtsPool, panel: Panel, part: str, raw: SampledForecast | None = None) -> EtsPool:
     """``pool`` with the weight whose mixture with ``model``'s one-day forecasts (recalibrated
     by ``calibration``, as served) scores best on the ``part`` days (``validation`` or
     ``holdout``) of the series a training run scores; ``pool``'s ETS must have been fitted
-    before those days, as ``model`` was."""
+    before those days, as ``model`` was. ``raw``: :func:`calibration_days_forecast`, if
+    already computed."""
+    raw = raw if raw is not None else calibration_days_forecast(config, model, panel, part)
     panel = scored_panel(config, panel)
     days = part_days(panel, config.window, part)
-    raw = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
-                         calibrated=False)
     ours = raw.samples if calibration is None else calibration.apply(raw.samples, raw.series_ids)
     theirs = pool.one_day_samples(panel, days, ours.shape[0], ours)
     actuals, series_index = actuals_for(panel, days)
@@ -260,17 +276,16 @@ def choose_pool_weight(config: PipelineConfig, model: ForecastModel, calibration
 
 
 def fit_recalibration(config: PipelineConfig, model: OneStepForecaster, panel: Panel,
-                      part: str = "validation") -> PitRecalibration:
+                      part: str = "validation", raw: SampledForecast | None = None) -> PitRecalibration:
     """PIT recalibration from ``model``'s one-day-ahead forecasts of days it never trained
     on: the ``validation`` days (an evaluation fit, which keeps the test days for scoring),
     or the ``holdout`` (validation + test days, for the refit served in its place), of the
     series a training run scores (:func:`scored_panel`); with ``recalibrate_by_series``
-    each of them also gets its own map, shrunk towards the global one."""
+    each of them also gets its own map, shrunk towards the global one. ``raw``:
+    :func:`calibration_days_forecast`, if already computed."""
+    sampled = raw if raw is not None else calibration_days_forecast(config, model, panel, part)
     panel = scored_panel(config, panel)
-    days = part_days(panel, config.window, part)
-    sampled = model.one_step(panel, days, config.evaluation.num_samples, seed=config.evaluation.seed + 1,
-                             calibrated=False)
-    actuals, _ = actuals_for(panel, days)
+    actuals, _ = actuals_for(panel, part_days(panel, config.window, part))
     tails = config.evaluation.recalibrate_tails
     return PitRecalibration.fit(recalibration_pit(actuals, sampled.samples, tails), tails=tails,
                                 series_ids=sampled.series_ids if config.evaluation.recalibrate_by_series else None)
