@@ -297,3 +297,11 @@ def test_inventory_backtest_runs_from_the_cli_and_warns_about_unresolvable_servi
         assert {"(a)", "(b)", "(c)"} <= {p[:3] for p in table["policy"]}
         assert (reports / "inventory_service_vs_stock.png").stat().st_size > 0
     assert "over 2 test windows, stock for exactly 95% (mean +- sd): (a)" in rolling.output
+    # One MLflow run per window, each tagged with the window it tested.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / 'work' / 'mlflow.db').resolve()}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.pipeline = 'inventory-backtest'")
+    assert sorted(r.data.tags["test_window_last_day"] for r in runs) == ["2023-03-18", "2023-03-25", "2023-04-01"]
+    assert {r.data.tags["test_days"] for r in runs} == {"7"}

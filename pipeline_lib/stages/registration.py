@@ -150,11 +150,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def log_inventory_run(config: PipelineConfig, panel: Panel, report) -> str:
-    """A run of its own for ``bayes-pipeline inventory-backtest`` (no model is registered)."""
+    """A run of its own for ``bayes-pipeline inventory-backtest`` (no model is registered),
+    tagged with its test window (``test_window_last_day``, ``test_days``) so the runs of a
+    rolling backtest can be told apart in the MLflow UI."""
     registry.configure(config.tracking_uri)
-    run_name = f"inventory-backtest-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    with registry.tracked_run(config.registry.experiment_name, config.artifact_root, run_name,
-                              tags={"pipeline": "inventory-backtest"}) as run:
+    last_day = f"{panel.last_day:%Y-%m-%d}"
+    run_name = f"inventory-backtest-{last_day}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    tags = {"pipeline": "inventory-backtest", "test_window_last_day": last_day,
+            "test_days": str(config.window.test_days)}
+    with registry.tracked_run(config.registry.experiment_name, config.artifact_root, run_name, tags=tags) as run:
         registry.log_params(_flatten(config.model_dump(mode="json", include={"inventory", "window", "model"})))
         registry.log_metrics(report.metrics())
         registry.log_artifact(report.chart, "inventory")
