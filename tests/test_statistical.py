@@ -65,6 +65,31 @@ def test_ets_one_day_forecasts_are_statsforecasts_own_from_the_days_before(error
     assert EtsSpec.fit(_series(y[:10]), 10) is None
 
 
+@pytest.mark.parametrize("model", ["AAN", "MAN"])
+def test_ets_paths_follow_statsforecasts_own_forecast_of_an_undamped_trend(model):
+    """ETS paths from the end of the data: each day's mean is statsforecast's point forecast
+    (which is the mean for these models), within 4 standard errors of a mean of this many
+    paths, so an undamped trend is carried on every day ahead (statsforecast stores its phi
+    as NaN); for additive errors the day-28 80% interval is its own, within 5%."""
+    rng = np.random.default_rng(5)
+    t = np.arange(200)
+    noise = rng.normal(size=200)
+    y = 100 + 2.0 * t + (5 * noise if model == "AAN" else (100 + 2.0 * t) * 0.02 * noise)
+    fitted = AutoETS(season_length=7, model=model, damped=False).fit(y)
+    raw = fitted.model_
+    spec = EtsSpec(str(raw["components"]), int(raw["m"]), tuple(float(v) for v in raw["par"]), float(raw["sigma2"]),
+                   int(raw["n_params"]), "2021-01-04")
+    assert np.isnan(spec.par[3]) and spec.components[1] == "A"
+    n_paths, horizon = 4000, 28
+    paths = spec.paths(y, horizon, n_paths, seed=0)
+    expected = fitted.predict(h=horizon, level=[80])
+    standard_error = paths.std(axis=0) / np.sqrt(n_paths)
+    assert (np.abs(paths.mean(axis=0) - expected["mean"]) < 4 * standard_error).all()
+    if model == "AAN":
+        low, high = np.quantile(paths[:, -1], [0.1, 0.9])
+        assert high - low == pytest.approx(expected["hi-80"][-1] - expected["lo-80"][-1], rel=0.05)
+
+
 def test_a_pool_mixes_in_proportion_and_paths_stay_whole():
     rng = np.random.default_rng(0)
     ours = rng.normal(0, 1, size=(100, 6))

@@ -162,8 +162,14 @@ class EtsSpec:
         """``num_paths`` joint sample paths ``(num_paths, horizon)`` of the days after ``y``."""
         from statsforecast.ets import simulate_ets
 
+        model = self.filtered(y)
+        if math.isnan(self.par[3]):
+            # An undamped trend is stored with phi NaN, which statsforecast's fit, filter and
+            # forecast read as 1 but its simulate_ets (2.1) reads as 0: that would drop the
+            # trend from every path and narrow their spread.
+            model["par"] = np.array(self.par[:3] + (1.0,) + self.par[4:])
         with np.errstate(all="ignore"):
-            return simulate_ets(self.filtered(y), horizon, num_paths, seed=seed, error_distribution="normal")
+            return simulate_ets(model, horizon, num_paths, seed=seed, error_distribution="normal")
 
 
 @dataclass
