@@ -23,6 +23,10 @@ served LSTM with:
    several prior strengths ``SERIES_PRIOR_DAYS`` (0: each series on its own; a huge one: the
    global map fitted on the earlier fold).
 
+5. **A global recalibration of the served samples themselves** (after the ETS pool, whose
+   mixture of two calibrated forecasts can be too wide): fitted on the fold's own days (an
+   upper bound) and on the earlier fold.
+
 Folds are files ``fold<f>.npz`` from ``quality.py --save-samples`` (fold 0 is the latest).
 """
 
@@ -159,6 +163,15 @@ def main() -> None:
         print(f"  {now.name} from {past.name}: {now.crps_of_samples(now.samples[served]):.4f} | "
               + " | ".join(f"{c:.4f}" for c in scores)
               + f"; series' mean PIT, correlation between the folds {mean_pit_correlation(past, now, raw):.2f}")
+
+    print("\n5. a global recalibration of the served samples themselves (after the ETS pool, when it is on)")
+    print("  fold: served | in-sample (an upper bound) | fitted on the earlier fold")
+    for index, fold in enumerate(folds):
+        samples = fold.samples[served]
+        bound = in_sample_recalibration(fold, samples, np.zeros(len(fold.actuals), int))
+        earlier = (f"{series_recalibration_score(folds[index + 1], fold, served, 1e9):.4f}"
+                   if index + 1 < len(folds) else "-")
+        print(f"  {fold.name}: {fold.crps_of_samples(samples):.4f} | {bound:.4f} | {earlier}")
 
     if not all("ets" in fold.samples for fold in folds):
         print("\n3. skipped: no AutoETS samples saved (run quality.py with --models ets,lstm)")
