@@ -76,9 +76,7 @@ def test_ets_paths_follow_statsforecasts_own_forecast_of_an_undamped_trend(model
     noise = rng.normal(size=200)
     y = 100 + 2.0 * t + (5 * noise if model == "AAN" else (100 + 2.0 * t) * 0.02 * noise)
     fitted = AutoETS(season_length=7, model=model, damped=False).fit(y)
-    raw = fitted.model_
-    spec = EtsSpec(str(raw["components"]), int(raw["m"]), tuple(float(v) for v in raw["par"]), float(raw["sigma2"]),
-                   int(raw["n_params"]), "2021-01-04")
+    spec = EtsSpec.from_statsforecast(fitted.model_, "2021-01-04")
     assert np.isnan(spec.par[3]) and spec.components[1] == "A"
     n_paths, horizon = 4000, 28
     paths = spec.paths(y, horizon, n_paths, seed=0)

@@ -119,8 +119,14 @@ class EtsSpec:
             log.warning("series %r: no ETS model fits (%s); it is forecast by the network alone",
                         series.series_id, exc)
             return None
+        return cls.from_statsforecast(fitted, str(series.dates[first].date()))
+
+    @classmethod
+    def from_statsforecast(cls, fitted: dict, start: str) -> EtsSpec:
+        """The spec of statsforecast's fitted ETS dictionary (``AutoETS(...).fit(y).model_``)
+        whose history starts on ``start`` (``YYYY-MM-DD``)."""
         return cls(str(fitted["components"]), int(fitted["m"]), tuple(float(v) for v in fitted["par"]),
-                   float(fitted["sigma2"]), int(fitted["n_params"]), str(series.dates[first].date()))
+                   float(fitted["sigma2"]), int(fitted["n_params"]), start)
 
     def _statsforecast_model(self) -> dict:
         return {"m": self.season_length, "components": self.components, "par": np.array(self.par),
